@@ -1,0 +1,327 @@
+"""Reads the three-part YAML (values, help, choices), applies `--key=value` overrides and
+validates every key, so that a bad setting fails in one line before any work starts."""
+import ast
+import difflib
+import os
+import sys
+
+import yaml
+
+from src.errors import UserError
+
+# Every key the programs understand, with its type. A YAML file may carry any subset; a key
+# that is not here is a mistake (usually a typo) and is reported with the nearest valid key.
+SCHEMA = {
+    # ModelArts
+    "enable_modelarts": bool, "data_url": str, "train_url": str, "checkpoint_url": str,
+    "data_path": str, "output_path": str, "load_path": str,
+    "need_modelarts_dataset_unzip": bool, "modelarts_dataset_unzip_name": str,
+    # device and runtime
+    "device_target": str, "device_id": int, "context_mode": str, "enable_profiling": bool,
+    "seed": int, "debug": bool,
+    # network
+    "arch": str, "num_classes": int, "batch_norm": bool, "pad_mode": str, "padding": int,
+    "has_bias": bool, "initialize_mode": str, "has_dropout": bool, "image_size": list,
+    "fast_conv": str,
+    # optimisation
+    "lr": float, "lr_init": float, "lr_max": float, "lr_epochs": list, "lr_scheduler": str,
+    "lr_gamma": float, "eta_min": float, "T_max": int, "warmup_epochs": int,
+    "batch_size": int, "max_epoch": int, "momentum": float, "weight_decay": float,
+    "loss_scale": float, "loss_scale_type": str, "amp_level": str,
+    "label_smooth": bool, "label_smooth_factor": float,
+    # data
+    "dataset": str, "data_dir": str, "data_list": str, "eval_data_dir": str,
+    "num_workers": int, "skip_corrupt": bool,
+    # distributed
+    "is_distributed": bool, "is_save_on_master": bool,
+    # checkpoints, resume, logging
+    "pre_trained": str, "reinit_classifier": bool, "freeze_features": bool,
+    "features_lr_scale": float, "ckpt_path": str, "ckpt_interval": int,
+    "keep_checkpoint_max": int, "resume": str, "log_interval": int, "eval_interval": int,
+    # export and inference
+    "ckpt_file": str, "file_name": str, "file_format": str, "export_batch_size": int,
+    "result_path": str, "label_path": str,
+}
+
+# Elements of list-valued keys.
+LIST_ITEM = {"image_size": int, "lr_epochs": int}
+
+TRUE_WORDS = {"true", "1", "yes"}
+FALSE_WORDS = {"false", "0", "no"}
+
+
+class Config:
+    """Read-only view of a resolved configuration: `config.batch_size`, `config.to_dict()`."""
+
+    def __init__(self, values, help_text=None, choices=None):
+        object.__setattr__(self, "_values", dict(values))
+        object.__setattr__(self, "_help", dict(help_text or {}))
+        object.__setattr__(self, "_choices", dict(choices or {}))
+
+    def __getattr__(self, key):
+        values = object.__getattribute__(self, "_values")
+        if key in values:
+            return values[key]
+        raise AttributeError(f"config has no key '{key}'")
+
+    def __setattr__(self, key, value):
+        raise AttributeError(f"config is read-only (tried to set '{key}')")
+
+    def __contains__(self, key):
+        return key in self._values
+
+    def get(self, key, default=None):
+        return self._values.get(key, default)
+
+    def to_dict(self):
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self._values.items()}
+
+    def replace(self, **changes):
+        """A new Config with some values changed and validated (the original stays as it is)."""
+        values = dict(self._values)
+        for key, value in changes.items():
+            _check_known(key, "override")
+            values[key] = _coerce(key, value, "override")
+        _check_choices(values, self._choices)
+        _check_consistency(values)
+        return Config(values, self._help, self._choices)
+
+    def __repr__(self):
+        return "Config(" + ", ".join(f"{k}={v!r}" for k, v in self._values.items()) + ")"
+
+
+def _nearest_hint(key):
+    close = difflib.get_close_matches(key, SCHEMA.keys(), n=1, cutoff=0.5)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _check_known(key, where):
+    if key not in SCHEMA:
+        raise UserError(f"unknown config key '{key}' in {where}{_nearest_hint(key)}")
+
+
+def _type_name(key):
+    kind = SCHEMA[key]
+    if kind is list:
+        return f"list of {LIST_ITEM.get(key, str).__name__}"
+    return kind.__name__
+
+
+def _coerce_scalar(key, kind, value, where):
+    bad = UserError(f"config key '{key}' in {where} must be {_type_name(key)}, got {value!r}")
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, int) and value in (0, 1):
+            return bool(value)
+        if isinstance(value, str) and value.strip().lower() in TRUE_WORDS | FALSE_WORDS:
+            return value.strip().lower() in TRUE_WORDS
+        raise bad
+    if kind is int:
+        if isinstance(value, bool):
+            raise bad
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value.strip())
+            except ValueError:
+                raise bad from None
+        raise bad
+    if kind is float:
+        if isinstance(value, bool):
+            raise bad
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value.strip())
+            except ValueError:
+                raise bad from None
+        raise bad
+    if value is None:
+        return ""
+    if isinstance(value, (dict, list)):
+        raise bad
+    return str(value)
+
+
+def _coerce(key, value, where):
+    kind = SCHEMA[key]
+    if kind is not list:
+        return _coerce_scalar(key, kind, value, where)
+    item_kind = LIST_ITEM.get(key, str)
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("[") and text.endswith("]"):
+            text = text[1:-1]
+        value = [part.strip() for part in text.split(",") if part.strip()]
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = [value]
+    if not isinstance(value, (list, tuple)):
+        raise UserError(f"config key '{key}' in {where} must be {_type_name(key)}, got {value!r}")
+    return tuple(_coerce_scalar(key, item_kind, item, where) for item in value)
+
+
+def _check_choices(values, choices):
+    for key, allowed in choices.items():
+        if key not in values:
+            continue
+        value = values[key]
+        items = value if isinstance(value, tuple) else (value,)
+        for item in items:
+            if item not in allowed:
+                raise UserError(f"config key '{key}' is {item!r}; allowed values: "
+                                + ", ".join(str(a) for a in allowed))
+
+
+def _check_consistency(v):
+    """Cross-field checks that would otherwise fail late, after data has been read."""
+    def need(condition, message):
+        if not condition:
+            raise UserError(message)
+
+    if "image_size" in v:
+        size = v["image_size"]
+        need(len(size) == 2 and all(s >= 32 and s % 32 == 0 for s in size),
+             f"config key 'image_size' is {list(size)}; VGG needs two values, each a "
+             "multiple of 32 (e.g. 32,32 or 224,224)")
+    for key in ("batch_size", "max_epoch", "num_classes", "ckpt_interval", "log_interval",
+                "keep_checkpoint_max", "T_max", "export_batch_size"):
+        if key in v:
+            need(v[key] >= 1, f"config key '{key}' is {v[key]}; it must be at least 1")
+    for key in ("warmup_epochs", "eval_interval", "num_workers", "device_id", "padding"):
+        if key in v:
+            need(v[key] >= 0, f"config key '{key}' is {v[key]}; it must not be negative")
+    if "warmup_epochs" in v and "max_epoch" in v:
+        need(v["warmup_epochs"] <= v["max_epoch"],
+             f"config key 'warmup_epochs' ({v['warmup_epochs']}) is larger than "
+             f"'max_epoch' ({v['max_epoch']})")
+    if "lr_epochs" in v:
+        need(list(v["lr_epochs"]) == sorted(v["lr_epochs"]),
+             f"config key 'lr_epochs' {list(v['lr_epochs'])} must be in increasing order")
+    if v.get("pad_mode") == "same":
+        need(v.get("padding", 0) == 0,
+             f"config key 'padding' is {v.get('padding')}; pad_mode 'same' needs padding 0")
+    if v.get("pad_mode") == "pad":
+        need(v.get("padding", 1) == 1,
+             f"config key 'padding' is {v.get('padding')}; pad_mode 'pad' keeps the feature "
+             "size of a 3x3 convolution only with padding 1")
+    for key in ("lr", "lr_init", "lr_max", "momentum", "weight_decay", "eta_min",
+                "label_smooth_factor"):
+        if key in v:
+            need(v[key] >= 0, f"config key '{key}' is {v[key]}; it must not be negative")
+    if "label_smooth_factor" in v:
+        need(v["label_smooth_factor"] < 1,
+             f"config key 'label_smooth_factor' is {v['label_smooth_factor']}; it must be < 1")
+    if "loss_scale" in v:
+        need(v["loss_scale"] > 0, f"config key 'loss_scale' is {v['loss_scale']}; it must be > 0")
+
+
+def load_yaml(path):
+    """Returns (values, help, choices) of a three-part YAML file, each checked against SCHEMA."""
+    if not os.path.isfile(path):
+        raise UserError(f"config file not found: {path}")
+    try:
+        with open(path, encoding="utf-8") as handle:
+            parts = [doc if doc is not None else {} for doc in yaml.safe_load_all(handle)]
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise UserError(f"config file {path} is not valid YAML{where}: {problem}") from None
+    if not 1 <= len(parts) <= 3 or not all(isinstance(p, dict) for p in parts):
+        raise UserError(f"config file {path} must hold up to three YAML mappings "
+                        "(values, then '---' help, then '---' choices)")
+    parts += [{}] * (3 - len(parts))
+    values, help_text, choices = parts
+    where = os.path.basename(path)
+    for key in list(values) + list(help_text) + list(choices):
+        _check_known(str(key), where)
+    for key in values:
+        if key not in help_text:
+            raise UserError(f"config key '{key}' in {where} has no help text in the second part")
+    for key, allowed in choices.items():
+        if not isinstance(allowed, list) or not allowed:
+            raise UserError(f"choices for config key '{key}' in {where} must be a non-empty list")
+    typed = {key: _coerce(key, value, where) for key, value in values.items()}
+    return typed, help_text, choices
+
+
+def _split_argv(argv):
+    """`--key=value` and `--key value` pairs, in order; a bare `--flag` means True."""
+    pairs = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if not arg.startswith("--") or arg == "--":
+            raise UserError(f"unexpected argument '{arg}'; use --key=value")
+        body = arg[2:]
+        if "=" in body:
+            key, value = body.split("=", 1)
+        elif i + 1 < len(argv) and not argv[i + 1].startswith("--"):
+            key, value = body, argv[i + 1]
+            i += 1
+        else:
+            key, value = body, "True"
+        pairs.append((key, value))
+        i += 1
+    return pairs
+
+
+def format_help(path, values, help_text, choices):
+    lines = [f"usage: {os.path.basename(sys.argv[0])} --config_path=FILE [--key=value ...]",
+             f"keys of {path} (any can be overridden on the command line):"]
+    for key, value in values.items():
+        shown = ",".join(str(x) for x in value) if isinstance(value, tuple) else value
+        extra = f"  choices: {', '.join(map(str, choices[key]))}" if key in choices else ""
+        lines.append(f"  --{key}={shown}\n      {help_text.get(key, '')}{extra}")
+    return "\n".join(lines)
+
+
+def get_config(argv=None, default_config="cifar10_config.yaml"):
+    """Parse argv (default sys.argv[1:]) into a validated, read-only Config.
+
+    `--config_path` picks the YAML (relative paths are tried from the working folder and
+    then from the repository root); every other `--key=value` overrides a YAML value.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    wants_help = any(a in ("-h", "--help") for a in argv)
+    argv = [a for a in argv if a not in ("-h", "--help")]
+    pairs = _split_argv(argv)
+    path = default_config
+    for key, value in pairs:
+        if key == "config_path":
+            path = value
+    path = _resolve_config_path(path)
+    values, help_text, choices = load_yaml(path)
+    if wants_help:
+        print(format_help(path, values, help_text, choices))
+        sys.exit(0)
+    for key, raw in pairs:
+        if key == "config_path":
+            continue
+        _check_known(key, "command line")
+        values[key] = _coerce(key, raw, "command line")
+    _check_choices(values, choices)
+    _check_consistency(values)
+    return Config(values, help_text, choices)
+
+
+def _resolve_config_path(path):
+    if os.path.isabs(path) or os.path.exists(path):
+        return path
+    repo_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    candidate = os.path.join(repo_root, path)
+    return candidate if os.path.exists(candidate) else path
+
+
+def save_config(config, folder, name="config.yaml"):
+    """Write the resolved config as YAML into a run folder; returns the file path."""
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, name)
+    with open(path, "w", encoding="utf-8") as handle:
+        yaml.safe_dump(config.to_dict(), handle, sort_keys=False)
+    return path

@@ -1,0 +1,139 @@
+"""VGG networks (VGG11/13/16/19, with or without BatchNorm) built from one layer table.
+
+Cell names follow torchvision's layout (`features.N`, `classifier.0/3/6`) so that the
+parameters line up one-to-one with its `vgg*` state dicts.
+"""
+import math
+
+from mindspore import nn
+from mindspore.common.initializer import HeNormal, Normal, XavierUniform, Zero
+
+# Output channels of each 3x3 convolution; "M" is a 2x2 max-pool.
+LAYER_TABLE = {
+    "vgg11": [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
+    "vgg13": [64, 64, "M", 128, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
+    "vgg16": [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M",
+              512, 512, 512, "M"],
+    "vgg19": [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M",
+              512, 512, 512, 512, "M"],
+}
+ARCHS = tuple(LAYER_TABLE)
+FEATURE_STRIDE = 32
+HIDDEN = 4096
+
+
+def _initializers(initialize_mode):
+    """(conv weight, dense weight) initialisers for a mode."""
+    if initialize_mode == "KaimingNormal":
+        return HeNormal(mode="fan_out", nonlinearity="relu"), Normal(sigma=0.01)
+    if initialize_mode == "XavierUniform":
+        return XavierUniform(), XavierUniform()
+    raise ValueError(f"initialize_mode must be XavierUniform or KaimingNormal, "
+                     f"got {initialize_mode!r}")
+
+
+def make_layers(layer_cfg, batch_norm=False, pad_mode="same", padding=0, has_bias=False,
+                initialize_mode="XavierUniform", conv_cell=nn.Conv2d):
+    """The convolutional feature extractor for one row of LAYER_TABLE."""
+    conv_init, _ = _initializers(initialize_mode)
+    layers = []
+    in_channels = 3
+    for item in layer_cfg:
+        if item == "M":
+            layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
+            continue
+        layers.append(conv_cell(in_channels, item, kernel_size=3, pad_mode=pad_mode,
+                                padding=padding if pad_mode == "pad" else 0,
+                                has_bias=has_bias, weight_init=conv_init, bias_init=Zero()))
+        if batch_norm:
+            layers.append(nn.BatchNorm2d(item, eps=1e-5, momentum=0.9))
+        layers.append(nn.ReLU())
+        in_channels = item
+    return nn.SequentialCell(layers)
+
+
+class VGG(nn.Cell):
+    """VGG over a prebuilt feature extractor: features → flatten → 3 dense layers."""
+
+    def __init__(self, features, num_classes=1000, image_size=(224, 224), dropout=True,
+                 initialize_mode="XavierUniform", include_top=True):
+        super().__init__()
+        height, width = _check_image_size(image_size)
+        self.features = features
+        self.flatten = nn.Flatten()
+        self.include_top = include_top
+        if include_top:
+            _, dense_init = _initializers(initialize_mode)
+            flat = 512 * (height // FEATURE_STRIDE) * (width // FEATURE_STRIDE)
+
+            def dense(n_in, n_out):
+                return nn.Dense(n_in, n_out, weight_init=dense_init, bias_init=Zero())
+
+            def drop():
+                return nn.Dropout(p=0.5) if dropout else nn.Identity()
+
+            self.classifier = nn.SequentialCell([
+                dense(flat, HIDDEN), nn.ReLU(), drop(),
+                dense(HIDDEN, HIDDEN), nn.ReLU(), drop(),
+                dense(HIDDEN, num_classes),
+            ])
+
+    def forward_features(self, x):
+        return self.flatten(self.features(x))
+
+    def forward_head(self, x):
+        return self.classifier(x)
+
+    def construct(self, x):
+        x = self.forward_features(x)
+        if self.include_top:
+            x = self.forward_head(x)
+        return x
+
+
+def _check_image_size(image_size):
+    if isinstance(image_size, int):
+        image_size = (image_size, image_size)
+    if len(image_size) != 2 or any(s < FEATURE_STRIDE or s % FEATURE_STRIDE for s in image_size):
+        raise ValueError(f"image_size must be two multiples of {FEATURE_STRIDE}, "
+                         f"got {image_size!r}")
+    return int(image_size[0]), int(image_size[1])
+
+
+def build_vgg(arch, num_classes=1000, batch_norm=False, pad_mode="same", has_bias=False,
+              initialize_mode="XavierUniform", dropout=True, image_size=(224, 224),
+              include_top=True, padding=None, conv_cell=nn.Conv2d):
+    """One VGG variant; `arch` is vgg11, vgg13, vgg16 or vgg19."""
+    if arch not in LAYER_TABLE:
+        raise ValueError(f"arch must be one of {', '.join(ARCHS)}, got {arch!r}")
+    if pad_mode not in ("same", "pad"):
+        raise ValueError(f"pad_mode must be 'same' or 'pad', got {pad_mode!r}")
+    if padding is None:
+        padding = 1 if pad_mode == "pad" else 0
+    features = make_layers(LAYER_TABLE[arch], batch_norm, pad_mode, padding, has_bias,
+                           initialize_mode, conv_cell)
+    return VGG(features, num_classes, image_size, dropout, initialize_mode, include_top)
+
+
+def _builder(arch, batch_norm):
+    def build(num_classes=1000, pad_mode="same", has_bias=False,
+              initialize_mode="XavierUniform", dropout=True, image_size=(224, 224),
+              include_top=True, padding=None, conv_cell=nn.Conv2d):
+        return build_vgg(arch, num_classes, batch_norm, pad_mode, has_bias, initialize_mode,
+                         dropout, image_size, include_top, padding, conv_cell)
+    build.__name__ = arch + ("_bn" if batch_norm else "")
+    build.__doc__ = f"{arch.upper()}{' with BatchNorm' if batch_norm else ''}."
+    return build
+
+
+vgg11, vgg11_bn = _builder("vgg11", False), _builder("vgg11", True)
+vgg13, vgg13_bn = _builder("vgg13", False), _builder("vgg13", True)
+vgg16, vgg16_bn = _builder("vgg16", False), _builder("vgg16", True)
+vgg19, vgg19_bn = _builder("vgg19", False), _builder("vgg19", True)
+
+MODEL_NAMES = tuple(f"{arch}{suffix}" for arch in ARCHS for suffix in ("", "_bn"))
+
+
+def count_parameters(net, trainable_only=True):
+    params = net.trainable_params() if trainable_only else net.get_parameters()
+    return sum(math.prod(p.shape) for p in params)

@@ -319,9 +319,11 @@ def _resolve_config_path(path):
 
 
 def save_config(config, folder, name="config.yaml"):
-    """Write the resolved config as YAML into a run folder; returns the file path."""
+    """Write the resolved config into a run folder in the same three-part form, so that it
+    can be passed back as --config_path; returns the file path."""
     os.makedirs(folder, exist_ok=True)
     path = os.path.join(folder, name)
+    parts = [config.to_dict(), dict(config._help), dict(config._choices)]
     with open(path, "w", encoding="utf-8") as handle:
-        yaml.safe_dump(config.to_dict(), handle, sort_keys=False)
+        yaml.safe_dump_all(parts, handle, sort_keys=False)
     return path

@@ -1,0 +1,148 @@
+"""Config loader: YAML parts, typed overrides, and one-line errors for every bad key."""
+import glob
+import os
+
+import pytest
+import yaml
+
+from model_utils.config import get_config, load_yaml, save_config
+from src.errors import UserError
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CIFAR = os.path.join(REPO, "cifar10_config.yaml")
+
+
+@pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(REPO, "*.yaml"))))
+def test_every_repository_yaml_loads(path):
+    config = get_config([f"--config_path={path}"])
+    assert config.batch_size >= 1
+    assert len(config.image_size) == 2
+
+
+def test_upstream_values_are_kept():
+    cifar = get_config([f"--config_path={CIFAR}"])
+    assert (cifar.num_classes, cifar.lr_max, cifar.lr_scheduler, cifar.batch_size) == \
+        (10, 0.1, "step", 64)
+    assert cifar.lr_epochs == (30, 60, 90, 120) and cifar.image_size == (224, 224)
+    assert cifar.batch_norm is True and cifar.has_bias is False
+    imagenet = get_config(["--config_path=imagenet2012_config.yaml"])
+    assert (imagenet.num_classes, imagenet.lr_scheduler, imagenet.loss_scale) == \
+        (1000, "cosine_annealing", 1024.0)
+    assert imagenet.label_smooth is True and imagenet.pad_mode == "pad"
+
+
+def test_overrides_are_typed_from_the_yaml():
+    config = get_config([f"--config_path={CIFAR}", "--batch_size=8", "--lr", "0.5",
+                         "--batch_norm=0", "--has_bias=True", "--image_size=64,96",
+                         "--lr_epochs=[5,10]", "--device_target=CPU"])
+    assert config.batch_size == 8 and isinstance(config.batch_size, int)
+    assert config.lr == 0.5
+    assert config.batch_norm is False and config.has_bias is True
+    assert config.image_size == (64, 96)
+    assert config.lr_epochs == (5, 10)
+    assert config.device_target == "CPU"
+
+
+def test_list_forms_agree():
+    a = get_config([f"--config_path={CIFAR}", "--image_size=224,224"])
+    b = get_config([f"--config_path={CIFAR}", "--image_size=[224,224]"])
+    assert a.image_size == b.image_size == (224, 224)
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--batch_sise=8"], "did you mean 'batch_size'"),
+    (["--batch_size=eight"], "'batch_size'"),
+    (["--batch_norm=maybe"], "'batch_norm'"),
+    (["--device_target=TPU"], "allowed values: Ascend, GPU, CPU"),
+    (["--lr_scheduler=linear"], "allowed values"),
+    (["--image_size=100,100"], "multiple of 32"),
+    (["--image_size=224"], "'image_size'"),
+    (["--batch_size=0"], "at least 1"),
+    (["--warmup_epochs=80"], "'warmup_epochs' (80) is larger than 'max_epoch' (70)"),
+    (["--dataset=mnist"], "allowed values: cifar10, imagenet2012"),
+    (["--pad_mode=pad", "--padding=0"], "padding"),
+])
+def test_bad_command_line_values_are_one_line_errors(args, expected):
+    with pytest.raises(UserError) as info:
+        get_config([f"--config_path={CIFAR}"] + args)
+    message = str(info.value)
+    assert expected in message
+    assert "\n" not in message
+
+
+def _write_yaml(tmp_path, values, help_text=None, choices=None):
+    help_text = help_text if help_text is not None else {k: "help" for k in values}
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump_all([values, help_text, choices or {}]))
+    return str(path)
+
+
+def test_unknown_key_in_yaml_suggests_nearest(tmp_path):
+    path = _write_yaml(tmp_path, {"batch_size": 4, "learning_rate": 0.1})
+    with pytest.raises(UserError, match="unknown config key 'learning_rate' in c.yaml"):
+        load_yaml(path)
+
+
+def test_wrong_type_in_yaml(tmp_path):
+    path = _write_yaml(tmp_path, {"batch_size": "four"})
+    with pytest.raises(UserError, match="'batch_size' in c.yaml must be int"):
+        load_yaml(path)
+
+
+def test_yaml_value_outside_choices(tmp_path):
+    path = _write_yaml(tmp_path, {"device_target": "TPU"}, choices={"device_target": ["CPU"]})
+    with pytest.raises(UserError, match="'device_target' is 'TPU'; allowed values: CPU"):
+        get_config([f"--config_path={path}"])
+
+
+def test_key_without_help_text_is_refused(tmp_path):
+    path = _write_yaml(tmp_path, {"batch_size": 4}, help_text={"seed": "x"})
+    with pytest.raises(UserError, match="has no help text"):
+        load_yaml(path)
+
+
+def test_yaml_syntax_error_names_file_and_line(tmp_path):
+    path = tmp_path / "broken.yaml"
+    path.write_text("batch_size: 4\nlr: [0.1\n")
+    with pytest.raises(UserError, match=r"broken.yaml is not valid YAML at line \d+"):
+        load_yaml(str(path))
+
+
+def test_missing_config_file():
+    with pytest.raises(UserError, match="config file not found: nowhere.yaml"):
+        get_config(["--config_path=nowhere.yaml"])
+
+
+def test_yaml_loading_is_safe(tmp_path):
+    path = tmp_path / "evil.yaml"
+    path.write_text("seed: !!python/object/apply:os.system ['echo hacked']\n")
+    with pytest.raises(UserError, match="not valid YAML"):
+        load_yaml(str(path))
+
+
+def test_config_is_read_only_and_replace_validates():
+    config = get_config([f"--config_path={CIFAR}"])
+    with pytest.raises(AttributeError, match="read-only"):
+        config.batch_size = 3
+    changed = config.replace(batch_size=3)
+    assert changed.batch_size == 3 and config.batch_size == 64
+    with pytest.raises(UserError):
+        config.replace(rank=1)
+
+
+def test_resolved_config_round_trips(tmp_path):
+    config = get_config([f"--config_path={CIFAR}", "--batch_size=16", "--image_size=32,32"])
+    path = save_config(config, str(tmp_path / "run"))
+    again = get_config([f"--config_path={path}"])
+    assert again.to_dict() == config.to_dict()
+
+
+def test_help_lists_every_key(capsys):
+    with pytest.raises(SystemExit) as info:
+        get_config([f"--config_path={CIFAR}", "--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    values, help_text, _ = load_yaml(CIFAR)
+    for key in values:
+        assert f"--{key}=" in out
+    assert help_text["lr_scheduler"] in out

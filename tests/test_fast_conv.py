@@ -1,0 +1,245 @@
+"""FastConv2d: the oneDNN custom-operator convolution and its fallback.
+
+Forward outputs and gradients (input, weight, bias) must match the stock nn.Conv2d within
+float tolerance, on the fast path and on the fallback, and training losses must match on a
+fixed seed. The library is built by ``python -m src.ops.build``; the fast-path tests build
+it if needed and skip (with the build's one-line reason) where it cannot be built.
+"""
+import logging
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import src  # noqa: F401  (sets the process's oneDNN ISA choice before MindSpore runs)
+import mindspore as ms
+from mindspore import nn
+
+import src.ops as native
+from src import fast_conv
+from src.fast_conv import FastConv2d
+from src.ops import build as ops_build
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RTOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def library():
+    try:
+        path = ops_build.build()
+    except ops_build.BuildError as exc:
+        pytest.skip(f"fast convolution library not built: {exc}")
+    native._load_result = None  # pick up a fresh build
+    lib, reason = native.load_library()
+    if lib is None:
+        pytest.skip(reason)
+    return path
+
+
+@pytest.fixture
+def graph_mode(monkeypatch):
+    monkeypatch.delenv("FAST_CONV", raising=False)
+    old = ms.get_context("mode")
+    ms.set_context(mode=ms.GRAPH_MODE, device_target="CPU")
+    yield
+    ms.set_context(mode=old)
+
+
+def rel_err(a, b):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-12))
+
+
+def copy_params(dst, src_cell):
+    for p_dst, p_src in zip(dst.get_parameters(), src_cell.get_parameters()):
+        assert p_dst.name == p_src.name and p_dst.shape == p_src.shape
+        p_dst.set_data(ms.Tensor(p_src.asnumpy()))
+
+
+def value_and_grads(cell, x):
+    def loss_fn(inp):
+        y = cell(inp)
+        return (y * y).sum() * 0.5, y
+
+    grad_fn = ms.value_and_grad(loss_fn, grad_position=0, weights=cell.trainable_params(), has_aux=True)
+    (_, y), (dx, dws) = grad_fn(x)
+    return y.asnumpy(), dx.asnumpy(), [g.asnumpy() for g in dws]
+
+
+def assert_same_as_stock(fast, stock, x):
+    y_f, dx_f, dw_f = value_and_grads(fast, x)
+    y_s, dx_s, dw_s = value_and_grads(stock, x)
+    assert y_f.shape == y_s.shape
+    assert rel_err(y_f, y_s) < RTOL
+    assert rel_err(dx_f, dx_s) < RTOL
+    assert len(dw_f) == len(dw_s)
+    for a, b in zip(dw_f, dw_s):
+        assert rel_err(a, b) < RTOL
+
+
+CASES = [
+    # in, out, pad_mode, padding, bias, input shape
+    (3, 16, "same", 0, False, (4, 3, 16, 16)),       # first VGG layer: 3 input channels
+    (16, 32, "pad", 1, True, (2, 16, 9, 11)),         # VGG 'pad' mode, bias, odd sizes
+    (32, 32, "valid", 0, False, (3, 32, 7, 7)),
+    (8, 24, "pad", 2, True, (1, 8, 6, 5)),            # batch 1, wider padding
+    (16, 16, "pad", (1, 2, 1, 2), False, (2, 16, 8, 8)),  # bottom/right one wider
+    (64, 128, "same", 0, False, (8, 64, 4, 4)),
+]
+
+
+@pytest.mark.parametrize("cin,cout,pad_mode,padding,bias,shape", CASES)
+def test_forward_and_gradients_match_stock(library, graph_mode, cin, cout, pad_mode, padding, bias, shape):
+    ms.set_seed(3)
+    stock = nn.Conv2d(cin, cout, 3, pad_mode=pad_mode, padding=padding, has_bias=bias)
+    fast = FastConv2d(cin, cout, 3, pad_mode=pad_mode, padding=padding, has_bias=bias)
+    assert fast.uses_fast_path
+    copy_params(fast, stock)
+    x = ms.Tensor(np.random.default_rng(0).standard_normal(shape).astype(np.float32))
+    assert_same_as_stock(fast, stock, x)
+
+
+def test_kernel_size_5_and_1(library, graph_mode):
+    x = ms.Tensor(np.random.default_rng(1).standard_normal((2, 8, 10, 10)).astype(np.float32))
+    for k, pad_mode in ((5, "same"), (1, "valid")):
+        stock = nn.Conv2d(8, 12, k, pad_mode=pad_mode, has_bias=True)
+        fast = FastConv2d(8, 12, k, pad_mode=pad_mode, has_bias=True)
+        assert fast.uses_fast_path
+        copy_params(fast, stock)
+        assert_same_as_stock(fast, stock, x)
+
+
+def test_same_parameters_and_checkpoint_interchange(library, graph_mode, tmp_path):
+    ms.set_seed(5)
+    fast = FastConv2d(4, 6, 3, pad_mode="pad", padding=1, has_bias=True)
+    ms.set_seed(5)
+    stock = nn.Conv2d(4, 6, 3, pad_mode="pad", padding=1, has_bias=True)
+    assert isinstance(fast, nn.Conv2d)
+    assert [(p.name, p.shape) for p in fast.get_parameters()] == \
+        [(p.name, p.shape) for p in stock.get_parameters()] == [("weight", (6, 4, 3, 3)), ("bias", (6,))]
+    # same seed, same initialisers, same values
+    for a, b in zip(fast.get_parameters(), stock.get_parameters()):
+        np.testing.assert_array_equal(a.asnumpy(), b.asnumpy())
+    ckpt = str(tmp_path / "fast.ckpt")
+    ms.save_checkpoint(fast, ckpt)
+    other = nn.Conv2d(4, 6, 3, pad_mode="pad", padding=1, has_bias=True, weight_init="zeros", bias_init="zeros")
+    assert ms.load_param_into_net(other, ms.load_checkpoint(ckpt)) == ([], [])
+    np.testing.assert_array_equal(other.weight.asnumpy(), fast.weight.asnumpy())
+
+
+def test_train_steps_match_stock(library, graph_mode):
+    def net(conv_cls):
+        ms.set_seed(7)
+        return nn.SequentialCell([
+            conv_cls(3, 16, 3, pad_mode="pad", padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+            nn.MaxPool2d(2, 2),
+            conv_cls(16, 32, 3, pad_mode="same"), nn.BatchNorm2d(32), nn.ReLU(),
+            nn.MaxPool2d(2, 2), nn.Flatten(), nn.Dense(32 * 4 * 4, 10)])
+
+    rng = np.random.default_rng(2)
+    x = ms.Tensor(rng.standard_normal((16, 3, 16, 16)).astype(np.float32))
+    y = ms.Tensor(rng.integers(0, 10, 16).astype(np.int32))
+    losses = {}
+    for name, cls in (("stock", nn.Conv2d), ("fast", FastConv2d)):
+        model = net(cls)
+        step = nn.TrainOneStepCell(
+            nn.WithLossCell(model, nn.SoftmaxCrossEntropyWithLogits(sparse=True, reduction="mean")),
+            nn.Momentum(model.trainable_params(), learning_rate=0.01, momentum=0.9))
+        step.set_train()
+        losses[name] = [float(step(x, y).asnumpy()) for _ in range(6)]
+    assert losses["fast"][-1] < losses["fast"][0]
+    np.testing.assert_allclose(losses["fast"], losses["stock"], rtol=RTOL)
+
+
+def test_fallback_when_disabled_gives_same_results(library, graph_mode, monkeypatch, caplog):
+    ms.set_seed(11)
+    fast = FastConv2d(8, 8, 3, pad_mode="pad", padding=1, has_bias=True)
+    monkeypatch.setenv("FAST_CONV", "0")
+    fast_conv._reported.clear()
+    with caplog.at_level(logging.WARNING, logger="src.fast_conv"):
+        fallback = FastConv2d(8, 8, 3, pad_mode="pad", padding=1, has_bias=True)
+    assert fast.uses_fast_path and not fallback.uses_fast_path
+    assert not fast_conv.fast_conv_available()
+    assert native.preferred_onednn_isa() == "AVX2"
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 1 and "FAST_CONV=0" in messages[0] and "\n" not in messages[0]
+    copy_params(fallback, fast)
+    x = ms.Tensor(np.random.default_rng(4).standard_normal((2, 8, 6, 6)).astype(np.float32))
+    y_f, dx_f, dw_f = value_and_grads(fast, x)
+    y_s, dx_s, dw_s = value_and_grads(fallback, x)
+    assert rel_err(y_f, y_s) < RTOL and rel_err(dx_f, dx_s) < RTOL
+    for a, b in zip(dw_f, dw_s):
+        assert rel_err(a, b) < RTOL
+
+
+def test_fallback_reasons(graph_mode, monkeypatch, caplog):
+    fast_conv._reported.clear()
+    usable = native.library_status()[0]
+    with caplog.at_level(logging.WARNING, logger="src.fast_conv"):
+        # configurations outside the kernels (only when the library is usable)
+        if usable:
+            assert not FastConv2d(4, 4, 3, stride=2).uses_fast_path
+            assert not FastConv2d(4, 4, 3, dilation=2).uses_fast_path
+            assert not FastConv2d(4, 4, 3, group=2).uses_fast_path
+            assert not FastConv2d(4, 4, 3, pad_mode="pad", padding=(2, 0, 1, 1)).uses_fast_path
+        # PyNative mode
+        ms.set_context(mode=ms.PYNATIVE_MODE)
+        cell = FastConv2d(4, 4, 3)
+        assert not cell.uses_fast_path
+        x = ms.Tensor(np.ones((1, 4, 5, 5), np.float32))
+        assert cell(x).shape == (1, 4, 5, 5)
+        ms.set_context(mode=ms.GRAPH_MODE)
+        # library missing
+        monkeypatch.setattr(native, "LIB_PATH", "/nonexistent/libfastconv.so")
+        monkeypatch.setattr(native, "_load_result", None)
+        assert not FastConv2d(4, 4, 3).uses_fast_path
+        assert native.preferred_onednn_isa() == "AVX2"
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    assert "python -m src.ops.build" in text
+    if usable:
+        assert "PyNative" in text and "stride" in text and "dilation" in text and "group" in text
+
+
+def test_preferred_isa_when_usable(library, monkeypatch):
+    monkeypatch.delenv("FAST_CONV", raising=False)
+    assert native.preferred_onednn_isa() == "ALL"
+    assert native.onednn_version().startswith("3.")
+
+
+def test_build_reports_missing_compiler_in_one_line(monkeypatch, capsys):
+    monkeypatch.setattr(ops_build.shutil, "which", lambda name: None)
+    assert ops_build.main([]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "compiler" in err
+
+
+def test_avx512_kernels_match_stock_in_fresh_process(library, tmp_path):
+    """With no ISA cap (as when every convolution is fast), oneDNN picks its AVX-512
+    kernels where the CPU has them: check them against the stock convolution."""
+    script = textwrap.dedent(f"""
+        import sys; sys.path.insert(0, {ROOT!r}); sys.path.insert(0, {os.path.join(ROOT, 'tests')!r})
+        import numpy as np, mindspore as ms
+        from mindspore import nn
+        ms.set_context(mode=ms.GRAPH_MODE, device_target="CPU")
+        from src.fast_conv import FastConv2d
+        from test_fast_conv import copy_params, value_and_grads, rel_err
+        for cin, cout, shape in ((3, 32, (4, 3, 12, 12)), (32, 48, (2, 32, 6, 6))):
+            stock = nn.Conv2d(cin, cout, 3, pad_mode="pad", padding=1, has_bias=True)
+            fast = FastConv2d(cin, cout, 3, pad_mode="pad", padding=1, has_bias=True)
+            assert fast.uses_fast_path
+            copy_params(fast, stock)
+            x = ms.Tensor(np.random.default_rng(0).standard_normal(shape).astype(np.float32))
+            a, b = value_and_grads(fast, x), value_and_grads(stock, x)
+            errs = [rel_err(a[0], b[0]), rel_err(a[1], b[1])] + [rel_err(p, q) for p, q in zip(a[2], b[2])]
+            assert max(errs) < {RTOL}, errs
+        print("OK")
+    """)
+    env = dict(os.environ, ONEDNN_MAX_CPU_ISA="ALL", GLOG_v="3")
+    env.pop("FAST_CONV", None)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env,
+                          cwd=str(tmp_path), timeout=600)
+    assert proc.returncode == 0 and "OK" in proc.stdout, proc.stderr[-3000:]

@@ -1,0 +1,145 @@
+"""Checkpoints that are written atomically, carry what resuming needs, and load with errors
+that name the file and the parameters at fault."""
+import contextlib
+import logging
+import os
+import re
+
+from src.errors import UserError
+
+META_KEYS = ("epoch", "step_in_epoch", "global_step", "steps_per_epoch", "arch", "config_yaml")
+# Stored under this prefix so they never collide with parameter names (the optimizer has a
+# `global_step` parameter of its own).
+META_PREFIX = "meta."
+# The last classifier layer, re-created when fine-tuning to another class count.
+HEAD_PREFIX = "classifier.6."
+NAME_PATTERN = re.compile(r"^(?P<prefix>.+)-(?P<epoch>\d+)_(?P<step>\d+)\.ckpt$")
+
+
+@contextlib.contextmanager
+def _quiet_mindspore():
+    """MindSpore logs its own ERROR line before raising; ours is the one the user needs."""
+    logger = logging.getLogger("mindspore")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def checkpoint_name(prefix, epoch, step):
+    """Upstream naming: `<prefix>-<epoch>_<step>.ckpt`, epoch 1-based, step within the epoch."""
+    return f"{prefix}-{epoch}_{step}.ckpt"
+
+
+def save_checkpoint(cell, path, meta):
+    """Write `cell`'s parameters plus `meta` to a temporary file, then rename it to `path`.
+
+    A crash or a full disk therefore never leaves a partial file under a checkpoint's name,
+    and earlier checkpoints are never touched. CRC is recorded so flipped bytes are caught.
+    """
+    import mindspore as ms
+
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    tmp = os.path.join(folder, f".tmp-{os.getpid()}-{os.path.basename(path)}")
+    try:
+        with _quiet_mindspore():
+            ms.save_checkpoint(cell, tmp, crc_check=True,
+                               append_dict={META_PREFIX + k: v for k, v in meta.items()})
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except (OSError, RuntimeError, ValueError) as err:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise UserError(f"could not write checkpoint {path}: {str(err).splitlines()[0]}; "
+                        "earlier checkpoints are unchanged") from None
+    return path
+
+
+def read_checkpoint(path):
+    """All entries of a checkpoint file (parameters and metadata), or a one-line UserError."""
+    import mindspore as ms
+
+    if not os.path.isfile(path):
+        raise UserError(f"checkpoint not found: {path}")
+    if os.path.getsize(path) == 0:
+        raise UserError(f"checkpoint {path} is empty (0 bytes)")
+    try:
+        with _quiet_mindspore():
+            return ms.load_checkpoint(path, crc_check=True)
+    except (ValueError, RuntimeError, TypeError) as err:
+        raise UserError(f"checkpoint {path} is corrupt or not a MindSpore checkpoint "
+                        f"({str(err).splitlines()[0][:120]})") from None
+
+
+def checkpoint_meta(entries):
+    """The resume metadata stored by save_checkpoint (missing keys are absent)."""
+    meta = {}
+    for key in META_KEYS:
+        if META_PREFIX + key in entries:
+            value = entries[META_PREFIX + key]
+            meta[key] = value if isinstance(value, str) else value.asnumpy().item()
+    return meta
+
+
+def load_weights(net, entries, path, reinit_classifier=False):
+    """Copy matching parameters of `entries` into `net`.
+
+    Every parameter of the network must be present with the same shape; otherwise a
+    UserError lists the offenders. With reinit_classifier the last classifier layer may
+    differ (another class count) and keeps its fresh initialisation. Returns the names
+    that were skipped.
+    """
+    import mindspore as ms
+
+    missing, mismatched, skipped = [], [], []
+    to_load = {}
+    for param in net.get_parameters():
+        name = param.name
+        if name not in entries:
+            missing.append(name)
+            continue
+        stored = entries[name]
+        if tuple(stored.shape) != tuple(param.shape):
+            if reinit_classifier and name.startswith(HEAD_PREFIX):
+                skipped.append(name)
+                continue
+            mismatched.append(f"{name} {tuple(stored.shape)} vs network {tuple(param.shape)}")
+            continue
+        to_load[name] = stored
+    if missing:
+        raise UserError(f"checkpoint {path} does not fit the network: {len(missing)} "
+                        f"parameters missing ({', '.join(missing[:3])}"
+                        f"{', ...' if len(missing) > 3 else ''}); was it made for another "
+                        "arch, batch_norm or has_bias setting?")
+    if mismatched:
+        hint = ("" if reinit_classifier else
+                "; for another class count set --reinit_classifier=True to fine-tune")
+        raise UserError(f"checkpoint {path} does not fit the network: shape mismatch in "
+                        f"{'; '.join(mismatched[:3])}{hint}")
+    with _quiet_mindspore():
+        ms.load_param_into_net(net, to_load, strict_load=True)
+    return skipped
+
+
+def list_checkpoints(folder):
+    """Checkpoints named `<prefix>-<epoch>_<step>.ckpt` in folder, oldest first."""
+    if not os.path.isdir(folder):
+        return []
+    found = []
+    for name in os.listdir(folder):
+        match = NAME_PATTERN.match(name)
+        if match:
+            found.append((int(match["epoch"]), int(match["step"]), os.path.join(folder, name)))
+    return [path for _, _, path in sorted(found)]
+
+
+def prune_checkpoints(folder, keep):
+    """Delete all but the newest `keep` numbered checkpoints of folder."""
+    paths = list_checkpoints(folder)
+    for path in paths[:-keep] if keep > 0 else []:
+        with contextlib.suppress(OSError):
+            os.remove(path)

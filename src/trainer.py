@@ -1,0 +1,299 @@
+"""Training: optimiser and train step from a config, and an epoch loop that checkpoints,
+resumes exactly, logs progress and stops cleanly on a bad loss or Ctrl-C."""
+import math
+import os
+import time
+from dataclasses import dataclass
+
+from src import checkpoint as ckpt
+from src.errors import UserError
+from src.evaluation import allreduce_counts, evaluate
+from src.lr_schedule import learning_rates
+from src.progress import MetricsCSV, StepTimer, format_duration, plot_metrics
+
+
+def split_parameter_groups(net, freeze_features=False):
+    """Trainable parameters split by (feature extractor?, weight-decayed?).
+
+    Conv and dense weights (rank > 1) get weight decay; BatchNorm gamma/beta and biases
+    (rank 1) do not. Frozen feature parameters are excluded from training altogether.
+    """
+    if freeze_features:
+        for param in net.get_parameters():
+            if param.name.startswith("features."):
+                param.requires_grad = False
+    groups = {}
+    for param in net.trainable_params():
+        key = (param.name.startswith("features."), len(param.shape) > 1)
+        groups.setdefault(key, []).append(param)
+    return groups
+
+
+def build_optimizer(net, config, lr_per_step, loss_scale):
+    """Momentum SGD with per-group weight decay and learning rate (features may be scaled)."""
+    import mindspore as ms
+    from mindspore import nn
+
+    groups = []
+    for (is_feature, decayed), params in split_parameter_groups(net, config.freeze_features).items():
+        scale = config.features_lr_scale if is_feature else 1.0
+        groups.append({"params": params,
+                       "weight_decay": config.weight_decay if decayed else 0.0,
+                       "lr": ms.Tensor(lr_per_step * scale, ms.float32)})
+    if not groups:
+        raise UserError("nothing to train: every parameter is frozen")
+    groups.append({"order_params": net.trainable_params()})
+    return nn.Momentum(groups, learning_rate=ms.Tensor(lr_per_step, ms.float32),
+                       momentum=config.momentum, loss_scale=loss_scale)
+
+
+class LossCell:
+    """Factory for a cell computing the loss in float32 whatever the network's precision."""
+
+    @staticmethod
+    def create(net, label_smoothing):
+        import mindspore as ms
+        from mindspore import nn, ops
+
+        class NetWithLoss(nn.Cell):
+            def __init__(self):
+                super().__init__(auto_prefix=False)
+                self.network = net
+                self.loss = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+
+            def construct(self, image, label):
+                logits = ops.cast(self.network(image), ms.float32)
+                return self.loss(logits, label)
+
+        return NetWithLoss()
+
+
+def choose_precision(config, device_target, log):
+    """(amp_level, loss_scale_type) that will actually be used, logged when it differs."""
+    amp_level, scale_type = config.amp_level, config.loss_scale_type
+    if device_target == "CPU":
+        if amp_level != "O0":
+            log.info("precision: float32 on CPU (amp_level %s asked; float16 is slower than "
+                     "float32 on CPU and bfloat16 has no CPU kernels)", amp_level)
+        else:
+            log.info("precision: float32")
+        if scale_type == "dynamic":
+            log.info("loss scale: fixed %.1f on CPU (dynamic loss scaling is not supported "
+                     "there; float32 needs none)", config.loss_scale)
+        return "O0", "fixed"
+    log.info("precision: amp_level %s, %s loss scale %.1f", amp_level, scale_type,
+             config.loss_scale)
+    return amp_level, scale_type
+
+
+def build_train_step(net, config, lr_per_step, device_target, log):
+    import mindspore as ms
+    from mindspore import nn
+
+    amp_level, scale_type = choose_precision(config, device_target, log)
+    if amp_level != "O0":
+        net = ms.amp.auto_mixed_precision(net, amp_level)
+    smoothing = config.label_smooth_factor if config.label_smooth else 0.0
+    with_loss = LossCell.create(net, smoothing)
+    if scale_type == "dynamic":
+        optimizer = build_optimizer(net, config, lr_per_step, 1.0)
+        update = nn.DynamicLossScaleUpdateCell(loss_scale_value=config.loss_scale,
+                                               scale_factor=2, scale_window=2000)
+        step = nn.TrainOneStepWithLossScaleCell(with_loss, optimizer, scale_sense=update)
+    else:
+        optimizer = build_optimizer(net, config, lr_per_step, config.loss_scale)
+        step = nn.TrainOneStepCell(with_loss, optimizer, sens=config.loss_scale)
+    step.set_train(True)
+    return step
+
+
+@dataclass
+class Position:
+    """Where training stands: completed epochs, steps done in the current one, total steps."""
+    epoch: int = 0
+    step_in_epoch: int = 0
+    global_step: int = 0
+
+
+@dataclass
+class RunPaths:
+    run_dir: str
+    ckpt_dir: str
+    prefix: str
+    writes_checkpoints: bool
+
+    @property
+    def metrics_csv(self):
+        return os.path.join(self.ckpt_dir, "metrics.csv")
+
+
+def resume_position(entries, path, steps_per_epoch):
+    meta = ckpt.checkpoint_meta(entries)
+    if "global_step" not in meta:
+        raise UserError(f"checkpoint {path} has no training position (epoch/step); use it "
+                        "with --pre_trained instead of --resume")
+    if meta.get("steps_per_epoch", steps_per_epoch) != steps_per_epoch:
+        raise UserError(f"checkpoint {path} was made with {meta['steps_per_epoch']} steps per "
+                        f"epoch, this run has {steps_per_epoch}; resume with the same data "
+                        "and batch_size")
+    return Position(int(meta["epoch"]), int(meta["step_in_epoch"]), int(meta["global_step"]))
+
+
+def restore_train_state(train_step, entries, path):
+    """Load network, momentum and step counter (the learning-rate position) from a checkpoint."""
+    import mindspore as ms
+
+    names = {p.name for p in train_step.get_parameters()}
+    state = {k: v for k, v in entries.items()
+             if k in names and "learning_rate" not in k}
+    missing = sorted(names - set(state) - {n for n in names if "learning_rate" in n})
+    if missing:
+        raise UserError(f"checkpoint {path} cannot resume this run: {len(missing)} training "
+                        f"state entries missing ({', '.join(missing[:3])})")
+    ms.load_param_into_net(train_step, state, strict_load=True)
+
+
+class Trainer:
+    """Runs the epochs of one training job."""
+
+    def __init__(self, config, runtime, net, make_dataset, steps_per_epoch, paths, log,
+                 config_yaml="", eval_dataset_fn=None):
+        self.config = config
+        self.runtime = runtime
+        self.net = net
+        self.make_dataset = make_dataset
+        self.steps_per_epoch = steps_per_epoch
+        self.paths = paths
+        self.log = log
+        self.config_yaml = config_yaml
+        self.eval_dataset_fn = eval_dataset_fn
+        self.lr = learning_rates(config, steps_per_epoch)
+        self.train_step = build_train_step(net, config, self.lr, runtime.device_target, log)
+        self.position = Position()
+        self.best_acc = -1.0
+        self.last_checkpoint = None
+
+    # --- checkpoints -------------------------------------------------------------------
+    def save(self, position, reason):
+        if not self.paths.writes_checkpoints:
+            return None
+        epoch_1based = position.epoch + (1 if position.step_in_epoch else 0)
+        step = position.step_in_epoch or self.steps_per_epoch
+        path = os.path.join(self.paths.ckpt_dir,
+                            ckpt.checkpoint_name(self.paths.prefix, epoch_1based, step))
+        ckpt.save_checkpoint(self.train_step, path, {
+            "epoch": position.epoch, "step_in_epoch": position.step_in_epoch,
+            "global_step": position.global_step, "steps_per_epoch": self.steps_per_epoch,
+            "arch": self.paths.prefix, "config_yaml": self.config_yaml})
+        ckpt.prune_checkpoints(self.paths.ckpt_dir, self.config.keep_checkpoint_max)
+        self.last_checkpoint = path
+        self.log.info("saved checkpoint %s (%s)", path, reason)
+        return path
+
+    def resume_from(self, path):
+        entries = ckpt.read_checkpoint(path)
+        self.position = resume_position(entries, path, self.steps_per_epoch)
+        restore_train_state(self.train_step, entries, path)
+        self.last_checkpoint = path
+        self.log.info("resumed from %s at epoch %d, step %d (global step %d, lr %.6f)", path,
+                      self.position.epoch + 1, self.position.step_in_epoch,
+                      self.position.global_step, self._lr_at(self.position.global_step))
+
+    def _lr_at(self, global_step):
+        return float(self.lr[min(global_step, len(self.lr) - 1)])
+
+    # --- the loop ----------------------------------------------------------------------
+    def train(self):
+        config, pos = self.config, self.position
+        metrics = MetricsCSV(self.paths.metrics_csv, resume_step=pos.global_step) \
+            if self.runtime.is_master else None
+        total_steps = config.max_epoch * self.steps_per_epoch
+        self.log.info("training %s: %d epochs x %d steps, batch %d x %d device(s)",
+                      self.paths.prefix, config.max_epoch, self.steps_per_epoch,
+                      config.batch_size, self.runtime.group_size)
+        loss = float("nan")
+        try:
+            while pos.epoch < config.max_epoch:
+                loss = self._run_epoch(pos, metrics, total_steps)
+                pos.epoch, pos.step_in_epoch = pos.epoch + 1, 0
+                if pos.epoch % config.ckpt_interval == 0 or pos.epoch == config.max_epoch:
+                    self.save(pos, f"epoch {pos.epoch}")
+                if config.eval_interval and pos.epoch % config.eval_interval == 0:
+                    self._evaluate(pos, metrics)
+        except KeyboardInterrupt:
+            self.log.info("interrupted at epoch %d step %d; saving the current state",
+                          pos.epoch + 1, pos.step_in_epoch)
+            self.save(pos, "interrupted")
+            raise
+        if metrics is not None:
+            png = plot_metrics(metrics.path, os.path.join(self.paths.ckpt_dir, "metrics.png"))
+            self.log.info("metrics: %s, plot: %s", metrics.path, png)
+        return loss
+
+    def _run_epoch(self, pos, metrics, total_steps):
+        config = self.config
+        dataset = self.make_dataset(pos.epoch, pos.step_in_epoch)
+        timer = StepTimer(config.batch_size * self.runtime.group_size)
+        epoch_start = time.perf_counter()
+        steps_this_run = 0
+        loss = float("nan")
+        for image, label in dataset.create_tuple_iterator(num_epochs=1):
+            output = self.train_step(image, label)
+            loss_tensor = output[0] if isinstance(output, tuple) else output
+            loss = float(loss_tensor.asnumpy())
+            pos.step_in_epoch += 1
+            pos.global_step += 1
+            steps_this_run += 1
+            timer.tick()
+            if not math.isfinite(loss):
+                kept = self.last_checkpoint or "none was written yet"
+                raise UserError(f"loss is {loss} at epoch {pos.epoch + 1} step "
+                                f"{pos.step_in_epoch} (global step {pos.global_step}); "
+                                f"stopped; last good checkpoint: {kept}; try a lower lr")
+            if steps_this_run == 1:
+                timer.report(0)  # the first step includes graph compilation
+            elif pos.step_in_epoch % config.log_interval == 0 or \
+                    pos.step_in_epoch == self.steps_per_epoch:
+                self._log_progress(pos, loss, timer, total_steps, metrics)
+        if pos.step_in_epoch != self.steps_per_epoch:
+            raise UserError(f"epoch {pos.epoch + 1} delivered {pos.step_in_epoch} batches, "
+                            f"expected {self.steps_per_epoch}; the dataset changed during "
+                            "training")
+        seconds = time.perf_counter() - epoch_start
+        self.log.info("epoch: %d step: %d, loss is %.6f", pos.epoch + 1, self.steps_per_epoch,
+                      loss)
+        self.log.info("epoch time: %.1f s, per step time: %.1f ms", seconds,
+                      1000 * seconds / max(steps_this_run, 1))
+        return loss
+
+    def _log_progress(self, pos, loss, timer, total_steps, metrics):
+        lr = self._lr_at(pos.global_step - 1)
+        per_step, images_per_sec, eta = timer.report(total_steps - pos.global_step)
+        self.log.info("epoch %d/%d step %d/%d loss %.4f lr %.6f | %.1f img/s %.0f ms/step | "
+                      "eta %s", pos.epoch + 1, self.config.max_epoch, pos.step_in_epoch,
+                      self.steps_per_epoch, loss, lr, images_per_sec, 1000 * per_step,
+                      format_duration(eta))
+        if metrics is not None:
+            metrics.add(epoch=pos.epoch + 1, global_step=pos.global_step,
+                        loss=f"{loss:.6f}", lr=f"{lr:.8f}",
+                        images_per_sec=f"{images_per_sec:.1f}")
+
+    def _evaluate(self, pos, metrics):
+        counts = allreduce_counts(evaluate(self.net, self.eval_dataset_fn()),
+                                  self.runtime.group_size)
+        self.log.info("eval after epoch %d: top1 %.4f top5 %.4f (%d images, %.1f img/s)",
+                      pos.epoch, counts.acc, counts.acc5, counts.total,
+                      counts.images_per_second)
+        if metrics is not None:
+            metrics.add(epoch=pos.epoch, global_step=pos.global_step,
+                        eval_top1=f"{counts.acc:.6f}", eval_top5=f"{counts.acc5:.6f}")
+        if counts.acc > self.best_acc and self.paths.writes_checkpoints:
+            self.best_acc = counts.acc
+            best = os.path.join(self.paths.ckpt_dir, f"{self.paths.prefix}-best.ckpt")
+            ckpt.save_checkpoint(self.net, best, {"epoch": pos.epoch,
+                                                  "global_step": pos.global_step,
+                                                  "arch": self.paths.prefix,
+                                                  "config_yaml": self.config_yaml})
+            self.log.info("new best top1 %.4f: %s", counts.acc, best)
+        return counts
+

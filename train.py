@@ -1,0 +1,101 @@
+"""Train a VGG network: python train.py --config_path=cifar10_config.yaml --data_dir=DATA"""
+import os
+
+import src  # noqa: F401  (sets the oneDNN ISA cap before MindSpore loads)
+from model_utils.config import get_config, save_config
+from src import checkpoint as ckpt
+from src.cli import run_entry
+from src.errors import UserError
+from src.factory import build_dataset, build_network, model_name
+from src.progress import setup_logger
+from src.runtime import setup_runtime
+from src.trainer import RunPaths, Trainer
+
+
+def prepare_run_folder(config, runtime):
+    """The run folder (ckpt_path) and this rank's checkpoint folder, checked writable."""
+    run_dir = os.path.abspath(config.ckpt_path)
+    per_rank = config.is_distributed and not config.is_save_on_master
+    ckpt_dir = os.path.join(run_dir, f"rank_{runtime.rank}") if per_rank else run_dir
+    writes = per_rank or runtime.is_master
+    for folder in {run_dir, ckpt_dir}:
+        try:
+            os.makedirs(folder, exist_ok=True)
+            probe = os.path.join(folder, f".write-test-{os.getpid()}")
+            with open(probe, "w", encoding="utf-8"):
+                pass
+            os.remove(probe)
+        except OSError as err:
+            raise UserError(f"output folder {folder} is not writable ({err.strerror}); "
+                            "set --ckpt_path to a writable folder") from None
+    return RunPaths(run_dir, ckpt_dir, model_name(config), writes)
+
+
+def find_resume_checkpoint(config, paths, log):
+    if not config.resume:
+        return None
+    if config.resume != "auto":
+        return config.resume
+    found = ckpt.list_checkpoints(paths.ckpt_dir)
+    if not found:
+        log.info("resume=auto: no checkpoint in %s yet, starting from scratch", paths.ckpt_dir)
+        return None
+    return found[-1]
+
+
+def load_pretrained(net, config, log):
+    entries = ckpt.read_checkpoint(config.pre_trained)
+    skipped = ckpt.load_weights(net, entries, config.pre_trained, config.reinit_classifier)
+    log.info("loaded pre-trained weights from %s", config.pre_trained)
+    if skipped:
+        log.info("re-initialised for %d classes (not loaded): %s", config.num_classes,
+                 ", ".join(skipped))
+
+
+def train(config):
+    runtime = setup_runtime(config.device_target, config.device_id, config.context_mode,
+                            config.is_distributed, seed=config.seed)
+    paths = prepare_run_folder(config, runtime)
+    log = setup_logger(paths.run_dir, runtime.rank)
+    config_yaml = ""
+    if runtime.is_master:
+        config_file = save_config(config, paths.run_dir)
+        with open(config_file, encoding="utf-8") as handle:
+            config_yaml = handle.read()
+    log.info("device %s, rank %d of %d, run folder %s", runtime.device_target, runtime.rank,
+             runtime.group_size, paths.run_dir)
+
+    first = build_dataset(config, training=True, runtime=runtime)
+    steps_per_epoch = first.get_dataset_size()
+
+    def make_dataset(epoch, start_step):
+        if epoch == 0 and start_step == 0 and first is not None:
+            return first
+        return build_dataset(config, training=True, runtime=runtime, epoch=epoch,
+                             start_step=start_step)
+
+    eval_fn = (lambda: build_dataset(config, training=False, runtime=runtime)) \
+        if config.eval_interval else None
+    net = build_network(config, runtime.device_target)
+    if config.pre_trained:
+        load_pretrained(net, config, log)
+    trainer = Trainer(config, runtime, net, make_dataset, steps_per_epoch, paths, log,
+                      config_yaml, eval_fn)
+    resume = find_resume_checkpoint(config, paths, log)
+    if resume:
+        trainer.resume_from(resume)
+    trainer.train()
+    log.info("training finished; checkpoints in %s", paths.ckpt_dir)
+
+
+def main():
+    config = get_config(default_config="cifar10_config.yaml")
+    if config.enable_modelarts:
+        from model_utils.moxing_adapter import run_on_modelarts
+        run_on_modelarts(config, train)
+    else:
+        train(config)
+
+
+if __name__ == "__main__":
+    run_entry(main)

@@ -76,8 +76,13 @@ def imagenet_pairs(result_path, label_path):
     try:
         with open(label_path, encoding="utf-8") as handle:
             label_of = json.load(handle)
-    except (OSError, ValueError) as err:
+    except OSError as err:
         raise UserError(f"label_path: cannot read {label_path} ({err})") from None
+    except ValueError:
+        label_of = None
+    if not isinstance(label_of, dict) or not label_of:
+        raise UserError(f"label_path: {label_path} is not the JSON label file preprocess.py "
+                        "writes for imagenet2012") from None
     results = result_stems(result_path)
     missing = sorted(set(label_of) - set(results))
     if missing:

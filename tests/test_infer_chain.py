@@ -120,7 +120,8 @@ def test_preprocess_writes_eval_pipeline_images_and_labels(chain, tmp_path):
 
 def test_mindir_runner_and_postprocess_match_direct_evaluation(chain, tmp_path):
     preprocess.write_cifar10_inputs(chain["data_dir"], str(tmp_path / "pre"), (32, 32), NUM_CLASSES)
-    count, avg_ms = infer_runner.run(chain["mindir"], str(tmp_path / "pre" / "00_data"), str(tmp_path / "res"))
+    count, avg_ms = infer_runner.run(chain["mindir"], str(tmp_path / "pre" / "00_data"),
+                                     str(tmp_path / "res"))
     assert count == NUM_RECORDS and avg_ms > 0
     np.testing.assert_allclose(result_logits(tmp_path / "res", count), chain["direct"], atol=1e-5)
     log = score(tmp_path / "res", tmp_path / "pre" / "cifar10_label_ids.npy", tmp_path)
@@ -174,7 +175,8 @@ def test_imagenet_labels_runner_and_top5_match_eval_pipeline(chain, tmp_path):
     ran = np.stack([np.fromfile(tmp_path / "res" / f"{s}_0.bin", np.float32) for s in stems])
     np.testing.assert_allclose(ran, direct, atol=1e-5)
 
-    log = score(tmp_path / "res", tmp_path / "pre" / "imagenet_label.json", tmp_path, "imagenet2012").splitlines()
+    log = score(tmp_path / "res", tmp_path / "pre" / "imagenet_label.json", tmp_path,
+                "imagenet2012").splitlines()
     top = np.argsort(-direct, axis=1, kind="stable")
     top1 = int((top[:, 0] == eval_labels).sum())
     top5 = int((top[:, :5] == eval_labels[:, None]).any(axis=1).sum())
@@ -241,7 +243,8 @@ def test_script_builds_and_runs_the_cpp_app(chain, tmp_path):
     flat = chain["images"].reshape(NUM_RECORDS, -1).astype(np.float64)
     padded = np.pad(flat, ((0, 0), (0, -flat.shape[1] % NUM_CLASSES)))
     expected = padded.reshape(NUM_RECORDS, -1, NUM_CLASSES).sum(axis=1)
-    np.testing.assert_allclose(result_logits(work / "result_Files", NUM_RECORDS), expected, rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(result_logits(work / "result_Files", NUM_RECORDS), expected,
+                               rtol=1e-4, atol=1e-3)
     acc = float((expected.argmax(axis=1) == chain["labels"]).mean())
     assert (work / "acc.log").read_text().strip() == str({"acc": acc})
     assert "Inference avg time" in (work / "infer.log").read_text()

@@ -5,6 +5,8 @@ import os
 import time
 from dataclasses import dataclass
 
+import numpy as np
+
 from src import checkpoint as ckpt
 from src.errors import UserError
 from src.evaluation import allreduce_counts, evaluate
@@ -47,25 +49,72 @@ def build_optimizer(net, config, lr_per_step, loss_scale):
                        momentum=config.momentum, loss_scale=loss_scale)
 
 
-class LossCell:
-    """Factory for a cell computing the loss in float32 whatever the network's precision."""
+def uses_dropout(net):
+    """True when the network's classifier has active Dropout layers."""
+    from mindspore import nn
 
-    @staticmethod
-    def create(net, label_smoothing):
+    if not getattr(net, "include_top", False):
+        return False
+    return any(isinstance(cell, nn.Dropout) for cell in net.classifier.cells())
+
+
+class DropoutMasks:
+    """Host-made dropout masks, a pure function of (seed, rank, global step).
+
+    MindSpore's Dropout kernels keep their random state inside the compiled graph, where a
+    checkpoint cannot reach it; masks made here from the step number make a resumed run
+    draw exactly the masks the uninterrupted run would have drawn.
+    """
+
+    def __init__(self, seed, rank, p=0.5, width=4096):
+        self.seed, self.rank, self.p, self.width = seed, rank, p, width
+
+    def __call__(self, global_step, batch):
         import mindspore as ms
-        from mindspore import nn, ops
 
-        class NetWithLoss(nn.Cell):
-            def __init__(self):
-                super().__init__(auto_prefix=False)
-                self.network = net
-                self.loss = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+        rng = np.random.default_rng([self.seed, self.rank, global_step])
+        keep = 1.0 - self.p
+        masks = (rng.random((2, batch, self.width), dtype=np.float32) < keep) / keep
+        return ms.Tensor(masks[0].astype(np.float32)), ms.Tensor(masks[1].astype(np.float32))
 
-            def construct(self, image, label):
-                logits = ops.cast(self.network(image), ms.float32)
-                return self.loss(logits, label)
 
-        return NetWithLoss()
+def create_loss_cell(net, label_smoothing, masked_dropout):
+    """Cell computing the loss in float32 whatever the network's precision.
+
+    With masked_dropout the classifier's two dropouts take the masks passed in (see
+    DropoutMasks) instead of drawing their own.
+    """
+    import mindspore as ms
+    from mindspore import nn, ops
+
+    class NetWithLoss(nn.Cell):
+        def __init__(self):
+            super().__init__(auto_prefix=False)
+            self.network = net
+            self.loss = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+
+        def construct(self, image, label):
+            logits = ops.cast(self.network(image), ms.float32)
+            return self.loss(logits, label)
+
+    class NetWithMaskedDropoutLoss(nn.Cell):
+        def __init__(self):
+            super().__init__(auto_prefix=False)
+            self.network = net
+            self.loss = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+            self.relu = nn.ReLU()
+
+        def construct(self, image, label, mask1, mask2):
+            head = self.network.classifier
+            x = self.network.forward_features(image)
+            x = self.relu(head[0](x))
+            x = x * ops.cast(mask1, x.dtype)
+            x = self.relu(head[3](x))
+            x = x * ops.cast(mask2, x.dtype)
+            logits = ops.cast(head[6](x), ms.float32)
+            return self.loss(logits, label)
+
+    return NetWithMaskedDropoutLoss() if masked_dropout else NetWithLoss()
 
 
 def choose_precision(config, device_target, log):
@@ -94,7 +143,7 @@ def build_train_step(net, config, lr_per_step, device_target, log):
     if amp_level != "O0":
         net = ms.amp.auto_mixed_precision(net, amp_level)
     smoothing = config.label_smooth_factor if config.label_smooth else 0.0
-    with_loss = LossCell.create(net, smoothing)
+    with_loss = create_loss_cell(net, smoothing, uses_dropout(net))
     if scale_type == "dynamic":
         optimizer = build_optimizer(net, config, lr_per_step, 1.0)
         update = nn.DynamicLossScaleUpdateCell(loss_scale_value=config.loss_scale,
@@ -169,6 +218,8 @@ class Trainer:
         self.eval_dataset_fn = eval_dataset_fn
         self.lr = learning_rates(config, steps_per_epoch)
         self.train_step = build_train_step(net, config, self.lr, runtime.device_target, log)
+        self.dropout_masks = DropoutMasks(config.seed, runtime.rank) if uses_dropout(net) \
+            else None
         self.position = Position()
         self.best_acc = -1.0
         self.last_checkpoint = None
@@ -238,7 +289,11 @@ class Trainer:
         steps_this_run = 0
         loss = float("nan")
         for image, label in dataset.create_tuple_iterator(num_epochs=1):
-            output = self.train_step(image, label)
+            if self.dropout_masks:
+                masks = self.dropout_masks(pos.global_step, image.shape[0])
+                output = self.train_step(image, label, *masks)
+            else:
+                output = self.train_step(image, label)
             loss_tensor = output[0] if isinstance(output, tuple) else output
             loss = float(loss_tensor.asnumpy())
             pos.step_in_epoch += 1

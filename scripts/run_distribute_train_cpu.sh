@@ -1,0 +1,31 @@
+#!/bin/bash
+# Data-parallel training on CPU: msrun starts N processes on this machine (MindSpore's CPU
+# collectives average the gradients). Logs: <log_dir>/worker_<rank>.log and scheduler.log.
+set -u
+source "$(dirname "$0")/common.sh"
+
+usage() {
+  cat <<'USAGE'
+usage: bash scripts/run_distribute_train_cpu.sh DATA_PATH [--key=value ...]
+  DATA_PATH          dataset root (cifar10: holds cifar-10-batches-bin/)
+  --key=value        passed to train.py (e.g. --config_path=cpu_quickstart_config.yaml)
+launcher options (also --key=value):
+  --device_num=N     processes on this machine (default: $DEVICE_NUM, else 2)
+  --worker_num=N     processes in the whole job (multi-node; default: device_num)
+  --node_rank=R --master_addr=HOST --master_port=PORT   multi-node (same port on every node)
+  --log_dir=DIR      msrun logs (default: ./msrun_log)
+environment: PYTHON (default python3), DEVICE_NUM
+USAGE
+}
+
+vgg_require_args $# 1
+data_path=$(vgg_abs_path "$1")
+vgg_require_dir "$data_path" DATA_PATH
+vgg_split_launch_args "${@:2}"
+
+args=("--data_dir=$data_path" "--device_target=CPU" "--is_distributed=1")
+vgg_has_pass_arg ckpt_path || args+=("--ckpt_path=$PWD/outputs")
+VGG_DEFAULT_DEVICE_NUM=2
+vgg_msrun_command "$VGG_REPO/train.py" "${args[@]}" "${PASS_ARGS[@]}"
+export PYTHONPATH="$VGG_REPO${PYTHONPATH:+:$PYTHONPATH}"
+vgg_run_msrun

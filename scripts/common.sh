@@ -125,7 +125,7 @@ vgg_has_pass_arg() {
 
 # A TCP port nobody listens on now (msrun's scheduler port).
 vgg_free_port() {
-  "$VGG_PYTHON" -c 'import socket; s = socket.socket(); s.bind(("", 0)); print(s.getsockname()[1])'
+  python3 -c 'import socket; s = socket.socket(); s.bind(("", 0)); print(s.getsockname()[1])'
 }
 
 # Devices (workers) on this machine: --device_num=N, else $DEVICE_NUM, else DEFAULT.

@@ -119,22 +119,28 @@ class FastConv2d(nn.Conv2d):
     (out_channels, in_channels, kh, kw), ``bias`` of shape (out_channels,)). The fast path
     covers stride 1, dilation 1, one group, NCHW, float32 with 'same', 'valid' or
     symmetric 'pad' padding; anything else, and any other device or mode, runs the stock
-    kernel. ``self.uses_fast_path`` says which was chosen.
+    kernel. ``self.uses_fast_path`` says which was chosen. ``fast=False`` asks for the
+    stock kernel (for instance to export MINDIR/ONNX, which must not depend on the
+    custom library); checkpoints are the same either way.
     """
 
     def __init__(self, in_channels, out_channels, kernel_size=3, stride=1, pad_mode="same",
                  padding=0, dilation=1, group=1, has_bias=False, weight_init=None,
-                 bias_init=None, data_format="NCHW", dtype=ms.float32):
+                 bias_init=None, data_format="NCHW", dtype=ms.float32, fast=True):
         super().__init__(in_channels, out_channels, kernel_size, stride=stride, pad_mode=pad_mode,
                          padding=padding, dilation=dilation, group=group, has_bias=has_bias,
                          weight_init=weight_init, bias_init=bias_init, data_format=data_format,
                          dtype=dtype)
-        available, reason = fast_conv_status()
-        if available:
-            reason = _config_reason(self)
+        if not fast:
+            reason = "fast=False"
+        else:
+            available, reason = fast_conv_status()
+            if available:
+                reason = _config_reason(self)
         self.uses_fast_path = not reason
         if reason:
-            _report_once(reason)
+            if fast:
+                _report_once(reason)
             self.fast_conv = None
         else:
             self.fast_conv = _make_ops(_pad_totals(self))

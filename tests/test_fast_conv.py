@@ -163,6 +163,9 @@ def test_fallback_when_disabled_gives_same_results(library, graph_mode, monkeypa
     with caplog.at_level(logging.WARNING, logger="src.fast_conv"):
         fallback = FastConv2d(8, 8, 3, pad_mode="pad", padding=1, has_bias=True)
     assert fast.uses_fast_path and not fallback.uses_fast_path
+    monkeypatch.delenv("FAST_CONV")
+    assert not FastConv2d(8, 8, 3, fast=False).uses_fast_path  # asked for, so not logged
+    monkeypatch.setenv("FAST_CONV", "0")
     assert not fast_conv.fast_conv_available()
     assert native.preferred_onednn_isa() == "AVX2"
     messages = [r.getMessage() for r in caplog.records]

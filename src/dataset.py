@@ -398,10 +398,11 @@ def pipeline_user_error(error):
     MindSpore re-raises an exception from a Python source as the same type but with a
     multi-line message (traceback and pipeline banners); this recovers our line from it.
     """
-    marker = f"{UserError.__module__}.{UserError.__name__}: "
+    markers = (f"{UserError.__module__}.{UserError.__name__}: ", f"{UserError.__name__}: ")
     for line in reversed(str(error).splitlines()):
-        if line.startswith(marker):
-            return UserError(line[len(marker):])
+        for marker in markers:
+            if line.startswith(marker):
+                return UserError(line[len(marker):])
     if isinstance(error, UserError) and "\n" not in str(error):
         return error
     return None

@@ -1,0 +1,334 @@
+"""Distributed training and evaluation on this machine: 2-process CPU jobs launched with msrun
+(through scripts/run_distribute_train_cpu.sh) on small generated data, plus the launch
+scripts' argument handling and command assembly checked with stand-ins for msrun, mpirun and
+the Python interpreter."""
+import os
+import re
+import shutil
+import socket
+import stat
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPTS = os.path.join(REPO, "scripts")
+TRAIN_RECORDS = 128
+BATCH = 16
+# vgg11 without BatchNorm or dropout: the quickest network whose ranks must stay identical
+NET_ARGS = ["--config_path=cpu_quickstart_config.yaml", "--arch=vgg11", "--batch_norm=False",
+            "--has_dropout=False", "--device_target=CPU"]
+TRAIN_ARGS = NET_ARGS + ["--max_epoch=1", f"--batch_size={BATCH}", "--log_interval=1"]
+# MindSpore's own convolution compiles faster than the project's oneDNN cells: used by the
+# runs that check the launch machinery rather than the training result
+QUICK = ["--fast_conv=off"]
+JOB_TIMEOUT = 240  # seconds; a hung job fails the test instead of the CI run
+
+needs_msrun = pytest.mark.skipif(shutil.which("msrun") is None, reason="msrun not on PATH")
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def write_cifar_records(path, images, labels):
+    records = np.concatenate([labels.astype(np.uint8)[:, None], images.reshape(len(labels), -1)],
+                             axis=1)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    records.tofile(path)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    """CIFAR-10 layout; training image i is filled with the value i, so any pixel of the
+    centre (untouched by crop and flip) tells which record a batch row came from."""
+    root = tmp_path_factory.mktemp("cifar")
+    ids = np.arange(TRAIN_RECORDS, dtype=np.uint8)
+    images = np.repeat(ids[:, None], 3 * 32 * 32, axis=1)
+    write_cifar_records(str(root / "cifar-10-batches-bin" / "data_batch_1.bin"), images,
+                        ids % 10)
+    rng = np.random.default_rng(0)
+    write_cifar_records(str(root / "cifar-10-verify-bin" / "test_batch.bin"),
+                        rng.integers(0, 256, (40, 3072), dtype=np.uint8),
+                        rng.integers(0, 10, 40))
+    return root
+
+
+def launch_cpu_training(data, workdir, *args, timeout=JOB_TIMEOUT, env=None):
+    command = ["bash", os.path.join(SCRIPTS, "run_distribute_train_cpu.sh"), str(data),
+               "--device_num=2", f"--master_port={free_port()}",
+               f"--log_dir={workdir / 'msrun_log'}", *TRAIN_ARGS, *args]
+    return subprocess.run(command, cwd=workdir, capture_output=True, text=True,
+                          env=dict(os.environ, **(env or {})), timeout=timeout, check=False)
+
+
+def job_output(result, workdir):
+    logs = ""
+    for name in sorted(os.listdir(workdir / "msrun_log")) if (workdir / "msrun_log").is_dir() else []:
+        with open(workdir / "msrun_log" / name, encoding="utf-8", errors="replace") as handle:
+            logs += f"\n==== {name}\n" + handle.read()[-3000:]
+    return result.stdout[-3000:] + result.stderr[-3000:] + logs
+
+
+@pytest.fixture(scope="module")
+def per_rank_run(data_dir, tmp_path_factory):
+    """A 2-process run in which every rank saves its own checkpoint (is_save_on_master=False)."""
+    workdir = tmp_path_factory.mktemp("per_rank")
+    run_dir = workdir / "run"
+    result = launch_cpu_training(data_dir, workdir, f"--ckpt_path={run_dir}",
+                                 "--is_save_on_master=False")
+    assert result.returncode == 0, job_output(result, workdir)
+    return run_dir, workdir
+
+
+def read_numeric_entries(path):
+    import mindspore as ms
+
+    return {name: value.asnumpy() for name, value in ms.load_checkpoint(str(path)).items()
+            if not name.startswith("meta.") and hasattr(value, "asnumpy")}
+
+
+@needs_msrun
+def test_ranks_end_with_identical_parameters(per_rank_run):
+    run_dir, workdir = per_rank_run
+    steps = TRAIN_RECORDS // (2 * BATCH)
+    rank0 = read_numeric_entries(run_dir / "rank_0" / f"vgg11-1_{steps}.ckpt")
+    rank1 = read_numeric_entries(run_dir / "rank_1" / f"vgg11-1_{steps}.ckpt")
+    assert rank0.keys() == rank1.keys()
+    assert any(name.startswith("moments.") and np.abs(value).max() > 0
+               for name, value in rank0.items()), "no gradient reached the optimizer"
+    different = [name for name in rank0 if not np.array_equal(rank0[name], rank1[name])]
+    assert not different, f"ranks diverged in {different[:5]}"
+    # each rank took half of the epoch's steps, and each wrote its own log
+    log0 = (run_dir / "train_rank0.log").read_text()
+    assert f"1 epochs x {steps} steps, batch {BATCH} x 2 device(s)" in log0
+    assert re.search(rf"epoch: 1 step: {steps}, loss is \d", log0)
+    assert "rank 1 of 2" in (run_dir / "train_rank1.log").read_text()
+    # only rank 0 writes to the console: msrun's worker_1.log holds no progress lines
+    assert "loss is" not in (workdir / "msrun_log" / "worker_1.log").read_text()
+
+
+def center_values(dataset):
+    """Per batch row, the centre pixel of channel 0 (a function of the record id only)."""
+    values = []
+    for image, _ in dataset.create_tuple_iterator(output_numpy=True, num_epochs=1):
+        values.extend(np.round(image[:, 0, 16, 16], 4).tolist())
+    return values
+
+
+def test_each_rank_reads_a_disjoint_half_of_every_epoch(data_dir):
+    from model_utils.config import get_config
+    from src.factory import build_dataset
+    from src.runtime import Runtime
+
+    config = get_config(TRAIN_ARGS + [f"--data_dir={data_dir}", "--num_workers=1"])
+    for epoch in (0, 1):
+        shards = [center_values(build_dataset(config, training=True, epoch=epoch,
+                                              runtime=Runtime("CPU", 0, rank, 2)))
+                  for rank in (0, 1)]
+        half = TRAIN_RECORDS // 2
+        assert [len(s) for s in shards] == [half, half]
+        assert [len(set(s)) for s in shards] == [half, half], "a record repeats within a shard"
+        assert not set(shards[0]) & set(shards[1]), f"epoch {epoch}: shards overlap"
+        assert len(set(shards[0]) | set(shards[1])) == TRAIN_RECORDS
+
+
+@needs_msrun
+def test_save_on_master_writes_one_checkpoint_folder(data_dir, tmp_path):
+    small = tmp_path / "small"  # 2 x 16 records: one step per rank is enough here
+    records = (data_dir / "cifar-10-batches-bin" / "data_batch_1.bin").read_bytes()
+    (small / "cifar-10-batches-bin").mkdir(parents=True)
+    (small / "cifar-10-batches-bin" / "data_batch_1.bin").write_bytes(records[:32 * 3073])
+    run_dir = tmp_path / "run"
+    result = launch_cpu_training(small, tmp_path, f"--ckpt_path={run_dir}",
+                                 "--is_save_on_master=True", *QUICK)
+    assert result.returncode == 0, job_output(result, tmp_path)
+    folders = {os.path.relpath(root, run_dir) for root, _, files in os.walk(run_dir)
+               if any(f.endswith(".ckpt") for f in files)}
+    assert folders == {"."}
+    assert not list(run_dir.glob("rank_*"))
+    assert {p.name for p in run_dir.glob("train_rank*.log")} == {"train_rank0.log",
+                                                                  "train_rank1.log"}
+
+
+@needs_msrun
+def test_crashing_rank_fails_the_job_with_its_error_shown(data_dir, tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "rank_1").write_text("a file where rank 1's checkpoint folder should be")
+    # MS_NODE_TIMEOUT: the scheduler gives up on the killed rank after 5 s instead of 30
+    result = launch_cpu_training(data_dir, tmp_path, f"--ckpt_path={run_dir}",
+                                 "--is_save_on_master=False", *QUICK, timeout=180,
+                                 env={"MS_NODE_TIMEOUT": "5"})
+    assert result.returncode != 0
+    shown = result.stdout + result.stderr
+    assert "the distributed job failed" in shown
+    assert re.search(r"worker_1\.log:\nerror: output folder .*rank_1 is not writable", shown), shown
+
+
+def write_image_folder(root, count):
+    """An ImageNet-style folder of small PNGs in 10 class folders."""
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    for index in range(count):
+        folder = root / f"class_{index % 10}"
+        folder.mkdir(parents=True, exist_ok=True)
+        pixels = rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / f"img_{index:03d}.png")
+
+
+def eval_counts(text):
+    return re.findall(r"after allreduce eval: top[15]_correct=\d+, tot=\d+, acc=[\d.]+%", text)
+
+
+@needs_msrun
+@pytest.mark.skipif(not os.path.isfile(os.path.join(REPO, "eval.py")), reason="no eval.py yet")
+def test_distributed_eval_counts_equal_single_process(per_rank_run, tmp_path):
+    run_dir, _ = per_rank_run
+    checkpoint = sorted((run_dir / "rank_0").glob("*.ckpt"))[-1]
+    images = tmp_path / "images"
+    write_image_folder(images, 31)  # 16 + 15: shards of unequal size
+    args = NET_ARGS + QUICK + ["--dataset=imagenet2012", f"--data_dir={images}", "--batch_size=8",
+                       f"--pre_trained={checkpoint}"]
+    env = dict(os.environ, PYTHONPATH=REPO)
+    single = subprocess.run([sys.executable, os.path.join(REPO, "eval.py"), *args], cwd=tmp_path,
+                            env=env, capture_output=True, text=True, timeout=JOB_TIMEOUT,
+                            check=False)
+    assert single.returncode == 0, single.stderr[-3000:]
+    log_dir = tmp_path / "msrun_log"
+    distributed = subprocess.run(
+        ["msrun", "--worker_num=2", "--local_worker_num=2", f"--master_port={free_port()}",
+         f"--log_dir={log_dir}", "--join=True", os.path.join(REPO, "eval.py"), *args,
+         "--is_distributed=1"], cwd=tmp_path, env=env, capture_output=True, text=True,
+        timeout=JOB_TIMEOUT, check=False)
+    assert distributed.returncode == 0, job_output(distributed, tmp_path)
+    expected = eval_counts(single.stdout)
+    assert len(expected) == 2 and "tot=31," in expected[0], single.stdout
+    assert eval_counts((log_dir / "worker_0.log").read_text()) == expected
+    speeds = re.findall(r"eval speed on rank \d of 2: (\d+) images",
+                        (log_dir / "worker_0.log").read_text() +
+                        (log_dir / "worker_1.log").read_text())
+    assert sorted(map(int, speeds)) == [15, 16]
+
+
+# ---------------------------------------------------------------- launch scripts, no job
+
+def run_script(name, *args, cwd, env=None, timeout=60):
+    return subprocess.run(["bash", os.path.join(SCRIPTS, name), *map(str, args)], cwd=cwd,
+                          env=dict(os.environ, **(env or {})), capture_output=True, text=True,
+                          timeout=timeout, check=False)
+
+
+def write_executable(path, text):
+    path.write_text("#!/bin/bash\n" + text)
+    path.chmod(path.stat().st_mode | stat.S_IEXEC)
+    return path
+
+
+@pytest.mark.parametrize("name, args, message", [
+    ("run_distribute_train_cpu.sh", [], "expected at least 1 argument"),
+    ("run_distribute_train_cpu.sh", ["missing_data"], "DATA_PATH .*missing_data is not a folder"),
+    ("run_distribute_train_cpu.sh", [".", "--batch_size", "8"], "'--batch_size' is not of the form"),
+    ("run_distribute_train_cpu.sh", [".", "--device_num=0"], "device count '0' must be an integer >= 1"),
+    ("run_distribute_train_gpu.sh", [], "expected at least 1 argument"),
+    ("run_distribute_train_gpu.sh", [".", "x2"], "DEVICE_NUM 'x2' must be an integer >= 1"),
+    ("run_distribute_train.sh", ["rank_table.json"], "expected at least 2 argument"),
+    ("run_distribute_train.sh", ["missing.json", "."], "RANK_TABLE_JSON .*missing.json is not a file"),
+])
+def test_scripts_check_arguments_and_print_usage(tmp_path, name, args, message):
+    result = run_script(name, *args, cwd=tmp_path)
+    assert result.returncode != 0
+    assert re.search(message, result.stderr), result.stderr
+    assert "usage: bash scripts/" + name in result.stderr
+
+
+def test_gpu_script_assembles_msrun_with_count_and_multinode_options(tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    write_executable(bin_dir / "msrun", 'printf "%s\\n" "$@" > "$MSRUN_ARGS"\n')
+    (tmp_path / "data").mkdir()
+    env = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "MSRUN_ARGS": str(tmp_path / "args"),
+           "DEVICE_NUM": "4"}
+    result = run_script("run_distribute_train_gpu.sh", "data", "--worker_num=8", "--node_rank=1",
+                        "--master_addr=10.0.0.2", "--master_port=8118", "--ckpt_path=out",
+                        "--dataset=cifar10", cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stderr
+    args = (tmp_path / "args").read_text().splitlines()
+    assert args[:6] == ["--worker_num=8", "--local_worker_num=4", "--master_addr=10.0.0.2",
+                        "--master_port=8118", "--node_rank=1", f"--log_dir={tmp_path}/msrun_log"]
+    train = args[args.index(os.path.join(REPO, "train.py")) + 1:]
+    assert train == [f"--data_dir={tmp_path}/data", "--device_target=GPU", "--is_distributed=1",
+                     f"--ckpt_path={tmp_path}/out", "--dataset=cifar10"]
+    # the device count as an argument; a multi-node job without a port is refused
+    result = run_script("run_distribute_train_gpu.sh", "data", "2", cwd=tmp_path, env=env)
+    assert "--local_worker_num=2" in (tmp_path / "args").read_text()
+    result = run_script("run_distribute_train_gpu.sh", "data", "--worker_num=8", cwd=tmp_path,
+                        env=env)
+    assert result.returncode != 0 and "needs --master_port" in result.stderr
+
+
+def test_gpu_script_with_mpirun(tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    write_executable(bin_dir / "mpirun", 'printf "%s\\n" "$@" > "$MPI_ARGS"\n')
+    (tmp_path / "data").mkdir()
+    env = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "MPI_ARGS": str(tmp_path / "args"),
+           "USE_MPIRUN": "1", "MPIRUN_OPTIONS": "--hostfile hosts"}
+    result = run_script("run_distribute_train_gpu.sh", "data", "3", cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stderr
+    args = (tmp_path / "args").read_text().splitlines()
+    assert args[:2] == ["-n", "3"] and "--hostfile" in args and "--device_target=GPU" in args
+
+
+RANK_TABLE = """{"version": "1.0", "server_count": "2", "status": "completed", "server_list": [
+ {"server_id": "10.0.0.1", "device": [{"device_id": "0", "device_ip": "1.0.0.1", "rank_id": "0"},
+                                      {"device_id": "1", "device_ip": "1.0.0.2", "rank_id": "1"}]},
+ {"server_id": "10.0.0.2", "device": [{"device_id": "0", "device_ip": "1.0.0.3", "rank_id": "2"},
+                                      {"device_id": "1", "device_ip": "1.0.0.4", "rank_id": "3"}]}]}
+"""
+
+FAKE_PYTHON = """echo "cwd=$PWD rank=$RANK_ID device=$DEVICE_ID size=$RANK_SIZE table=$RANK_TABLE_FILE"
+echo "args=$*"
+if [ "$RANK_ID" == "$FAIL_RANK" ]; then echo "error: rank $RANK_ID cannot go on" >&2; exit 3; fi
+sleep "${SLEEP:-0}"
+"""
+
+
+def test_ascend_script_runs_one_process_per_device_of_this_server(tmp_path):
+    (tmp_path / "rank_table.json").write_text(RANK_TABLE)
+    (tmp_path / "data").mkdir()
+    fake = write_executable(tmp_path / "python", FAKE_PYTHON)
+    env = {"PYTHON": str(fake), "SERVER_ID": "10.0.0.2", "FAIL_RANK": "none"}
+    result = run_script("run_distribute_train.sh", "rank_table.json", "data", "--dataset=cifar10",
+                        cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stderr
+    for rank, device in ((2, 0), (3, 1)):
+        log = (tmp_path / f"train_parallel{rank}" / "log").read_text()
+        assert (f"cwd={tmp_path}/train_parallel{rank} rank={rank} device={device} size=4 "
+                f"table={tmp_path}/rank_table.json") in log
+        assert (f"args={REPO}/train.py --data_dir={tmp_path}/data --device_target=Ascend "
+                f"--is_distributed=1 --ckpt_path={tmp_path}/outputs --dataset=cifar10") in log
+    assert not (tmp_path / "train_parallel0").exists()
+    assert not list((tmp_path / "train_parallel2").glob("*.py")), "sources copied per rank"
+
+
+def test_ascend_script_stops_all_ranks_when_one_fails(tmp_path):
+    (tmp_path / "rank_table.json").write_text(RANK_TABLE)
+    (tmp_path / "data").mkdir()
+    fake = write_executable(tmp_path / "python", FAKE_PYTHON)
+    env = {"PYTHON": str(fake), "SERVER_ID": "10.0.0.1", "FAIL_RANK": "1", "SLEEP": "300"}
+    result = run_script("run_distribute_train.sh", "rank_table.json", "data", cwd=tmp_path,
+                        env=env, timeout=30)
+    assert result.returncode == 3
+    assert "rank 1 failed (exit 3)" in result.stderr
+    assert "error: rank 1 cannot go on" in result.stderr
+    # without SERVER_ID and with no matching address, the script cannot pick a server
+    env.pop("SERVER_ID")
+    result = run_script("run_distribute_train.sh", "rank_table.json", "data", cwd=tmp_path,
+                        env=dict(env, SERVER_ID=""), timeout=30)
+    assert result.returncode != 0 and "set SERVER_ID" in result.stderr

@@ -57,7 +57,9 @@ def shard_indices(num_samples, *, training, seed, epoch, num_shards, shard_id):
 
     Training: a permutation of the whole set, a pure function of (seed, epoch); shard k takes
     every num_shards-th element from k, all shards trimmed to the same length. Evaluation:
-    the fixed order k, k+num_shards, ... with nothing dropped or repeated.
+    the fixed order k, k+num_shards, ... with nothing dropped or repeated. (MindSpore's
+    DistributedSampler pads shards to equal size by repeating samples, which would make a
+    summed distributed evaluation count some images twice; hence our own split.)
     """
     if training:
         order = np.random.default_rng([int(seed), int(epoch)]).permutation(num_samples)

@@ -1,0 +1,275 @@
+"""Top-5 classes, with their names, for one image or a folder of images:
+
+    python predict.py --model=CKPT_OR_MINDIR --image=FILE_OR_FOLDER [--class_names=FILE]
+                      [--top_k=5] [--config_path=YAML] [--image_size=H,W]
+                      [--device_target=CPU|GPU|Ascend] [--device_id=0]
+
+Images are prepared by the ImageNet evaluation transform of src/dataset.py at the network's
+input size. A checkpoint's network is described by the config that training stored in it
+(`meta.config_yaml`), else by --config_path, else read off its weights (converted torchvision
+checkpoints); an exported MindIR (or ONNX) file carries its own graph and input size. Class
+names come from --class_names or from class_names.json beside the model (or one folder up,
+where train.py writes it for per-rank checkpoint folders): a JSON list, index order.
+"""
+import argparse
+import json
+import math
+import os
+import re
+import sys
+import tempfile
+
+import numpy as np
+
+import src  # noqa: F401  (sets the oneDNN ISA cap before MindSpore loads)
+from src.cli import run_entry
+from src.errors import UserError
+
+CLASS_NAMES_FILE = "class_names.json"
+IMAGENET_CONFIG = "imagenet2012_config.yaml"
+CONV_WEIGHT = re.compile(r"^features\.\d+\.weight$")
+
+
+# ---------------------------------------------------------------- inputs
+
+def list_images(path):
+    """[path] for an image file, or the images under a folder (sorted, sub-folders too)."""
+    from src.dataset import IMAGE_EXTENSIONS
+
+    if os.path.isfile(path):
+        return [path]
+    if not os.path.isdir(path):
+        raise UserError(f"image: {path} is neither an image file nor a folder")
+    found = sorted(os.path.join(root, name) for root, _, names in os.walk(path)
+                   for name in names
+                   if name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith("."))
+    if not found:
+        raise UserError(f"image: folder {path} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+    return found
+
+
+def find_class_names(model_path, given=None):
+    """The class-name file to use: `given`, else class_names.json beside the model or one
+    folder up; None when there is none."""
+    if given:
+        if not os.path.isfile(given):
+            raise UserError(f"class_names: {given} does not exist")
+        return given
+    folder = os.path.dirname(os.path.abspath(model_path))
+    for candidate in (folder, os.path.dirname(folder)):
+        path = os.path.join(candidate, CLASS_NAMES_FILE)
+        if os.path.isfile(path):
+            return path
+    return None
+
+
+def read_class_names(path, num_classes):
+    """The list of names in `path`, checked against the model's class count."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            names = json.load(handle)
+    except (OSError, ValueError) as err:
+        raise UserError(f"class_names: cannot read {path} as JSON ({err})") from None
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise UserError(f"class_names: {path} must hold a JSON list of names in index order")
+    if len(names) != num_classes:
+        raise UserError(f"class_names: {path} lists {len(names)} names but the model has "
+                        f"{num_classes} classes")
+    return names
+
+
+# ---------------------------------------------------------------- models
+
+def _config_from_yaml_text(text, overrides):
+    """The Config a training run stored in its checkpoint, validated like any YAML file."""
+    from model_utils.config import get_config
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "config.yaml")
+        with open(path, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        return get_config([f"--config_path={path}"] + overrides)
+
+
+def settings_from_weights(entries, path):
+    """Config overrides (arch, batch_norm, has_bias, classes, input size) read off a checkpoint
+    that stores no config, such as one made by convert_torchvision.py."""
+    from src.torchvision_weights import CONV_COUNTS
+
+    convs = sum(1 for name, value in entries.items()
+                if CONV_WEIGHT.match(name) and len(value.shape) == 4)
+    arch = next((a for a, count in CONV_COUNTS.items() if count == convs), None)
+    head, first = entries.get("classifier.6.weight"), entries.get("classifier.0.weight")
+    if arch is None or head is None or first is None:
+        raise UserError(f"model: {path} is not a VGG classifier checkpoint ({convs} "
+                        "convolutions, classifier.0/6 weights needed)")
+    cells = first.shape[1] // 512  # the classifier input is 512 * (H/32) * (W/32)
+    side = math.isqrt(cells)
+    batch_norm = any(name.startswith("features.") and name.endswith(".moving_mean")
+                     for name in entries)
+    overrides = [f"--arch={arch}", f"--batch_norm={batch_norm}",
+                 f"--has_bias={'features.0.bias' in entries}",
+                 f"--num_classes={head.shape[0]}"]
+    if side * side == cells:
+        overrides.append(f"--image_size={32 * side},{32 * side}")
+    return overrides
+
+
+class CheckpointModel:
+    """A checkpoint's network in inference mode: array (N,3,H,W) -> [logits]."""
+
+    def __init__(self, path, config_path=None, image_size=None, device_target=None,
+                 device_id=0):
+        import mindspore as ms
+        from mindspore.nn.utils import no_init_parameters
+
+        from model_utils.config import get_config
+        from src import checkpoint as ckpt
+        from src.factory import build_network, model_name
+        from src.runtime import setup_runtime
+
+        entries = ckpt.read_checkpoint(path)
+        overrides = ["--fast_conv=off"]  # stock operators: the same on every device
+        if image_size:
+            overrides.append(f"--image_size={image_size[0]},{image_size[1]}")
+        stored = ckpt.checkpoint_meta(entries).get("config_yaml")
+        if stored:
+            config = _config_from_yaml_text(stored, overrides)
+            self.source = "the config stored in the checkpoint"
+        elif config_path:
+            config = get_config([f"--config_path={config_path}"] + overrides)
+            self.source = config_path
+        else:
+            # the explicit --image_size goes last so that it wins over the inferred one
+            config = get_config([f"--config_path={IMAGENET_CONFIG}"]
+                                + settings_from_weights(entries, path) + overrides)
+            self.source = "its weights"
+        if device_target is not None:  # else the caller's process has set MindSpore up already
+            setup_runtime(device_target, device_id, "graph")
+        with no_init_parameters():  # every parameter is loaded next
+            self.net = build_network(config)
+        ckpt.load_weights(self.net, entries, path)
+        self.net.set_train(False)
+        self.name = model_name(config)
+        self.input_shape = [1, 3, *config.image_size]
+        self._tensor = ms.Tensor
+
+    def __call__(self, array):
+        return [self.net(self._tensor(array)).asnumpy()]
+
+
+def load_predictor(path, config_path=None, image_size=None, device_target=None, device_id=0):
+    """(model, input shape N,C,H,W, description) for a .ckpt, .mindir or .onnx file."""
+    from src import infer_runner
+
+    if not os.path.isfile(path):
+        raise UserError(f"model: {path} is not a file")
+    if path.lower().endswith(".ckpt"):
+        model = CheckpointModel(path, config_path, image_size, device_target, device_id)
+        return model, model.input_shape, f"{model.name} (network from {model.source})"
+    model = infer_runner.load_model(path, device_target, device_id)
+    shape = model.input_shape
+    if image_size and (shape is None or len(shape) != 4):
+        shape = [1, 3, *image_size]
+    shape = infer_runner.check_shape(shape, path)
+    return model, shape, os.path.basename(path)
+
+
+# ---------------------------------------------------------------- prediction
+
+def softmax(logits):
+    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return shifted / shifted.sum(axis=-1, keepdims=True)
+
+
+def top_classes(probabilities, k):
+    """[(index, probability)] of the k most likely classes, most likely first."""
+    order = np.argsort(-probabilities, kind="stable")[:k]
+    return [(int(i), float(probabilities[i])) for i in order]
+
+
+def predict(model, shape, image_paths):
+    """Yield (image path, class probabilities) one image at a time."""
+    from src.infer_runner import imagenet_loader
+
+    load = imagenet_loader(shape)
+    batch = shape[0] if shape[0] > 0 else 1
+    for path in image_paths:
+        image = load(path)
+        if batch > 1:  # a graph exported for a fixed batch: fill it with copies
+            image = np.repeat(image, batch, axis=0)
+        logits = np.asarray(model(image)[0], np.float64)[0]
+        yield path, softmax(logits)
+
+
+def format_prediction(path, top, names):
+    lines = [path]
+    for index, probability in top:
+        name = names[index] if names else f"class {index}"
+        lines.append(f"  {probability:.4f}  {name}")
+    return "\n".join(lines)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
+    parser.add_argument("--model", required=True,
+                        help="checkpoint (.ckpt) or exported model (.mindir, .onnx)")
+    parser.add_argument("--image", required=True, help="an image file or a folder of images")
+    parser.add_argument("--class_names", default=None,
+                        help=f"JSON list of class names (default: {CLASS_NAMES_FILE} beside the model)")
+    parser.add_argument("--top_k", type=int, default=5, help="classes shown per image")
+    parser.add_argument("--config_path", default=None,
+                        help="YAML describing the network of a checkpoint that stores none")
+    parser.add_argument("--image_size", type=_size_arg, default=None,
+                        help="H,W network input size when the model does not say")
+    parser.add_argument("--device_target", default="CPU", choices=("CPU", "GPU", "Ascend"))
+    parser.add_argument("--device_id", type=int, default=0)
+    parser.add_argument("--debug", default=None, help="True: full tracebacks")
+    args = parser.parse_args(argv)
+    if args.top_k < 1:
+        parser.error(f"--top_k must be at least 1, got {args.top_k}")
+    return args
+
+
+def _size_arg(text):
+    try:
+        size = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not H,W") from None
+    if len(size) == 1:
+        size *= 2
+    if len(size) != 2:
+        raise argparse.ArgumentTypeError(f"'{text}' is not H,W")
+    return size
+
+
+def run(model_path, image_path, class_names=None, top_k=5, config_path=None, image_size=None,
+        device_target="CPU", device_id=0):
+    """Print the top_k classes of every image; device_target None keeps the MindSpore setup
+    the calling process already made."""
+    images = list_images(image_path)
+    names_file = find_class_names(model_path, class_names)
+    model, shape, description = load_predictor(model_path, config_path, image_size,
+                                               device_target, device_id)
+    names = None
+    for count, (path, probabilities) in enumerate(predict(model, shape, images)):
+        if count == 0:
+            num_classes = len(probabilities)
+            if names_file:
+                names = read_class_names(names_file, num_classes)
+            where = (f"class names from {names_file}" if names_file else
+                     f"no {CLASS_NAMES_FILE} beside the model: classes by index "
+                     "(pass --class_names=FILE)")
+            print(f"model {description}: {num_classes} classes, input "
+                  f"{shape[2]}x{shape[3]}; {where}", flush=True)
+        print(format_prediction(path, top_classes(probabilities, top_k), names), flush=True)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    run(args.model, args.image, args.class_names, args.top_k, args.config_path,
+        args.image_size, args.device_target, args.device_id)
+
+
+if __name__ == "__main__":
+    run_entry(main, sys.argv[1:])

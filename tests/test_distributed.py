@@ -239,6 +239,8 @@ def write_executable(path, text):
     ("run_distribute_train_gpu.sh", [".", "x2"], "DEVICE_NUM 'x2' must be an integer >= 1"),
     ("run_distribute_train.sh", ["rank_table.json"], "expected at least 2 argument"),
     ("run_distribute_train.sh", ["missing.json", "."], "RANK_TABLE_JSON .*missing.json is not a file"),
+    ("run_standalone_train.sh", [], "expected at least 1 argument"),
+    ("run_standalone_train.sh", [".", "--worker_num=2"], "launcher options .* distributed scripts"),
 ])
 def test_scripts_check_arguments_and_print_usage(tmp_path, name, args, message):
     result = run_script(name, *args, cwd=tmp_path)
@@ -332,3 +334,14 @@ def test_ascend_script_stops_all_ranks_when_one_fails(tmp_path):
     result = run_script("run_distribute_train.sh", "rank_table.json", "data", cwd=tmp_path,
                         env=dict(env, SERVER_ID=""), timeout=30)
     assert result.returncode != 0 and "set SERVER_ID" in result.stderr
+
+
+def test_standalone_script_passes_arguments_and_exit_status(tmp_path):
+    (tmp_path / "data").mkdir()
+    fake = write_executable(tmp_path / "python", 'echo "args=$*"; exit "${EXIT_CODE:-0}"\n')
+    env = {"PYTHON": str(fake), "EXIT_CODE": "4"}
+    result = run_script("run_standalone_train.sh", "data", "1", "--config_path=cifar10_config.yaml",
+                        cwd=tmp_path, env=env)
+    assert result.returncode == 4
+    assert (f"args={REPO}/train.py --data_dir={tmp_path}/data --device_id=1 "
+            f"--config_path={REPO}/cifar10_config.yaml") in (tmp_path / "train_standalone.log").read_text()

@@ -1,8 +1,13 @@
 """Train a VGG network: python train.py --config_path=cifar10_config.yaml --data_dir=DATA"""
 import os
+import signal
 
-import src  # noqa: F401  (sets the oneDNN ISA cap before MindSpore loads)
-from model_utils.config import get_config, save_config
+# Ctrl-C is handled between training steps (see StopRequest in src/trainer.py); the block
+# must be in place before MindSpore starts its threads, which inherit it.
+signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+
+import src  # noqa: E402,F401  (sets the oneDNN ISA cap before MindSpore loads)
+from model_utils.config import get_config, save_config  # noqa: E402
 from src import checkpoint as ckpt
 from src.cli import run_entry
 from src.errors import UserError

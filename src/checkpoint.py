@@ -17,9 +17,11 @@ NAME_PATTERN = re.compile(r"^(?P<prefix>.+)-(?P<epoch>\d+)_(?P<step>\d+)\.ckpt$"
 
 
 @contextlib.contextmanager
-def _quiet_mindspore():
+def quiet_mindspore():
     """MindSpore logs its own ERROR line before raising; ours is the one the user needs."""
-    logger = logging.getLogger("mindspore")
+    from mindspore.log import _get_logger  # MindSpore's own logger (not named "mindspore")
+
+    logger = _get_logger()
     level = logger.level
     logger.setLevel(logging.CRITICAL)
     try:
@@ -45,7 +47,7 @@ def save_checkpoint(cell, path, meta):
     os.makedirs(folder, exist_ok=True)
     tmp = os.path.join(folder, f".tmp-{os.getpid()}-{os.path.basename(path)}")
     try:
-        with _quiet_mindspore():
+        with quiet_mindspore():
             ms.save_checkpoint(cell, tmp, crc_check=True,
                                append_dict={META_PREFIX + k: v for k, v in meta.items()})
         with open(tmp, "rb") as handle:
@@ -68,7 +70,7 @@ def read_checkpoint(path):
     if os.path.getsize(path) == 0:
         raise UserError(f"checkpoint {path} is empty (0 bytes)")
     try:
-        with _quiet_mindspore():
+        with quiet_mindspore():
             return ms.load_checkpoint(path, crc_check=True)
     except (ValueError, RuntimeError, TypeError) as err:
         raise UserError(f"checkpoint {path} is corrupt or not a MindSpore checkpoint "
@@ -120,7 +122,7 @@ def load_weights(net, entries, path, reinit_classifier=False):
                 "; for another class count set --reinit_classifier=True to fine-tune")
         raise UserError(f"checkpoint {path} does not fit the network: shape mismatch in "
                         f"{'; '.join(mismatched[:3])}{hint}")
-    with _quiet_mindspore():
+    with quiet_mindspore():
         ms.load_param_into_net(net, to_load, strict_load=True)
     return skipped
 

@@ -32,7 +32,20 @@ def run_entry(main, argv=None):
     except Exception as err:  # pylint: disable=broad-except
         if debug:
             raise
+        inner = _user_error_inside(err)
+        if inner is not None:
+            print(f"error: {inner}", file=sys.stderr)
+            sys.exit(1)
         first = (str(err).strip().splitlines() or [""])[0]
         print(f"error: {type(err).__name__}: {first} (run with --debug=True for the traceback)",
               file=sys.stderr)
         sys.exit(1)
+
+
+def _user_error_inside(err):
+    """A data-pipeline failure carries our one-line UserError inside MindSpore's banner."""
+    try:
+        from src.dataset import pipeline_user_error
+    except ImportError:
+        return None
+    return pipeline_user_error(err)

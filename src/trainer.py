@@ -2,6 +2,7 @@
 resumes exactly, logs progress and stops cleanly on a bad loss or Ctrl-C."""
 import math
 import os
+import signal
 import time
 from dataclasses import dataclass
 
@@ -199,7 +200,24 @@ def restore_train_state(train_step, entries, path):
     if missing:
         raise UserError(f"checkpoint {path} cannot resume this run: {len(missing)} training "
                         f"state entries missing ({', '.join(missing[:3])})")
-    ms.load_param_into_net(train_step, state, strict_load=True)
+    with ckpt.quiet_mindspore():  # the schedule is rebuilt from the config, not loaded
+        ms.load_param_into_net(train_step, state, strict_load=True)
+
+
+class StopRequest:
+    """Ctrl-C (SIGINT) as a request that the loop honours between steps.
+
+    MindSpore's runtime installs its own SIGINT handlers around graph execution and ends the
+    process from them, so train.py blocks SIGINT in every thread before MindSpore starts
+    and the loop polls for a pending one: the state saved on interruption is then always a
+    whole step.
+    """
+
+    @staticmethod
+    def check():
+        if signal.SIGINT in signal.sigpending():
+            signal.sigwait({signal.SIGINT})
+            raise KeyboardInterrupt
 
 
 class Trainer:
@@ -223,6 +241,7 @@ class Trainer:
         self.position = Position()
         self.best_acc = -1.0
         self.last_checkpoint = None
+        self.stop = StopRequest()
 
     # --- checkpoints -------------------------------------------------------------------
     def save(self, position, reason):
@@ -310,11 +329,16 @@ class Trainer:
             elif pos.step_in_epoch % config.log_interval == 0 or \
                     pos.step_in_epoch == self.steps_per_epoch:
                 self._log_progress(pos, loss, timer, total_steps, metrics)
+            self.stop.check()
         if pos.step_in_epoch != self.steps_per_epoch:
             raise UserError(f"epoch {pos.epoch + 1} delivered {pos.step_in_epoch} batches, "
                             f"expected {self.steps_per_epoch}; the dataset changed during "
                             "training")
         seconds = time.perf_counter() - epoch_start
+        skipped = getattr(dataset, "skipped_files", None)
+        if skipped is not None and len(skipped):
+            self.log.info("skipped %d corrupt image(s) this epoch (skip_corrupt=True)",
+                          len(skipped))
         self.log.info("epoch: %d step: %d, loss is %.6f", pos.epoch + 1, self.steps_per_epoch,
                       loss)
         self.log.info("epoch time: %.1f s, per step time: %.1f ms", seconds,

@@ -1,0 +1,294 @@
+"""Training: schedules, parameter groups, checkpoints, exact resume, failure handling."""
+import hashlib
+import math
+import os
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import src  # noqa: F401
+from model_utils.config import get_config
+from src import checkpoint as ckpt
+from src import lr_schedule
+from src.errors import UserError
+from src.progress import read_metrics
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+QUICK = os.path.join(REPO, "cpu_quickstart_config.yaml")
+# A small network and data set: vgg11 with BatchNorm and dropout at 32x32, 8 steps an epoch.
+BASE_ARGS = ["--config_path=" + QUICK, "--arch=vgg11", "--batch_size=16", "--max_epoch=2",
+             "--T_max=2", "--warmup_epochs=1", "--lr=0.005", "--log_interval=2",
+             "--keep_checkpoint_max=5", "--device_target=CPU"]
+
+
+def write_cifar(root, n_train=128, n_eval=48, seed=0):
+    """CIFAR-10 binary files whose images carry their label as a colour (learnable)."""
+    rng = np.random.default_rng(seed)
+    for sub, name, n in (("cifar-10-batches-bin", "data_batch_1.bin", n_train),
+                         ("cifar-10-verify-bin", "test_batch.bin", n_eval)):
+        labels = rng.integers(0, 10, n).astype(np.uint8)
+        noise = rng.integers(0, 60, (n, 3, 1024))
+        colour = np.stack([labels * 20, 255 - labels * 20, (labels % 3) * 90], 1)[:, :, None]
+        images = np.clip(noise + colour, 0, 255).astype(np.uint8).reshape(n, 3072)
+        os.makedirs(os.path.join(root, sub), exist_ok=True)
+        np.concatenate([labels[:, None], images], 1).tofile(os.path.join(root, sub, name))
+    return str(root)
+
+
+def run_train(args, check=True, timeout=600):
+    result = subprocess.run([sys.executable, "train.py"] + BASE_ARGS + args, cwd=REPO,
+                            capture_output=True, text=True, timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"train.py failed:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def params_of(path):
+    entries = ckpt.read_checkpoint(path)
+    return {k: v.asnumpy() for k, v in entries.items()
+            if not k.startswith(ckpt.META_PREFIX) and hasattr(v, "asnumpy")}
+
+
+def digest(path):
+    with open(path, "rb") as handle:
+        return hashlib.sha256(handle.read()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return write_cifar(tmp_path_factory.mktemp("data"))
+
+
+@pytest.fixture(scope="module")
+def reference_run(data, tmp_path_factory):
+    """One uninterrupted 2-epoch run, evaluated after each epoch."""
+    run_dir = str(tmp_path_factory.mktemp("reference"))
+    result = run_train([f"--data_dir={data}", f"--ckpt_path={run_dir}", "--eval_interval=1"])
+    return run_dir, result.stdout
+
+
+# --- schedules -------------------------------------------------------------------------
+
+def test_step_schedule_is_warmup_then_quadratic_decay():
+    rates = lr_schedule.warmup_quadratic_decay_lr(0.01, 0.1, 2, 10, 5)
+    assert len(rates) == 50
+    assert rates[0] == pytest.approx(0.01)
+    assert rates[5] == pytest.approx(0.01 + 0.09 * 5 / 10)
+    assert rates[10] == pytest.approx(0.1)
+    assert rates[30] == pytest.approx(0.1 * (1 - 20 / 40) ** 2)
+    assert rates[49] == pytest.approx(0.1 * (1 / 40) ** 2)
+
+
+def test_exponential_schedule_multiplies_at_milestones():
+    rates = lr_schedule.warmup_multistep_lr(0.1, (3, 6), 0.1, 1, 8, 4)
+    assert rates[0] == pytest.approx(0.1 / 4) and rates[3] == pytest.approx(0.1)
+    assert rates[11] == pytest.approx(0.1) and rates[12] == pytest.approx(0.01)
+    assert rates[24] == pytest.approx(0.001) and rates[31] == pytest.approx(0.001)
+
+
+def test_cosine_schedule_reaches_eta_min_at_t_max():
+    rates = lr_schedule.warmup_cosine_annealing_lr(0.1, 0.001, 4, 0, 5, 3)
+    assert rates[0] == pytest.approx(0.1)
+    assert rates[6] == pytest.approx(0.001 + 0.099 * (1 + math.cos(math.pi * 2 / 4)) / 2)
+    assert rates[12] == pytest.approx(0.001)
+
+
+def test_config_picks_the_named_schedule():
+    config = get_config([f"--config_path={QUICK}", "--lr_scheduler=exponential",
+                         "--lr_epochs=2", "--lr_gamma=0.5", "--max_epoch=4",
+                         "--warmup_epochs=0"])
+    rates = lr_schedule.learning_rates(config, 10)
+    assert rates[19] == pytest.approx(config.lr) and rates[20] == pytest.approx(config.lr / 2)
+
+
+# --- optimiser --------------------------------------------------------------------------
+
+def test_no_weight_decay_on_batchnorm_or_bias():
+    import mindspore as ms
+    from src import vgg
+    from src.trainer import build_optimizer, split_parameter_groups
+
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+    net = vgg.vgg11_bn(num_classes=10, image_size=(32, 32), has_bias=True)
+    groups = split_parameter_groups(net)
+    decayed = [p.name for (_, decay), ps in groups.items() if decay for p in ps]
+    plain = [p.name for (_, decay), ps in groups.items() if not decay for p in ps]
+    assert "features.0.weight" in decayed and "classifier.6.weight" in decayed
+    assert {"features.0.bias", "features.1.gamma", "features.1.beta",
+            "classifier.6.bias"} <= set(plain)
+    assert not [n for n in decayed if "gamma" in n or "beta" in n or n.endswith("bias")]
+    config = get_config([f"--config_path={QUICK}", "--freeze_features=True"])
+    frozen = vgg.vgg11_bn(num_classes=10, image_size=(32, 32))
+    optimizer = build_optimizer(frozen, config, np.full(10, 0.1, np.float32), 1.0)
+    names = {p.name for p in optimizer.parameters}
+    assert names and all(n.startswith("classifier.") for n in names)
+
+
+# --- end to end ---------------------------------------------------------------------------
+
+def test_training_learns_and_writes_its_outputs(reference_run):
+    run_dir, stdout = reference_run
+    assert "epoch: 2 step: 8, loss is" in stdout
+    rows = read_metrics(os.path.join(run_dir, "metrics.csv"))
+    losses = [float(r["loss"]) for r in rows if r["loss"]]
+    assert np.mean(losses[-2:]) < np.mean(losses[:2])
+    evals = [float(r["eval_top1"]) for r in rows if r["eval_top1"]]
+    assert len(evals) == 2 and evals[-1] > 0.3  # 10 classes: chance is 0.1
+    for name in ("config.yaml", "metrics.png", "vgg11_bn-1_8.ckpt", "vgg11_bn-2_8.ckpt",
+                 "vgg11_bn-best.ckpt", "train_rank0.log"):
+        assert os.path.isfile(os.path.join(run_dir, name)), name
+    assert get_config([f"--config_path={run_dir}/config.yaml"]).arch == "vgg11"
+
+
+def test_checkpoint_carries_resume_state(reference_run):
+    run_dir, _ = reference_run
+    entries = ckpt.read_checkpoint(os.path.join(run_dir, "vgg11_bn-1_8.ckpt"))
+    meta = ckpt.checkpoint_meta(entries)
+    assert (meta["epoch"], meta["step_in_epoch"], meta["global_step"]) == (1, 0, 8)
+    assert meta["steps_per_epoch"] == 8
+    assert "arch: vgg11" in meta["config_yaml"]
+    assert "moments.features.0.weight" in entries
+    assert int(entries["global_step"].asnumpy().reshape(-1)[0]) == 8
+
+
+def test_resume_from_epoch_checkpoint_is_exact(reference_run, data, tmp_path):
+    run_dir, _ = reference_run
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    source = os.path.join(run_dir, "vgg11_bn-1_8.ckpt")
+    (resumed / "vgg11_bn-1_8.ckpt").write_bytes(open(source, "rb").read())
+    result = run_train([f"--data_dir={data}", f"--ckpt_path={resumed}", "--resume=auto"])
+    assert "resumed from" in result.stdout and "global step 8" in result.stdout
+    expected = params_of(os.path.join(run_dir, "vgg11_bn-2_8.ckpt"))
+    got = params_of(str(resumed / "vgg11_bn-2_8.ckpt"))
+    assert expected.keys() == got.keys()
+    for name, value in expected.items():
+        np.testing.assert_allclose(got[name], value, atol=1e-6, err_msg=name)
+
+
+def test_interrupted_run_saves_and_resumes_exactly(reference_run, data, tmp_path):
+    """Ctrl-C mid-epoch writes a checkpoint; resuming from it ends where the
+    uninterrupted run ended, and the losses before the interruption are identical."""
+    run_dir, _ = reference_run
+    out = str(tmp_path / "interrupted")
+    proc = subprocess.Popen([sys.executable, "train.py"] + BASE_ARGS +
+                            [f"--data_dir={data}", f"--ckpt_path={out}", "--log_interval=1"],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for line in proc.stdout:
+        if line.startswith("epoch 1/2 step 3/8"):
+            proc.send_signal(signal.SIGINT)
+            break
+    proc.stdout.read()
+    assert proc.wait(timeout=300) == 130
+    saved = ckpt.list_checkpoints(out)
+    assert len(saved) == 1 and "-1_" in os.path.basename(saved[0])
+    meta = ckpt.checkpoint_meta(ckpt.read_checkpoint(saved[0]))
+    assert meta["epoch"] == 0 and 3 <= meta["step_in_epoch"] < 8
+    run_train([f"--data_dir={data}", f"--ckpt_path={out}", "--resume=auto"])
+    expected = params_of(os.path.join(run_dir, "vgg11_bn-2_8.ckpt"))
+    got = params_of(os.path.join(out, "vgg11_bn-2_8.ckpt"))
+    for name, value in expected.items():
+        np.testing.assert_allclose(got[name], value, atol=1e-6, err_msg=name)
+    # Same seed, same data: the same losses at the same steps (determinism).
+    reference = {r["global_step"]: r["loss"] for r in read_metrics(f"{run_dir}/metrics.csv")
+                 if r["loss"]}
+    again = {r["global_step"]: r["loss"] for r in read_metrics(f"{out}/metrics.csv")
+             if r["loss"]}
+    common = set(reference) & set(again)
+    assert len(common) >= 4
+    assert all(reference[s] == again[s] for s in common)
+
+
+def test_non_finite_loss_stops_and_keeps_last_checkpoint(reference_run, data, tmp_path):
+    run_dir, _ = reference_run
+    out = tmp_path / "diverge"
+    out.mkdir()
+    source = os.path.join(run_dir, "vgg11_bn-1_8.ckpt")
+    target = out / "vgg11_bn-1_8.ckpt"
+    target.write_bytes(open(source, "rb").read())
+    before = digest(str(target))
+    result = run_train([f"--data_dir={data}", f"--ckpt_path={out}", "--resume=auto",
+                        "--lr=1e30"], check=False)
+    assert result.returncode == 1
+    message = result.stderr.strip().splitlines()
+    assert len(message) == 1
+    assert "loss is nan" in message[0] or "loss is inf" in message[0]
+    assert str(target) in message[0]
+    assert "Traceback" not in result.stderr
+    assert digest(str(target)) == before
+    assert ckpt.list_checkpoints(str(out)) == [str(target)]
+
+
+def test_pretrained_with_other_class_count(reference_run, data, tmp_path):
+    run_dir, _ = reference_run
+    weights = os.path.join(run_dir, "vgg11_bn-2_8.ckpt")
+    refused = run_train([f"--data_dir={data}", f"--ckpt_path={tmp_path}/a",
+                         f"--pre_trained={weights}", "--num_classes=12", "--max_epoch=1"],
+                        check=False)
+    assert refused.returncode == 1
+    assert "classifier.6.weight (10, 4096) vs network (12, 4096)" in refused.stderr
+    assert "--reinit_classifier=True" in refused.stderr
+    tuned = run_train([f"--data_dir={data}", f"--ckpt_path={tmp_path}/b",
+                       f"--pre_trained={weights}", "--num_classes=12", "--max_epoch=1",
+                       "--reinit_classifier=True", "--freeze_features=True"])
+    assert "classifier.6.weight, classifier.6.bias" in tuned.stdout
+    start, end = params_of(weights), params_of(f"{tmp_path}/b/vgg11_bn-1_8.ckpt")
+    np.testing.assert_array_equal(start["features.0.weight"], end["features.0.weight"])
+    assert end["classifier.6.weight"].shape == (12, 4096)
+    assert not np.array_equal(start["classifier.0.weight"], end["classifier.0.weight"])
+
+
+def test_atomic_checkpoint_write_leaves_earlier_files(tmp_path, monkeypatch):
+    import mindspore as ms
+    from mindspore import nn
+
+    net = nn.Dense(3, 2)
+    good = str(tmp_path / "net-1_1.ckpt")
+    ckpt.save_checkpoint(net, good, {"epoch": 1})
+    before = digest(good)
+
+    def full_disk(cell, path, **kwargs):
+        with open(path, "wb") as handle:
+            handle.write(b"partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ms, "save_checkpoint", full_disk)
+    with pytest.raises(UserError, match="No space left on device"):
+        ckpt.save_checkpoint(net, str(tmp_path / "net-2_1.ckpt"), {"epoch": 2})
+    assert sorted(os.listdir(tmp_path)) == ["net-1_1.ckpt"]
+    assert digest(good) == before
+
+
+@pytest.mark.parametrize("content, expected", [
+    (b"", "is empty"),
+    (b"\x00garbage" * 50, "corrupt or not a MindSpore checkpoint"),
+])
+def test_bad_checkpoint_files(tmp_path, content, expected):
+    path = tmp_path / "bad.ckpt"
+    path.write_bytes(content)
+    with pytest.raises(UserError, match=expected):
+        ckpt.read_checkpoint(str(path))
+
+
+def test_flipped_byte_is_detected(tmp_path):
+    from mindspore import nn
+
+    path = str(tmp_path / "net.ckpt")
+    ckpt.save_checkpoint(nn.Dense(30, 20), path, {"epoch": 1})
+    data = bytearray(open(path, "rb").read())
+    data[len(data) // 2] ^= 0xFF
+    open(path, "wb").write(bytes(data))
+    with pytest.raises(UserError, match="corrupt"):
+        ckpt.read_checkpoint(path)
+
+
+def test_unwritable_output_folder(data, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    result = run_train([f"--data_dir={data}", f"--ckpt_path={blocker}/run"], check=False)
+    assert result.returncode == 1
+    assert result.stderr.strip().startswith("error: output folder")
+    assert "Traceback" not in result.stderr

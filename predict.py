@@ -115,6 +115,25 @@ def settings_from_weights(entries, path):
     return overrides
 
 
+def network_config(entries, path, config_path=None, image_size=None):
+    """(Config, where it came from) for a checkpoint: the config training stored in it, else
+    the YAML given, else the ImageNet config fitted to what the weights show."""
+    from model_utils.config import get_config
+    from src import checkpoint as ckpt
+
+    overrides = ["--fast_conv=off"]  # stock operators: the same on every device
+    if image_size:
+        overrides.append(f"--image_size={image_size[0]},{image_size[1]}")
+    stored = ckpt.checkpoint_meta(entries).get("config_yaml")
+    if stored:
+        return _config_from_yaml_text(stored, overrides), "the config stored in the checkpoint"
+    if config_path:
+        return get_config([f"--config_path={config_path}"] + overrides), config_path
+    # overrides last: an explicit --image_size wins over the inferred one
+    return get_config([f"--config_path={IMAGENET_CONFIG}"] + settings_from_weights(entries, path)
+                      + overrides), "its weights"
+
+
 class CheckpointModel:
     """A checkpoint's network in inference mode: array (N,3,H,W) -> [logits]."""
 
@@ -123,27 +142,12 @@ class CheckpointModel:
         import mindspore as ms
         from mindspore.nn.utils import no_init_parameters
 
-        from model_utils.config import get_config
         from src import checkpoint as ckpt
         from src.factory import build_network, model_name
         from src.runtime import setup_runtime
 
         entries = ckpt.read_checkpoint(path)
-        overrides = ["--fast_conv=off"]  # stock operators: the same on every device
-        if image_size:
-            overrides.append(f"--image_size={image_size[0]},{image_size[1]}")
-        stored = ckpt.checkpoint_meta(entries).get("config_yaml")
-        if stored:
-            config = _config_from_yaml_text(stored, overrides)
-            self.source = "the config stored in the checkpoint"
-        elif config_path:
-            config = get_config([f"--config_path={config_path}"] + overrides)
-            self.source = config_path
-        else:
-            # the explicit --image_size goes last so that it wins over the inferred one
-            config = get_config([f"--config_path={IMAGENET_CONFIG}"]
-                                + settings_from_weights(entries, path) + overrides)
-            self.source = "its weights"
+        config, self.source = network_config(entries, path, config_path, image_size)
         if device_target is not None:  # else the caller's process has set MindSpore up already
             setup_runtime(device_target, device_id, "graph")
         with no_init_parameters():  # every parameter is loaded next
@@ -216,7 +220,8 @@ def parse_args(argv=None):
                         help="checkpoint (.ckpt) or exported model (.mindir, .onnx)")
     parser.add_argument("--image", required=True, help="an image file or a folder of images")
     parser.add_argument("--class_names", default=None,
-                        help=f"JSON list of class names (default: {CLASS_NAMES_FILE} beside the model)")
+                        help=f"JSON list of class names (default: {CLASS_NAMES_FILE} "
+                        "beside the model)")
     parser.add_argument("--top_k", type=int, default=5, help="classes shown per image")
     parser.add_argument("--config_path", default=None,
                         help="YAML describing the network of a checkpoint that stores none")

@@ -4,7 +4,6 @@ evaluation transform gives torchvision's tensor, and bad .pth files are refused 
 The torchvision-layout VGG is rebuilt here from torch.nn modules (torchvision itself is not
 installed), with random weights and random BatchNorm running statistics, so no download.
 """
-import io
 import os
 import sys
 

@@ -18,7 +18,7 @@ VGG_SCRIPT_NAME=$(basename "$0")
 # Options that belong to the launcher (msrun), not to the program it starts. device_num is
 # the scripts' own name for the number of devices (workers) on this machine.
 VGG_LAUNCH_KEYS=(worker_num local_worker_num master_addr master_port node_rank log_dir join
-                 cluster_time_out bind_core device_num)
+                 cluster_time_out bind_core tail_worker_log device_num)
 
 # Program options whose values are paths: made absolute, because ranks may run elsewhere.
 VGG_PATH_KEYS=(config_path data_dir eval_data_dir data_list ckpt_path pre_trained resume
@@ -137,7 +137,8 @@ vgg_local_device_num() {
 }
 
 # vgg_msrun_command SCRIPT [ARGS...] -> MSRUN_CMD, from LAUNCH_OPTS. Single node by default:
-# worker_num = local_worker_num = device count, master 127.0.0.1, a free port, node_rank 0.
+# worker_num = local_worker_num = device count, master 127.0.0.1, a free port, node_rank 0;
+# the console shows local worker 0 only (the others' errors are shown when the job fails).
 vgg_msrun_command() {
   local local_num total addr port node log_dir
   local_num=$(vgg_local_device_num "${VGG_DEFAULT_DEVICE_NUM:-}") || exit 1
@@ -155,7 +156,7 @@ vgg_msrun_command() {
   vgg_require_uint "$port" "--master_port" 1024
   MSRUN_CMD=(msrun "--worker_num=$total" "--local_worker_num=$local_num" "--master_addr=$addr"
              "--master_port=$port" "--node_rank=$node" "--log_dir=$log_dir"
-             "--join=${LAUNCH_OPTS[join]:-True}"
+             "--join=${LAUNCH_OPTS[join]:-True}" "--tail_worker_log=${LAUNCH_OPTS[tail_worker_log]:-0}"
              "--cluster_time_out=${LAUNCH_OPTS[cluster_time_out]:-${CLUSTER_TIME_OUT:-300}}")
   if [ -n "${LAUNCH_OPTS[bind_core]:-}" ]; then
     MSRUN_CMD+=("--bind_core=${LAUNCH_OPTS[bind_core]}")

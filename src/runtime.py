@@ -82,6 +82,9 @@ def _init_communication(device_target):
                         "scripts/run_distribute_train*.sh") from None
     rank, group_size = get_rank(), get_group_size()
     ms.reset_auto_parallel_context()
+    # Gradients are all-reduced in 64 MB buckets, which suits every VGG variant (the
+    # upstream index list [2, 18] fits one layer layout only).
     ms.set_auto_parallel_context(parallel_mode=ms.ParallelMode.DATA_PARALLEL,
-                                 gradients_mean=True, device_num=group_size)
+                                 gradients_mean=True, device_num=group_size,
+                                 comm_fusion={"allreduce": {"mode": "size", "config": 64}})
     return rank, group_size

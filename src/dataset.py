@@ -368,8 +368,12 @@ def imagenet_transforms(training, image_size):
     if training:
         return [vision.RandomResizedCrop(size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)),
                 vision.RandomHorizontalFlip(prob=0.5), normalize, vision.HWC2CHW()]
+    # Pillow's bilinear resize (antialiased when it shrinks), as in torchvision's evaluation
+    # transform: MindSpore's Resize on arrays does not antialias (up to ~20 grey levels off).
     short_side = int(round(256 * min(size) / 224))
-    return [vision.Resize(short_side), vision.CenterCrop(size), normalize, vision.HWC2CHW()]
+    return [vision.ToPIL(), vision.Resize(short_side, vision.Inter.BILINEAR),
+            vision.CenterCrop(size), vision.ToTensor(),
+            vision.Normalize(mean=list(IMAGENET_MEAN), std=list(IMAGENET_STD), is_hwc=False)]
 
 
 def _imagenet_dataset(data_dir, *, batch_size, training, image_size, num_classes, num_shards,

@@ -1,4 +1,5 @@
 """Train a VGG network: python train.py --config_path=cifar10_config.yaml --data_dir=DATA"""
+import json
 import os
 import signal
 
@@ -57,6 +58,25 @@ def load_pretrained(net, config, log):
                  ", ".join(skipped))
 
 
+def save_class_names(config, paths, log):
+    """Folder-mode ImageNet-style data: the class folders must match num_classes; their
+    names (index order) go to class_names.json for eval, export and predict."""
+    if config.dataset != "imagenet2012" or config.data_list:
+        return
+    from src.dataset import find_classes, imagenet_folder
+
+    folder = imagenet_folder(config.data_dir, training=True)
+    classes = find_classes(folder)
+    if len(classes) != config.num_classes:
+        raise UserError(f"{folder} has {len(classes)} class folders but num_classes is "
+                        f"{config.num_classes}; set --num_classes={len(classes)}")
+    path = os.path.join(paths.run_dir, "class_names.json")
+    with open(path, "w", encoding="utf-8") as handle:
+        json.dump(classes, handle, indent=1)
+    shown = ", ".join(f"{i}={name}" for i, name in enumerate(classes[:20]))
+    log.info("classes: %s%s (saved to %s)", shown, ", ..." if len(classes) > 20 else "", path)
+
+
 def train(config):
     runtime = setup_runtime(config.device_target, config.device_id, config.context_mode,
                             config.is_distributed, seed=config.seed)
@@ -70,6 +90,8 @@ def train(config):
     log.info("device %s, rank %d of %d, run folder %s", runtime.device_target, runtime.rank,
              runtime.group_size, paths.run_dir)
 
+    if runtime.is_master:
+        save_class_names(config, paths, log)
     first = build_dataset(config, training=True, runtime=runtime)
     steps_per_epoch = first.get_dataset_size()
 

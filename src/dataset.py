@@ -292,11 +292,17 @@ def imagenet_list_samples(list_file, root, num_classes):
     return samples
 
 
+def imagenet_folder(data_dir, training):
+    """The class-folder root: DATA/ilsvrc (train) or DATA/validation_preprocess (eval) when
+    present, else DATA itself."""
+    sub = os.path.join(data_dir, IMAGENET_TRAIN_DIR if training else IMAGENET_EVAL_DIR)
+    return sub if os.path.isdir(sub) else data_dir
+
+
 def _imagenet_samples(data_dir, training, list_file, num_classes):
     if list_file:
         return imagenet_list_samples(list_file, data_dir, num_classes), list_file
-    sub = os.path.join(data_dir, IMAGENET_TRAIN_DIR if training else IMAGENET_EVAL_DIR)
-    folder = sub if os.path.isdir(sub) else data_dir
+    folder = imagenet_folder(data_dir, training)
     samples = imagenet_folder_samples(folder)
     top = max(label for _, label in samples)
     if top >= num_classes:

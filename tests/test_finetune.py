@@ -1,0 +1,88 @@
+"""Fine-tuning a pre-trained network on a folder of one's own images."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import src  # noqa: F401
+from src import checkpoint as ckpt
+from src.progress import read_metrics
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CLASSES = ["cat", "dog", "emu"]
+COLOURS = {"cat": (220, 40, 40), "dog": (40, 200, 60), "emu": (50, 60, 230)}
+
+
+def write_image_folder(root, per_class=12, size=64, seed=0):
+    rng = np.random.default_rng(seed)
+    for name in CLASSES:
+        os.makedirs(os.path.join(root, name))
+        for i in range(per_class):
+            noise = rng.integers(-40, 40, (size, size, 3))
+            pixels = np.clip(np.array(COLOURS[name]) + noise, 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(os.path.join(root, name, f"{i}.jpg"), quality=90)
+
+
+def params_of(path):
+    entries = ckpt.read_checkpoint(path)
+    return {k: v.asnumpy() for k, v in entries.items() if hasattr(v, "asnumpy")}
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+    """A 10-class vgg11 checkpoint at 64x64 standing in for ImageNet weights."""
+    import mindspore as ms
+    from src import vgg
+
+    ms.set_seed(3)
+    net = vgg.vgg11(num_classes=10, image_size=(64, 64), pad_mode="pad", has_bias=True,
+                    initialize_mode="KaimingNormal")
+    path = str(tmp_path_factory.mktemp("weights") / "vgg11-imagenet.ckpt")
+    ckpt.save_checkpoint(net, path, {"arch": "vgg11"})
+    return path
+
+
+def finetune(data, run_dir, pretrained, *extra):
+    args = [sys.executable, "train.py", "--config_path=imagenet2012_config.yaml",
+            "--device_target=CPU", f"--data_dir={data}", "--arch=vgg11", "--batch_norm=False",
+            "--image_size=64,64", "--batch_size=8", "--max_epoch=4", "--T_max=4",
+            "--lr=0.01", "--log_interval=1", f"--ckpt_path={run_dir}",
+            f"--pre_trained={pretrained}", "--keep_checkpoint_max=1", *extra]
+    return subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=600)
+
+
+def test_finetune_new_head_frozen_features(tmp_path, pretrained):
+    data = str(tmp_path / "images")
+    write_image_folder(data)
+    run_dir = str(tmp_path / "run")
+    result = finetune(data, run_dir, pretrained, "--num_classes=3", "--reinit_classifier=True",
+                      "--freeze_features=True")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "classes: 0=cat, 1=dog, 2=emu" in result.stdout
+    assert "classifier.6.weight, classifier.6.bias" in result.stdout
+    with open(os.path.join(run_dir, "class_names.json"), encoding="utf-8") as handle:
+        assert json.load(handle) == CLASSES
+    start = params_of(pretrained)
+    end = params_of(ckpt.list_checkpoints(run_dir)[-1])
+    assert end["classifier.6.weight"].shape == (3, 4096)
+    for name in start:
+        if name.startswith("features."):
+            np.testing.assert_array_equal(start[name], end[name], err_msg=name)
+    assert not np.array_equal(start["classifier.3.weight"], end["classifier.3.weight"])
+    losses = [float(r["loss"]) for r in read_metrics(os.path.join(run_dir, "metrics.csv"))
+              if r["loss"]]
+    assert np.mean(losses[-3:]) < np.mean(losses[:3])
+
+
+def test_class_folders_must_match_num_classes(tmp_path, pretrained):
+    data = str(tmp_path / "images")
+    write_image_folder(data, per_class=2)
+    result = finetune(data, str(tmp_path / "run"), pretrained, "--num_classes=5",
+                      "--reinit_classifier=True")
+    assert result.returncode == 1
+    assert result.stderr.strip() == (f"error: {data} has 3 class folders but num_classes is 5; "
+                                     "set --num_classes=3")

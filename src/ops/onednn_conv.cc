@@ -233,14 +233,42 @@ struct BwdPlan {
   size_t scratch_bytes = 0;
 };
 
+// Channel-blocked activation layout matching the SIMD width oneDNN runs with (16 floats
+// for AVX-512, 8 for AVX2), or `any` where there is none.
+std::pair<tag, int64_t> BlockedActivationTag() {
+  const unsigned isa = static_cast<unsigned>(dnnl_get_effective_cpu_isa());
+  if ((isa & dnnl_cpu_isa_avx512_core) == dnnl_cpu_isa_avx512_core) return {tag::nChw16c, 16};
+  if ((isa & dnnl_cpu_isa_avx2) == dnnl_cpu_isa_avx2) return {tag::nChw8c, 8};
+  return {tag::any, 1};
+}
+
 dnnl::convolution_forward::primitive_desc FwdDesc(const dnnl::engine &eng, const ConvShape &s,
-                                                  dnnl::prop_kind prop) {
+                                                  dnnl::prop_kind prop, tag src_tag, tag dst_tag) {
   dnnl::primitive_attr attr;
   attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
   return dnnl::convolution_forward::primitive_desc(
-      eng, prop, dnnl::algorithm::convolution_direct, memory::desc(s.Src(), dt::f32, tag::any),
-      memory::desc(s.Wei(), dt::f32, tag::any), memory::desc(s.Dst(), dt::f32, tag::any),
+      eng, prop, dnnl::algorithm::convolution_direct, memory::desc(s.Src(), dt::f32, src_tag),
+      memory::desc(s.Wei(), dt::f32, tag::any), memory::desc(s.Dst(), dt::f32, dst_tag),
       s.Strides(), s.PadL(), s.PadR(), attr);
+}
+
+// Forward: with every layout left to oneDNN (`any`) it picks its brgemm convolution on
+// NHWC, which measured about 25-30 % slower here (VGG shapes, 32x32, batch 64, AVX-512)
+// than its direct jit convolution on channel-blocked activations. So ask for the blocked
+// layout where the channel counts allow it, and keep `any` if that lands on a reference
+// kernel.
+dnnl::convolution_forward::primitive_desc PreferredFwdDesc(const dnnl::engine &eng, const ConvShape &s) {
+  const auto blocked = BlockedActivationTag();
+  if (blocked.first != tag::any) {
+    const tag src_tag = s.c % blocked.second == 0 ? blocked.first : tag::any;
+    const tag dst_tag = s.o % blocked.second == 0 ? blocked.first : tag::any;
+    try {
+      auto pd = FwdDesc(eng, s, dnnl::prop_kind::forward_inference, src_tag, dst_tag);
+      if (std::strncmp(pd.impl_info_str(), "ref", 3) != 0) return pd;
+    } catch (const dnnl::error &) {
+    }
+  }
+  return FwdDesc(eng, s, dnnl::prop_kind::forward_inference, tag::any, tag::any);
 }
 
 class Engine {
@@ -327,7 +355,7 @@ class Engine {
     auto it = fwd_.find(s);
     if (it != fwd_.end()) return *it->second;
     dnnl_threadpool_interop_set_max_concurrency(nthreads_);
-    auto pd = FwdDesc(eng_, s, dnnl::prop_kind::forward_inference);
+    auto pd = PreferredFwdDesc(eng_, s);
     auto plan = std::make_unique<FwdPlan>();
     plan->prim = dnnl::convolution_forward(pd);
     plan->src = MakeOperand(eng_, s.Src(), tag::nchw, pd.src_desc(), true, false);
@@ -342,7 +370,7 @@ class Engine {
     auto it = bwd_.find(s);
     if (it != bwd_.end()) return *it->second;
     dnnl_threadpool_interop_set_max_concurrency(nthreads_);
-    auto hint = FwdDesc(eng_, s, dnnl::prop_kind::forward_training);
+    auto hint = FwdDesc(eng_, s, dnnl::prop_kind::forward_training, tag::any, tag::any);
     dnnl::primitive_attr attr;
     attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
     memory::desc any_src(s.Src(), dt::f32, tag::any), any_wei(s.Wei(), dt::f32, tag::any),

@@ -18,25 +18,33 @@ environment: SERVER_ID (this server's server_id in the rank table when it has se
 USAGE
 }
 
-# Prints "RANK_SIZE" then "DEVICE_ID RANK_ID" per device of this server.
+# Prints "RANK_SIZE" then "DEVICE_ID RANK_ID" per device of this server; on a bad table,
+# prints the reason (one line, for vgg_fail) and returns 1.
 read_rank_table() {
   python3 - "$1" "${SERVER_ID:-}" "$(hostname -I 2> /dev/null)" <<'PY'
 import json, sys
 
 path, wanted, my_ips = sys.argv[1], sys.argv[2], set(sys.argv[3].split())
+
+
+def fail(reason):
+    print(reason)
+    sys.exit(1)
+
+
 try:
     with open(path, encoding="utf-8") as handle:
         servers = json.load(handle)["server_list"]
     size = sum(len(s["device"]) for s in servers)
 except (OSError, ValueError, KeyError, TypeError) as err:
-    sys.exit(f"RANK_TABLE_JSON {path}: not an HCCL rank table with server_list[].device[] ({err})")
+    fail(f"RANK_TABLE_JSON {path}: not an HCCL rank table with server_list[].device[] ({err})")
 if len(servers) == 1:
     mine = servers[0]
 else:
     found = [s for s in servers if (s.get("server_id") == wanted if wanted else s.get("server_id") in my_ips)]
     if len(found) != 1:
         ids = ", ".join(str(s.get("server_id")) for s in servers)
-        sys.exit(f"RANK_TABLE_JSON {path}: cannot tell which server this is (server_id: {ids}); set SERVER_ID")
+        fail(f"RANK_TABLE_JSON {path}: cannot tell which server this is (server_id: {ids}); set SERVER_ID")
     mine = found[0]
 print(size)
 for device in mine["device"]:
@@ -52,7 +60,7 @@ vgg_require_dir "$data_path" DATA_PATH
 vgg_split_launch_args "${@:3}"
 [ ${#LAUNCH_OPTS[@]} -eq 0 ] || vgg_usage_error "launcher options (${!LAUNCH_OPTS[*]}) are for the msrun scripts; the rank table sets the devices"
 
-table=$(read_rank_table "$rank_table") || vgg_fail "reading the rank table failed"
+table=$(read_rank_table "$rank_table") || vgg_fail "${table:-reading the rank table $rank_table failed}"
 rank_size=$(head -n 1 <<< "$table")
 mapfile -t devices < <(tail -n +2 <<< "$table")
 local_num=${#devices[@]}

@@ -25,9 +25,17 @@ from src.torchvision_weights import detect_variant, load_torchvision_weights, sp
 WRAPPER_KEYS = ("state_dict", "model")
 
 
+# Boilerplate lines of torch.load's weights_only error around the one that says what was refused.
+TORCH_LOAD_NOISE = ("Weights only load failed", "Please file an issue", "Check the documentation")
+
+
 def _refusal_reason(err):
-    """The informative line of torch.load's multi-line weights_only error."""
+    """The informative line of torch.load's multi-line weights_only error: the global or
+    pickle operand it refused (e.g. 'Trying to load unsupported GLOBAL posix.system ...')."""
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    for line in lines:
+        if "nsupported" in line and not line.startswith(TORCH_LOAD_NOISE):
+            return line
     for line in lines:
         if "Unsupported global" in line or "WeightsUnpickler error" in line:
             return line

@@ -187,7 +187,6 @@ def eval_counts(text):
 
 
 @needs_msrun
-@pytest.mark.skipif(not os.path.isfile(os.path.join(REPO, "eval.py")), reason="no eval.py yet")
 def test_distributed_eval_counts_equal_single_process(per_rank_run, tmp_path):
     run_dir, _ = per_rank_run
     checkpoint = sorted((run_dir / "rank_0").glob("*.ckpt"))[-1]

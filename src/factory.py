@@ -1,6 +1,7 @@
 """Turns a Config into the objects the entry points need (network, datasets), so that the
 network and the data code never see the config itself."""
 import logging
+import os
 
 from src import vgg
 
@@ -37,11 +38,23 @@ def conv_cell_for(config, device_target):
         return nn.Conv2d
     available, reason = fast_conv.fast_conv_status()
     if available:
+        _lift_isa_cap()
         return fast_conv.FastConv2d
     if config.fast_conv == "on":
         log.warning("fast_conv=on but the oneDNN kernels are not usable (%s); "
                     "using MindSpore's Conv2d", reason)
     return nn.Conv2d
+
+
+def _lift_isa_cap():
+    """Every convolution now runs through the project's kernels, so the AVX2 cap that keeps
+    stock convolutions off oneDNN's reference kernel is no longer needed and only slows the
+    other oneDNN kernels (pooling among them). oneDNN reads the variable when it first runs,
+    which is after the network is built; a user's own setting is kept."""
+    import src
+
+    if not src.ISA_CHOSEN_BY_USER:
+        os.environ["ONEDNN_MAX_CPU_ISA"] = "ALL"
 
 
 def build_network(config, device_target="CPU", num_classes=None):

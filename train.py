@@ -84,9 +84,12 @@ def train(config):
     log = setup_logger(paths.run_dir, runtime.rank)
     config_yaml = ""
     if runtime.is_master:
-        config_file = save_config(config, paths.run_dir)
-        with open(config_file, encoding="utf-8") as handle:
+        # Staged under a private name: the run folder's config.yaml (which describes the
+        # checkpoints there) is replaced only once the data and checkpoints have been checked.
+        staged = save_config(config, paths.run_dir, name=f".config-{os.getpid()}.yaml")
+        with open(staged, encoding="utf-8") as handle:
             config_yaml = handle.read()
+        os.remove(staged)
     log.info("device %s, rank %d of %d, run folder %s", runtime.device_target, runtime.rank,
              runtime.group_size, paths.run_dir)
 
@@ -101,8 +104,12 @@ def train(config):
         return build_dataset(config, training=True, runtime=runtime, epoch=epoch,
                              start_step=start_step)
 
-    eval_fn = (lambda: build_dataset(config, training=False, runtime=runtime)) \
-        if config.eval_interval else None
+    eval_fn = None
+    if config.eval_interval:
+        build_dataset(config, training=False, runtime=runtime)  # checks the files up front
+
+        def eval_fn():
+            return build_dataset(config, training=False, runtime=runtime)
     net = build_network(config, runtime.device_target)
     if config.pre_trained:
         load_pretrained(net, config, log)
@@ -111,6 +118,8 @@ def train(config):
     resume = find_resume_checkpoint(config, paths, log)
     if resume:
         trainer.resume_from(resume)
+    if runtime.is_master:
+        save_config(config, paths.run_dir)
     trainer.train()
     log.info("training finished; checkpoints in %s", paths.ckpt_dir)
 

@@ -23,7 +23,7 @@ def quiet_mindspore():
 
     logger = _get_logger()
     level = logger.level
-    logger.setLevel(logging.CRITICAL)
+    logger.setLevel(logging.CRITICAL + 1)  # a failed save is logged at CRITICAL
     try:
         yield
     finally:
@@ -54,8 +54,10 @@ def save_checkpoint(cell, path, meta):
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except (OSError, RuntimeError, ValueError) as err:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
+        # MindSpore itself writes `<name>.tmp` and renames it to `<name>.ckpt`: remove both
+        for partial in (tmp, os.path.splitext(tmp)[0] + ".tmp"):
+            with contextlib.suppress(OSError):
+                os.remove(partial)
         raise UserError(f"could not write checkpoint {path}: {str(err).splitlines()[0]}; "
                         "earlier checkpoints are unchanged") from None
     return path
@@ -128,13 +130,14 @@ def load_weights(net, entries, path, reinit_classifier=False):
 
 
 def list_checkpoints(folder):
-    """Checkpoints named `<prefix>-<epoch>_<step>.ckpt` in folder, oldest first."""
+    """Checkpoints named `<prefix>-<epoch>_<step>.ckpt` in folder, oldest first; never the
+    `.tmp-<pid>-<name>` file of a save in progress or cut short (SIGKILL, power loss)."""
     if not os.path.isdir(folder):
         return []
     found = []
     for name in os.listdir(folder):
         match = NAME_PATTERN.match(name)
-        if match:
+        if match and not name.startswith("."):
             found.append((int(match["epoch"]), int(match["step"]), os.path.join(folder, name)))
     return [path for _, _, path in sorted(found)]
 

@@ -446,8 +446,6 @@ def test_bad_input(row, outcomes, bad_data):
     assert not os.path.exists(os.path.join(bad_data, "MARKER")), "a .pth ran code"
 
 
-@pytest.mark.xfail(strict=True, reason="train.py writes config.yaml before checking its inputs "
-                   "(fix: stage it and put it in place just before training starts)")
 def test_failed_start_keeps_the_earlier_config(outcomes):
     """A run that stops on a bad input before training begins leaves the run folder's
     config.yaml (which describes the checkpoints there) as it was."""

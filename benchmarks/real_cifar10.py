@@ -1,0 +1,88 @@
+"""One training epoch on the real CIFAR-10 training split, scored on a held-out part of it.
+
+    python benchmarks/real_cifar10.py --cifar_dir DATA [--epochs 1] [--holdout 5000] [--out runs/real_c10]
+
+DATA holds `cifar-10-batches-bin/data_batch_*.bin` (e.g. written by
+`python ../shared/data/make_cifar10_bin.py DATA`). The last --holdout records (the files are
+already shuffled) become the evaluation split; the rest is trained on with
+`cifar10_config.yaml` at 32x32 (VGG16-BN, batch 64), exactly through train.py and eval.py.
+Prints the held-out accuracy, images per second and wall time, and writes them to
+OUT/summary.json.
+"""
+import argparse
+import glob
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RECORD = 3073
+
+
+def split_holdout(cifar_dir, out_dir, holdout):
+    """Write OUT/data/{cifar-10-batches-bin,cifar-10-verify-bin} from the training files."""
+    files = sorted(glob.glob(os.path.join(cifar_dir, "cifar-10-batches-bin", "data_batch_*.bin")))
+    if not files:
+        sys.exit(f"error: no data_batch_*.bin under {cifar_dir}/cifar-10-batches-bin")
+    records = np.concatenate([np.fromfile(f, dtype=np.uint8).reshape(-1, RECORD) for f in files])
+    data = os.path.join(out_dir, "data")
+    for sub in ("cifar-10-batches-bin", "cifar-10-verify-bin"):
+        os.makedirs(os.path.join(data, sub), exist_ok=True)
+    records[:-holdout].tofile(os.path.join(data, "cifar-10-batches-bin", "data_batch_1.bin"))
+    records[-holdout:].tofile(os.path.join(data, "cifar-10-verify-bin", "test_batch.bin"))
+    return data, len(records) - holdout
+
+
+def run(command, log_path):
+    start = time.perf_counter()
+    with open(log_path, "w", encoding="utf-8") as log:
+        result = subprocess.run(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+                                text=True)
+    seconds = time.perf_counter() - start
+    with open(log_path, encoding="utf-8") as log:
+        text = log.read()
+    if result.returncode != 0:
+        sys.exit(f"error: {' '.join(command)} failed, see {log_path}")
+    return text, seconds
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cifar_dir", required=True)
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--holdout", type=int, default=5000)
+    parser.add_argument("--out", default="runs/real_cifar10")
+    args = parser.parse_args()
+    out = os.path.abspath(args.out)
+    data, n_train = split_holdout(args.cifar_dir, out, args.holdout)
+    common = ["--config_path=cifar10_config.yaml", "--device_target=CPU", "--image_size=32,32",
+              f"--data_dir={data}", f"--ckpt_path={out}/run"]
+    train_cmd = [sys.executable, "train.py", *common, f"--max_epoch={args.epochs}",
+                 f"--T_max={args.epochs}", "--warmup_epochs=0", "--lr_scheduler=cosine_annealing",
+                 "--lr=0.02", "--log_interval=50", "--keep_checkpoint_max=1"]
+    train_log, train_seconds = run(train_cmd, os.path.join(out, "train.log"))
+    checkpoint = sorted(glob.glob(os.path.join(out, "run", "vgg16_bn-*_*.ckpt")))[-1]
+    eval_cmd = [sys.executable, "eval.py", *common, f"--pre_trained={checkpoint}"]
+    eval_log, _ = run(eval_cmd, os.path.join(out, "eval.log"))
+    acc = float(re.search(r"result: \{'acc': ([0-9.]+)\}", eval_log).group(1))
+    speeds = [float(s) for s in re.findall(r"\| ([0-9.]+) img/s", train_log)]
+    epoch_times = [float(s) for s in re.findall(r"epoch time: ([0-9.]+) s", train_log)]
+    summary = {
+        "train_images": n_train, "holdout_images": args.holdout, "epochs": args.epochs,
+        "holdout_top1": acc, "train_images_per_sec_median": float(np.median(speeds)),
+        "epoch_seconds": epoch_times, "train_wall_seconds": round(train_seconds, 1),
+        "command": " ".join(["python"] + train_cmd[1:]),
+    }
+    with open(os.path.join(out, "summary.json"), "w", encoding="utf-8") as handle:
+        json.dump(summary, handle, indent=2)
+    print(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    main()

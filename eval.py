@@ -9,9 +9,8 @@ A folder is evaluated checkpoint by checkpoint in epoch order and the best one i
 import os
 
 import src  # noqa: F401  (sets the oneDNN ISA cap before MindSpore loads)
-from model_utils.config import get_config
 from src import checkpoint as ckpt
-from src.cli import run_entry
+from src.cli import run_entry, run_with_config
 from src.errors import UserError
 from src.evaluation import allreduce_counts, evaluate
 from src.factory import build_dataset, build_network, model_name
@@ -130,12 +129,7 @@ def run_eval(config):
 
 
 def main():
-    config = get_config(default_config="cifar10_config.yaml")
-    if config.enable_modelarts:
-        from model_utils.moxing_adapter import run_on_modelarts
-        run_on_modelarts(config, run_eval)
-    else:
-        run_eval(config)
+    run_with_config(run_eval)
 
 
 if __name__ == "__main__":

@@ -13,9 +13,8 @@ import os
 import numpy as np
 
 import src  # noqa: F401  (sets the oneDNN ISA cap before MindSpore loads)
-from model_utils.config import get_config
 from src import checkpoint as ckpt
-from src.cli import run_entry
+from src.cli import run_entry, run_with_config
 from src.errors import UserError
 from src.factory import build_network
 from src.runtime import setup_runtime
@@ -86,12 +85,7 @@ def run_export(config):
 
 
 def main():
-    config = get_config(default_config="cifar10_config.yaml")
-    if config.enable_modelarts:
-        from model_utils.moxing_adapter import run_on_modelarts
-        run_on_modelarts(config, run_export)
-    else:
-        run_export(config)
+    run_with_config(run_export)
 
 
 if __name__ == "__main__":

@@ -8,9 +8,9 @@ import signal
 signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
 
 import src  # noqa: E402,F401  (sets the oneDNN ISA cap before MindSpore loads)
-from model_utils.config import get_config, save_config  # noqa: E402
+from model_utils.config import save_config  # noqa: E402
 from src import checkpoint as ckpt
-from src.cli import run_entry
+from src.cli import run_entry, run_with_config
 from src.errors import UserError
 from src.factory import build_dataset, build_network, model_name
 from src.progress import setup_logger
@@ -125,12 +125,7 @@ def train(config):
 
 
 def main():
-    config = get_config(default_config="cifar10_config.yaml")
-    if config.enable_modelarts:
-        from model_utils.moxing_adapter import run_on_modelarts
-        run_on_modelarts(config, train)
-    else:
-        train(config)
+    run_with_config(train)
 
 
 if __name__ == "__main__":

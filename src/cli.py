@@ -42,6 +42,18 @@ def run_entry(main, argv=None):
         sys.exit(1)
 
 
+def run_with_config(work, default_config="cifar10_config.yaml", argv=None):
+    """Parse the YAML config and command line, then run work(config): inside the ModelArts
+    adapter (copy data in, outputs out) when enable_modelarts is set, directly otherwise."""
+    from model_utils.config import get_config
+
+    config = get_config(argv, default_config=default_config)
+    if config.enable_modelarts:
+        from model_utils.moxing_adapter import run_on_modelarts
+        return run_on_modelarts(config, work)
+    return work(config)
+
+
 def _user_error_inside(err):
     """A data-pipeline failure carries our one-line UserError inside MindSpore's banner."""
     try:

@@ -10,6 +10,7 @@ import os
 
 import src  # noqa: F401  (sets the oneDNN ISA cap before MindSpore loads)
 from src import checkpoint as ckpt
+from src.class_names import find_class_names, read_class_names
 from src.cli import run_entry, run_with_config
 from src.errors import UserError
 from src.evaluation import allreduce_counts, evaluate
@@ -87,7 +88,7 @@ def evaluate_checkpoints(config, runtime, paths):
         local = evaluate(net, dataset)
         counts = allreduce_counts(local, runtime.group_size)
         results.append((path, counts))
-        report(config, runtime, counts, local, path)
+        report(config, runtime, counts, local, path, class_names_for(config, path))
     return results
 
 
@@ -97,15 +98,33 @@ def evaluate_onnx_file(config, runtime, path):
     model = load_onnx_model(path, config.image_size)
     local = evaluate_onnx(model, build_dataset(config, training=False, runtime=runtime))
     counts = allreduce_counts(local, runtime.group_size)
-    report(config, runtime, counts, local, path)
+    report(config, runtime, counts, local, path, class_names_for(config, path))
     return [(path, counts)]
 
 
-def report(config, runtime, counts, local, source):
+def class_lines(counts, names):
+    """Top-1 accuracy per class, by name."""
+    width = max(len(name) for name in names)
+    return [f"  {name:<{width}}  {hits / total:.4f} ({hits}/{total})" if total else
+            f"  {name:<{width}}  no images"
+            for name, hits, total in zip(names, counts.class_top1, counts.class_total)]
+
+
+def report(config, runtime, counts, local, source, names=None):
     if runtime.is_master:
         for line in result_lines(config, counts, source):
             print(line, flush=True)
+        if names:
+            print("top-1 accuracy per class:", flush=True)
+            for line in class_lines(counts, names):
+                print(line, flush=True)
     print(throughput_line(local, runtime), flush=True)
+
+
+def class_names_for(config, source):
+    """Names from class_names.json beside the checkpoint (or one folder up), if any."""
+    path = find_class_names(source)
+    return read_class_names(path, config.num_classes) if path else None
 
 
 def run_eval(config):

@@ -9,11 +9,13 @@ inference mode, so the file runs wherever MindSpore or onnxruntime does. AIR is 
 MindSpore only on Ascend.
 """
 import os
+import shutil
 
 import numpy as np
 
 import src  # noqa: F401  (sets the oneDNN ISA cap before MindSpore loads)
 from src import checkpoint as ckpt
+from src.class_names import CLASS_NAMES_FILE, find_class_names, read_class_names
 from src.cli import run_entry, run_with_config
 from src.errors import UserError
 from src.factory import build_network
@@ -81,7 +83,22 @@ def run_export(config):
     batch = "batch free" if config.file_format == "ONNX" else f"batch {shape[0]}"
     print(f"exported {config.file_format} to {path} (input {'x'.join(map(str, shape[1:]))}, "
           f"{batch})", flush=True)
+    copy_class_names(config, path)
     return path
+
+
+def copy_class_names(config, exported):
+    """Put the checkpoint's class_names.json beside the exported model, where predict.py and
+    inference look for it."""
+    source = find_class_names(config.ckpt_file)
+    if not source:
+        return None
+    read_class_names(source, config.num_classes)
+    target = os.path.join(os.path.dirname(os.path.abspath(exported)), CLASS_NAMES_FILE)
+    if os.path.abspath(source) != target:
+        shutil.copyfile(source, target)
+    print(f"class names: {target}", flush=True)
+    return target
 
 
 def main():

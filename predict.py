@@ -12,7 +12,6 @@ names come from --class_names or from class_names.json beside the model (or one 
 where train.py writes it for per-rank checkpoint folders): a JSON list, index order.
 """
 import argparse
-import json
 import math
 import os
 import re
@@ -22,10 +21,10 @@ import tempfile
 import numpy as np
 
 import src  # noqa: F401  (sets the oneDNN ISA cap before MindSpore loads)
+from src.class_names import CLASS_NAMES_FILE, find_class_names, read_class_names
 from src.cli import run_entry
 from src.errors import UserError
 
-CLASS_NAMES_FILE = "class_names.json"
 IMAGENET_CONFIG = "imagenet2012_config.yaml"
 CONV_WEIGHT = re.compile(r"^features\.\d+\.weight$")
 
@@ -46,36 +45,6 @@ def list_images(path):
     if not found:
         raise UserError(f"image: folder {path} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
     return found
-
-
-def find_class_names(model_path, given=None):
-    """The class-name file to use: `given`, else class_names.json beside the model or one
-    folder up; None when there is none."""
-    if given:
-        if not os.path.isfile(given):
-            raise UserError(f"class_names: {given} does not exist")
-        return given
-    folder = os.path.dirname(os.path.abspath(model_path))
-    for candidate in (folder, os.path.dirname(folder)):
-        path = os.path.join(candidate, CLASS_NAMES_FILE)
-        if os.path.isfile(path):
-            return path
-    return None
-
-
-def read_class_names(path, num_classes):
-    """The list of names in `path`, checked against the model's class count."""
-    try:
-        with open(path, encoding="utf-8") as handle:
-            names = json.load(handle)
-    except (OSError, ValueError) as err:
-        raise UserError(f"class_names: cannot read {path} as JSON ({err})") from None
-    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-        raise UserError(f"class_names: {path} must hold a JSON list of names in index order")
-    if len(names) != num_classes:
-        raise UserError(f"class_names: {path} lists {len(names)} names but the model has "
-                        f"{num_classes} classes")
-    return names
 
 
 # ---------------------------------------------------------------- models

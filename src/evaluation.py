@@ -1,6 +1,6 @@
 """Counts top-1/top-5 hits of a network over a dataset, summed across ranks when distributed."""
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -11,6 +11,24 @@ class EvalCounts:
     top5: int = 0
     total: int = 0
     seconds: float = 0.0
+    # per class: images and top-1 hits (index = class)
+    class_total: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    class_top1: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+
+    def add_batch(self, logits, labels):
+        """Count one batch of logits (N, classes) against its labels."""
+        labels = labels.reshape(-1).astype(np.int64)
+        top1, top5 = count_hits(logits, labels)
+        self.top1 += top1
+        self.top5 += top5
+        self.total += logits.shape[0]
+        classes = logits.shape[1]
+        if self.class_total.size < classes:
+            self.class_total = np.pad(self.class_total, (0, classes - self.class_total.size))
+            self.class_top1 = np.pad(self.class_top1, (0, classes - self.class_top1.size))
+        hits = logits.argmax(axis=1) == labels
+        self.class_total += np.bincount(labels, minlength=classes)[:classes]
+        self.class_top1 += np.bincount(labels[hits], minlength=classes)[:classes]
 
     @property
     def acc(self):
@@ -43,11 +61,7 @@ def evaluate(net, dataset):
     start = time.perf_counter()
     try:
         for image, label in dataset.create_tuple_iterator(num_epochs=1):
-            logits = net(image).asnumpy()
-            top1, top5 = count_hits(logits, label.asnumpy())
-            counts.top1 += top1
-            counts.top5 += top5
-            counts.total += logits.shape[0]
+            counts.add_batch(net(image).asnumpy(), label.asnumpy())
     finally:
         net.set_train(was_training)
     counts.seconds = time.perf_counter() - start
@@ -61,7 +75,9 @@ def allreduce_counts(counts, group_size):
     import mindspore as ms
     from mindspore import ops
 
-    summed = ops.AllReduce()(ms.Tensor(np.array([counts.top1, counts.top5, counts.total],
-                                                dtype=np.float32))).asnumpy()
-    return EvalCounts(int(round(summed[0])), int(round(summed[1])), int(round(summed[2])),
-                      counts.seconds)
+    local = np.concatenate([[counts.top1, counts.top5, counts.total], counts.class_total,
+                            counts.class_top1]).astype(np.float32)
+    summed = np.rint(ops.AllReduce()(ms.Tensor(local)).asnumpy()).astype(np.int64)
+    classes = counts.class_total.size
+    return EvalCounts(int(summed[0]), int(summed[1]), int(summed[2]), counts.seconds,
+                      summed[3:3 + classes], summed[3 + classes:])

@@ -16,7 +16,7 @@ import time
 import numpy as np
 
 from src.errors import UserError
-from src.evaluation import EvalCounts, count_hits
+from src.evaluation import EvalCounts
 
 
 def load_onnx_model(path, image_size):
@@ -55,9 +55,6 @@ def evaluate_onnx(model, dataset):
     start = time.perf_counter()
     for images, labels in dataset.create_tuple_iterator(num_epochs=1, output_numpy=True):
         logits = predict(model, images)
-        top1, top5 = count_hits(logits, labels)
-        counts.top1 += top1
-        counts.top5 += top5
-        counts.total += logits.shape[0]
+        counts.add_batch(logits, labels)
     counts.seconds = time.perf_counter() - start
     return counts

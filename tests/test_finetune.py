@@ -86,3 +86,42 @@ def test_class_folders_must_match_num_classes(tmp_path, pretrained):
     assert result.returncode == 1
     assert result.stderr.strip() == (f"error: {data} has 3 class folders but num_classes is 5; "
                                      "set --num_classes=3")
+
+
+def test_eval_and_export_use_the_class_names(tmp_path, pretrained):
+    data = str(tmp_path / "images")
+    write_image_folder(data, per_class=4)
+    run_dir = str(tmp_path / "run")
+    trained = finetune(data, run_dir, pretrained, "--num_classes=3", "--reinit_classifier=True",
+                       "--freeze_features=True", "--max_epoch=1", "--T_max=1")
+    assert trained.returncode == 0, trained.stderr
+    weights = ckpt.list_checkpoints(run_dir)[-1]
+    common = ["--config_path=imagenet2012_config.yaml", "--device_target=CPU", "--arch=vgg11",
+              "--batch_norm=False", "--image_size=64,64", "--num_classes=3"]
+    evaluated = subprocess.run([sys.executable, "eval.py", *common, f"--data_dir={data}",
+                                f"--pre_trained={weights}", "--batch_size=5"], cwd=REPO,
+                               capture_output=True, text=True, timeout=600)
+    assert evaluated.returncode == 0, evaluated.stderr
+    lines = evaluated.stdout.splitlines()
+    start = lines.index("top-1 accuracy per class:")
+    per_class = lines[start + 1:start + 4]
+    assert [line.split()[0] for line in per_class] == CLASSES
+    assert all(line.endswith("/4)") for line in per_class)  # every image counted once
+    out = tmp_path / "export" / "vgg11"
+    exported = subprocess.run([sys.executable, "export.py", *common, f"--ckpt_file={weights}",
+                               f"--file_name={out}"], cwd=REPO, capture_output=True, text=True,
+                              timeout=600)
+    assert exported.returncode == 0, exported.stderr
+    with open(tmp_path / "export" / "class_names.json", encoding="utf-8") as handle:
+        assert json.load(handle) == CLASSES
+
+
+def test_per_class_counts():
+    from src.evaluation import EvalCounts
+
+    counts = EvalCounts()
+    logits = np.array([[3, 1, 0], [0, 2, 1], [0, 3, 1], [1, 0, 0]], np.float32)
+    counts.add_batch(logits, np.array([0, 1, 2, 2]))
+    assert (counts.top1, counts.total) == (2, 4)
+    assert counts.class_total.tolist() == [1, 1, 2]
+    assert counts.class_top1.tolist() == [1, 1, 0]

@@ -99,17 +99,19 @@ def train(config):
     steps_per_epoch = first.get_dataset_size()
 
     def make_dataset(epoch, start_step):
-        if epoch == 0 and start_step == 0 and first is not None:
+        if epoch == 0 and start_step == 0:
             return first
         return build_dataset(config, training=True, runtime=runtime, epoch=epoch,
                              start_step=start_step)
 
     eval_fn = None
     if config.eval_interval:
-        build_dataset(config, training=False, runtime=runtime)  # checks the files up front
+        # built now so its files are checked before training; the first evaluation uses it
+        checked = [build_dataset(config, training=False, runtime=runtime)]
 
         def eval_fn():
-            return build_dataset(config, training=False, runtime=runtime)
+            return checked.pop() if checked else build_dataset(config, training=False,
+                                                               runtime=runtime)
     net = build_network(config, runtime.device_target)
     if config.pre_trained:
         load_pretrained(net, config, log)

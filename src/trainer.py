@@ -141,10 +141,15 @@ def build_train_step(net, config, lr_per_step, device_target, log):
     from mindspore import nn
 
     amp_level, scale_type = choose_precision(config, device_target, log)
+    masked_dropout = uses_dropout(net)  # asked of the VGG itself, before any AMP wrapper
     if amp_level != "O0":
-        net = ms.amp.auto_mixed_precision(net, amp_level)
+        wrapped = ms.amp.auto_mixed_precision(net, amp_level)
+        # The masked-dropout loss reaches into the VGG's classifier, so it takes the VGG
+        # (converted in place) rather than the wrapper, which only casts its output to
+        # float32 (that loss casts its logits itself).
+        net = getattr(wrapped, "_backbone", wrapped) if masked_dropout else wrapped
     smoothing = config.label_smooth_factor if config.label_smooth else 0.0
-    with_loss = create_loss_cell(net, smoothing, uses_dropout(net))
+    with_loss = create_loss_cell(net, smoothing, masked_dropout)
     if scale_type == "dynamic":
         optimizer = build_optimizer(net, config, lr_per_step, 1.0)
         update = nn.DynamicLossScaleUpdateCell(loss_scale_value=config.loss_scale,

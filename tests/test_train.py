@@ -127,6 +127,29 @@ def test_no_weight_decay_on_batchnorm_or_bias():
     assert names and all(n.startswith("classifier.") for n in names)
 
 
+def test_mixed_precision_step_takes_the_dropout_masks(monkeypatch):
+    """On GPU/Ascend the step runs under amp O2; the masked-dropout loss must still get the
+    VGG (not the AMP wrapper), so the step takes image, label and both masks as Trainer
+    feeds it. Forced here on CPU, where float16 also runs (slowly)."""
+    import logging
+
+    import mindspore as ms
+    from src import trainer, vgg
+
+    ms.set_context(mode=ms.GRAPH_MODE, device_target="CPU")
+    monkeypatch.setattr(trainer, "choose_precision", lambda config, target, log: ("O2", "fixed"))
+    net = vgg.vgg11_bn(num_classes=10, image_size=(32, 32))
+    config = get_config([f"--config_path={QUICK}", "--amp_level=O2"])
+    step = trainer.build_train_step(net, config, np.full(4, 0.01, np.float32), "GPU",
+                                    logging.getLogger("test"))
+    rng = np.random.default_rng(0)
+    image = ms.Tensor(rng.standard_normal((2, 3, 32, 32)).astype(np.float32))
+    label = ms.Tensor(np.array([1, 2], np.int32))
+    masks = trainer.DropoutMasks(config.seed, 0)(0, 2)
+    loss = float(step(image, label, *masks).asnumpy())
+    assert np.isfinite(loss) and loss > 0
+
+
 # --- end to end ---------------------------------------------------------------------------
 
 def test_training_learns_and_writes_its_outputs(reference_run):

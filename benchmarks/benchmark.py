@@ -1,6 +1,7 @@
 """This repository against PyTorch eager (and onnxruntime) on the same machine, in one run.
 
     python benchmarks/benchmark.py [--quick] [--out benchmarks/results.json] [--work DIR]
+    python benchmarks/benchmark.py --device gpu [--quick] [--out benchmarks/results_gpu.json]
 
 What is measured (VGG16-BN, float32, 10 classes, the cifar10_config.yaml recipe):
 
@@ -30,6 +31,23 @@ Every measurement runs in its own process: ONEDNN_MAX_CPU_ISA is process-wide, a
 repository sets it when `src` is imported (left to the repository here, as train.py does),
 while PyTorch runs with the machine default (the variable removed). Timings are medians
 after warm-up. Figures depend on what else the machine runs: the load average is recorded.
+
+With --device gpu (a CUDA GPU that PyTorch sees; otherwise one line and exit status 2), in
+mixed precision as the upstream model zoo trains on GPUs:
+
+- training images/s and ms/step of VGG16 at 224x224 batch 32 (imagenet2012_config.yaml, the
+  case of the upstream figure: 81 ms/step on a V100, published, not measured here, shown
+  beside) and VGG16-BN at 32x32 batch 64 (cifar10_config.yaml): this repository with
+  device_target GPU and amp_level O2 through setup_runtime, build_network and
+  build_train_step (the config's loss scale); PyTorch with torch.autocast float16 and a
+  GradScaler, the config's loss and momentum SGD; PyTorch float32 as a reference row;
+- evaluation images/s at 32x32 batch 256 and 224x224 batch 32, batch-1 latency at 224x224;
+- process start to first training step and peak GPU memory of the training processes.
+
+The GPU timings synchronise the device around every timed call. The parent process and the
+PyTorch workers never import MindSpore: where MindSpore is missing or has no usable GPU
+backend, this repository's column reads 'unavailable: <reason>' and the PyTorch figures stand
+alone (exit status 0 unless a PyTorch measurement failed).
 """
 import argparse
 import dataclasses
@@ -453,10 +471,265 @@ def worker_data(spec):
     emit(result)
 
 
+# ------------------------------------------------------------------- GPU workers
+
+def _one_line(err, limit=240):
+    """The first non-empty line of an exception's message, cut to `limit`, with its type
+    unless it is the repository's UserError (a message written for the user already)."""
+    text = next((line.strip() for line in str(err).splitlines() if line.strip()), "")
+    if type(err).__name__ != "UserError":
+        text = f"{type(err).__name__}: {text}" if text else type(err).__name__
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _cuda_sync(device):
+    import torch
+
+    return torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
+
+
+def _timed_sync(fn, warmup, reps, sync):
+    """As _timed, with the device drained before and after each timed call."""
+    for _ in range(warmup):
+        fn()
+    sync()
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def _torch_settings(torch):
+    """cuDNN autotuning and the TF32 switches, which decide what 'float32' means on a GPU."""
+    switches = {"cudnn_benchmark": lambda: torch.backends.cudnn.benchmark,
+                "cudnn_allow_tf32": lambda: torch.backends.cudnn.allow_tf32,
+                "matmul_allow_tf32": lambda: torch.backends.cuda.matmul.allow_tf32}
+    settings = {}
+    for name, read in switches.items():
+        try:
+            settings[name] = read()
+        except Exception:  # noqa: BLE001 - a description only; versions move these switches
+            settings[name] = None
+    return settings
+
+
+def worker_gpu_probe(spec):
+    """What PyTorch sees of the GPU (never MindSpore: the GPU machine may not have it)."""
+    import torch
+
+    info = {"torch": torch.__version__, "cuda_available": torch.cuda.is_available(),
+            "cuda_version": torch.version.cuda}
+    if info["cuda_available"]:
+        props = torch.cuda.get_device_properties(0)
+        info.update({"device_count": torch.cuda.device_count(),
+                     "name": torch.cuda.get_device_name(0),
+                     "capability": ".".join(map(str, torch.cuda.get_device_capability(0))),
+                     "memory_gib": props.total_memory / 2 ** 30,
+                     "cudnn": torch.backends.cudnn.version()})
+    emit(info)
+
+
+def _torch_net(recipe, image, device):
+    import torch_vgg
+
+    return torch_vgg.VGG(recipe["arch"], recipe["num_classes"], recipe["batch_norm"],
+                         (image, image), recipe["has_dropout"], recipe["has_bias"]).to(device)
+
+
+def worker_torch_gpu_train(spec):
+    """PyTorch training on spec['device'] (cuda; cpu in the tests), float16 autocast + GradScaler
+    when spec['amp'], else float32; the host batches copied in each step as a loader's are."""
+    import torch
+
+    sys.path.insert(0, HERE)
+    import torch_vgg
+
+    device, recipe = torch.device(spec["device"]), spec["recipe"]
+    torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels
+    torch.manual_seed(1)
+    net = _torch_net(recipe, spec["image"], device).train()
+    optimizer = torch_vgg.make_optimizer(net, recipe["lr"], recipe["momentum"],
+                                         recipe["weight_decay"])
+    step = torch_vgg.make_train_step(net, optimizer, device, spec["amp"],
+                                     recipe["label_smoothing"])
+    pin = device.type == "cuda"
+    batches = [(torch.from_numpy(x), torch.from_numpy(y).long()) for x, y in
+               _random_batches(2, spec["batch"], spec["image"])]
+    if pin:
+        batches = [(x.pin_memory(), y.pin_memory()) for x, y in batches]
+    sync = _cuda_sync(device)
+    losses, times = [], []
+    first_done = first_step_s = None
+    for i in range(1 + spec["warmup"] + spec["steps"]):
+        sync()
+        start = time.perf_counter()
+        losses.append(step(*batches[i % 2]))
+        sync()
+        elapsed = time.perf_counter() - start
+        if i == 0:
+            first_done, first_step_s = time.time(), elapsed
+        elif i > spec["warmup"]:
+            times.append(elapsed)
+    peak = torch.cuda.max_memory_allocated(device) / 2 ** 20 if pin else None
+    emit({"side": "torch", "amp": spec["amp"], "device": str(device), "step_s": times,
+          "losses": losses, "first_step_s": first_step_s, "first_step_done": first_done,
+          "peak_device_memory_mb": peak, "settings": _torch_settings(torch)})
+
+
+def worker_torch_gpu_eval(spec):
+    """PyTorch inference (eval, no_grad) per case and precision: float16 autocast for 'amp'
+    when asked, float32 for 'fp32'; times keyed '<precision>/<model>_<image>x<batch>'."""
+    import numpy as np
+    import torch
+
+    sys.path.insert(0, HERE)
+    import torch_vgg
+
+    device = torch.device(spec["device"])
+    torch.backends.cudnn.benchmark = True
+    torch.manual_seed(1)
+    sync, out, nets = _cuda_sync(device), {}, {}
+    for model, image, batch, warmup, reps in spec["cases"]:
+        if (model, image) not in nets:
+            nets[model, image] = _torch_net(spec["recipes"][model], image, device).eval()
+        x = torch.from_numpy(np.random.default_rng(0).standard_normal(
+            (batch, 3, image, image), dtype=np.float32))
+        if device.type == "cuda":
+            x = x.pin_memory()
+        for precision, amp in spec["precisions"]:
+            forward = torch_vgg.make_forward(nets[model, image], device, amp)
+            out[f"{precision}/{model}_{image}x{batch}"] = _timed_sync(lambda: forward(x), warmup,
+                                                                      reps, sync)
+    emit({"side": "torch", "times": out, "settings": _torch_settings(torch)})
+
+
+def _ms_gpu_config(spec):
+    from model_utils.config import get_config
+
+    return get_config([f"--config_path={os.path.join(ROOT, spec['config'])}",
+                       "--device_target=GPU", f"--image_size={spec['image']},{spec['image']}",
+                       f"--batch_size={spec['batch']}", f"--amp_level={spec['amp_level']}"])
+
+
+def _ms_peak_memory_mb(ms):
+    try:
+        return ms.runtime.max_memory_allocated() / 2 ** 20
+    except Exception:  # noqa: BLE001 - an optional figure; older versions lack the call
+        return None
+
+
+def _ms_gpu_guarded(body, spec):
+    """Runs body(spec, stage); any failure becomes a one-line error result naming the stage
+    the body had reached (import, device, build, first step, steps) instead of a crash."""
+    from types import SimpleNamespace
+
+    stage = SimpleNamespace(name="import")
+    try:
+        body(spec, stage)
+    except Exception as err:  # noqa: BLE001 - whatever breaks, the benchmark goes on
+        missing = isinstance(err, ImportError) and stage.name == "import" and \
+            (err.name or "").split(".")[0] == "mindspore"
+        reason = f"MindSpore is not installed ({err})" if missing else \
+            f"{stage.name}: {_one_line(err)}"
+        emit({"side": "repo", "stage": stage.name, "error": reason})
+
+
+def _ms_gpu_train(spec, stage):
+    """This repository's GPU training step: setup_runtime('GPU'), build_network,
+    build_train_step with the config's loss scale and amp_level O2, host dropout masks as
+    Trainer feeds them."""
+    import logging
+
+    import src  # noqa: F401
+    import mindspore as ms
+    from src.factory import build_network
+    from src.lr_schedule import learning_rates
+    from src.runtime import setup_runtime
+    from src.trainer import DropoutMasks, build_train_step, choose_precision, uses_dropout
+
+    stage.name = "device"
+    config = _ms_gpu_config(spec)
+    setup_runtime("GPU", config.device_id, config.context_mode, seed=config.seed)
+    stage.name = "build"
+    log = logging.getLogger("vgg.benchmark")
+    net = build_network(config, "GPU")
+    step = build_train_step(net, config, learning_rates(config, TRAIN_STEPS_PER_EPOCH), "GPU", log)
+    masks = DropoutMasks(config.seed, 0) if uses_dropout(net) else None
+    batches = [(ms.Tensor(x), ms.Tensor(y)) for x, y in
+               _random_batches(2, spec["batch"], spec["image"])]
+    losses, times = [], []
+    first_done = first_step_s = None
+    for global_step in range(1 + spec["warmup"] + spec["steps"]):
+        stage.name = "first step" if global_step == 0 else "steps"
+        image, label = batches[global_step % 2]
+        start = time.perf_counter()
+        if masks:
+            output = step(image, label, *masks(global_step, image.shape[0]))
+        else:
+            output = step(image, label)
+        losses.append(float((output[0] if isinstance(output, tuple) else output).asnumpy()))
+        elapsed = time.perf_counter() - start
+        if global_step == 0:
+            first_done, first_step_s = time.time(), elapsed
+        elif global_step > spec["warmup"]:
+            times.append(elapsed)
+    amp_level, scale_type = choose_precision(config, "GPU", log)
+    emit({"side": "repo", "step_s": times, "losses": losses, "first_step_s": first_step_s,
+          "first_step_done": first_done, "amp_level": amp_level,
+          "loss_scale": {"type": scale_type, "value": config.loss_scale},
+          "peak_device_memory_mb": _ms_peak_memory_mb(ms), "mindspore": ms.__version__})
+
+
+def _ms_gpu_eval(spec, stage):
+    """Inference as eval.py runs it on the GPU (set_train(False), forward), with the network
+    cast by amp_level O2 like the training (eval.py itself keeps float32)."""
+    import numpy as np
+
+    import src  # noqa: F401
+    import mindspore as ms
+    from src.factory import build_network
+    from src.runtime import setup_runtime
+
+    out, nets = {}, {}
+    for model, image, batch, warmup, reps in spec["cases"]:
+        config = _ms_gpu_config({"config": spec["configs"][model], "image": image,
+                                 "batch": batch, "amp_level": spec["amp_level"]})
+        if (model, image) not in nets:
+            if not nets:
+                stage.name = "device"
+                setup_runtime("GPU", config.device_id, config.context_mode, seed=config.seed)
+            stage.name = "build"
+            net = build_network(config, "GPU")
+            if spec["amp_level"] != "O0":
+                net = ms.amp.auto_mixed_precision(net, spec["amp_level"])
+            net.set_train(False)
+            nets[model, image] = net
+        net = nets[model, image]
+        x = ms.Tensor(np.random.default_rng(0).standard_normal((batch, 3, image, image),
+                                                                 dtype=np.float32))
+        stage.name = "first step" if not out else "steps"
+        out[f"{model}_{image}x{batch}"] = _timed(lambda: net(x).asnumpy(), warmup, reps)
+    emit({"side": "repo", "amp_level": spec["amp_level"], "times": out})
+
+
+def worker_ms_gpu_train(spec):
+    _ms_gpu_guarded(_ms_gpu_train, spec)
+
+
+def worker_ms_gpu_eval(spec):
+    _ms_gpu_guarded(_ms_gpu_eval, spec)
+
+
 WORKERS = {"ms_train": worker_ms_train, "torch_train": worker_torch_train,
            "ms_eval": worker_ms_eval, "torch_eval": worker_torch_eval,
            "onnx_export": worker_onnx_export, "ort_eval": worker_ort_eval,
-           "sgemm": worker_sgemm, "data": worker_data}
+           "sgemm": worker_sgemm, "data": worker_data,
+           "gpu_probe": worker_gpu_probe, "torch_gpu_train": worker_torch_gpu_train,
+           "torch_gpu_eval": worker_torch_gpu_eval, "ms_gpu_train": worker_ms_gpu_train,
+           "ms_gpu_eval": worker_ms_gpu_eval}
 
 
 # ------------------------------------------------------------------- train.py itself
@@ -853,6 +1126,11 @@ def format_table(rows, markdown=False):
     body = [[r["figure"], r["unit"], _num(r["repo"]), _num(r["torch"]), _x(r["vs_torch"]),
              _num(r["onnxruntime"]), _x(r["vs_onnxruntime"]), r["target"] or "", r["note"]]
             for r in rows]
+    return _layout(head, body, markdown)
+
+
+def _layout(head, body, markdown):
+    """Columns padded to their widest cell (the last one, a free-text note, not padded)."""
     if markdown:
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         lines += ["| " + " | ".join(cells) + " |" for cells in body]
@@ -908,12 +1186,354 @@ def run_benchmark(plan, out_path, work, log=print):
     return report
 
 
+# ------------------------------------------------------------------- GPU mode
+
+GPU_MODELS = {"vgg16": "imagenet2012_config.yaml", "vgg16_bn": "cifar10_config.yaml"}
+MODEL_LABELS = {"vgg16": "VGG16", "vgg16_bn": "VGG16-BN"}
+GPU_AMP_LEVEL = "O2"  # mixed precision on the GPU, as the upstream model zoo trains there
+UPSTREAM_GPU = {
+    "model": "vgg16", "image": 224, "batch": 32, "ms_per_step": 81.0,
+    "images_per_s": 32 / 0.081, "device": "NVIDIA V100", "precision": "mixed precision",
+    "framework": "MindSpore model zoo VGG16, ImageNet2012",
+    "measured_here": False,
+    "source": "published figure of the original MindSpore model-zoo VGG16 release (README.md, "
+              "Performance); not measured here, on other hardware",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class GpuPlan:
+    """Cases and repetition counts of a GPU run: (model, image, batch) per case, the model
+    being the network of its config in GPU_MODELS."""
+    name: str = "gpu"
+    train_cases: tuple = (("vgg16", 224, 32), ("vgg16_bn", 32, 64))
+    train_warmup: int = 10         # untimed steps after the first (compiling, autotuning) one
+    train_steps: int = 40          # timed steps per process
+    eval_cases: tuple = (("vgg16_bn", 32, 256), ("vgg16", 224, 32))
+    eval_warmup: int = 5
+    eval_reps: int = 20
+    latency_case: tuple = ("vgg16", 224)
+    latency_warmup: int = 10
+    latency_reps: int = 50
+    torch_device: str = "cuda"     # "cpu" only for the tests: the same code without a GPU
+    amp: bool = True               # False only for the tests: float16 is for GPUs
+    timeout_s: int = 240
+
+
+GPU_FULL = GpuPlan()
+GPU_QUICK = GpuPlan(name="gpu-quick", train_warmup=5, train_steps=15, eval_warmup=3,
+                    eval_reps=10, latency_warmup=5, latency_reps=20)
+
+
+class NoCudaGpu(Exception):
+    """--device gpu on a machine where PyTorch sees no CUDA GPU."""
+
+
+def gpu_recipe(model):
+    """What the PyTorch peer needs of `model`'s config (the YAML the MindSpore side reads):
+    network, loss and optimiser settings. Plain YAML: no MindSpore in this process."""
+    import yaml
+
+    path = os.path.join(ROOT, GPU_MODELS[model])
+    with open(path, encoding="utf-8") as handle:
+        values = next(yaml.safe_load_all(handle))
+    name = values["arch"] + ("_bn" if values["batch_norm"] else "")
+    if name != model:
+        raise ValueError(f"{path}: arch/batch_norm describe {name}, the GPU plan expects {model}")
+    keys = ("arch", "batch_norm", "has_bias", "num_classes", "has_dropout", "lr", "momentum",
+            "weight_decay", "loss_scale", "loss_scale_type")
+    return {"config": GPU_MODELS[model], **{key: values[key] for key in keys},
+            "label_smoothing": values["label_smooth_factor"] if values["label_smooth"] else 0.0}
+
+
+def _case_key(model, image, batch):
+    return f"{model}_{image}_b{batch}"
+
+
+def nvidia_smi_query():
+    """Name, driver and memory of each GPU as nvidia-smi reports them; None without it."""
+    try:
+        proc = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total",
+                               "--format=csv,noheader"], capture_output=True, text=True,
+                              timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if proc.returncode:
+        return None
+    return [dict(zip(("name", "driver", "memory"), (part.strip() for part in line.split(","))))
+            for line in proc.stdout.splitlines() if line.strip()]
+
+
+class GpuRun(Run):
+    """The GPU plan: MindSpore workers for this repository, PyTorch workers with and without
+    AMP. A repository worker that fails (no MindSpore, no GPU backend, a failing first step)
+    makes the repository 'unavailable' in the report, not a failure of the benchmark."""
+
+    def __init__(self, plan, work, log=print):
+        super().__init__(plan, work, log)
+        models = {case[0] for case in plan.train_cases + plan.eval_cases + (plan.latency_case,)}
+        self.recipes = {model: gpu_recipe(model) for model in sorted(models)}
+        self.repo_blocked = None  # the reason once MindSpore cannot be imported or take the GPU
+
+    def repo_child(self, key, worker, spec):
+        if self.repo_blocked:
+            result = {"side": "repo", "stage": "skipped", "error": self.repo_blocked}
+            self.raw.setdefault(key, []).append(result)
+            self.log(f"  {key}: skipped (this repository is unavailable)")
+            return result
+        started = time.time()
+        result = run_child(worker, spec, "repo", self.work, self.plan.timeout_s)
+        self.raw.setdefault(key, []).append(result)
+        if "error" not in result:
+            self.log(f"  {key}: done in {time.time() - started:.0f} s")
+            return result
+        if result.get("stage") in (None, "import", "device"):  # None: the process died
+            self.repo_blocked = result["error"]
+        self.log(f"  {key}: unavailable ({result['error']})")
+        return result
+
+    def run(self):
+        plan = self.plan
+        amp_level = GPU_AMP_LEVEL if plan.amp else "O0"
+        precisions = (("amp", plan.amp), ("fp32", False))
+        for model, image, batch in plan.train_cases:
+            recipe = self.recipes[model]
+            self.log(f"training {image}x{image} batch {batch}, {MODEL_LABELS[model]} "
+                     f"({recipe['config']})")
+            key = f"train_{_case_key(model, image, batch)}"
+            spec = {"image": image, "batch": batch, "warmup": plan.train_warmup,
+                    "steps": plan.train_steps}
+            self.repo_child(f"{key}_repo", "ms_gpu_train",
+                            dict(spec, config=recipe["config"], amp_level=amp_level))
+            for precision, amp in precisions:
+                self.child(f"{key}_torch_{precision}", "torch_gpu_train",
+                           dict(spec, recipe=recipe, device=plan.torch_device, amp=amp), "torch")
+        cases = [(model, image, batch, plan.eval_warmup, plan.eval_reps)
+                 for model, image, batch in plan.eval_cases]
+        cases.append((*plan.latency_case, 1, plan.latency_warmup, plan.latency_reps))
+        self.log("evaluation " + ", ".join(f"{i}x{i} batch {b} {MODEL_LABELS[m]}"
+                                           for m, i, b, _, _ in cases))
+        self.repo_child("eval_repo", "ms_gpu_eval", {
+            "cases": cases, "amp_level": amp_level,
+            "configs": {model: recipe["config"] for model, recipe in self.recipes.items()}})
+        self.child("eval_torch", "torch_gpu_eval",
+                   {"cases": cases, "recipes": self.recipes, "device": plan.torch_device,
+                    "precisions": precisions}, "torch")
+        return dict(summarise_gpu(plan, self.raw), recipes=self.recipes, errors=self.errors,
+                    raw=self.raw)
+
+
+def _per_s(batch, seconds):
+    return batch / seconds if seconds else None
+
+
+def _ms(seconds):
+    return seconds * 1000 if seconds else None
+
+
+class GpuSummary:
+    """Rows and figures of a GPU run from its raw worker results (a pure function of them).
+    A row's repo_status is None when this repository was measured, '' where it is not meant
+    to be (PyTorch float32 reference rows), else 'unavailable: <reason>'."""
+
+    def __init__(self, plan, raw):
+        self.plan, self.raw = plan, raw
+        self.rows, self.figures = [], {}
+        self.train_note = (f"this repo amp_level {GPU_AMP_LEVEL} (the config's loss scale); "
+                           "PyTorch autocast float16 + GradScaler" if plan.amp else "float32 both")
+        self.eval_note = (f"this repo amp_level {GPU_AMP_LEVEL} (eval.py itself keeps float32); "
+                          "PyTorch autocast float16" if plan.amp else "float32 both")
+
+    # -- raw results
+    def ok(self, key):
+        return [r for r in self.raw.get(key, []) if "error" not in r]
+
+    def status(self, key):
+        failed = [r for r in self.raw.get(key, []) if "error" in r]
+        if self.ok(key) or not failed:
+            return None
+        return f"unavailable: {failed[0]['error']}"
+
+    def step(self, key):
+        return median([t for r in self.ok(key) for t in r["step_s"]])
+
+    def field(self, key, name):
+        return median([r.get(name) for r in self.ok(key)])
+
+    def seconds(self, key, name):
+        return median([t for r in self.ok(key) for t in r["times"].get(name, [])])
+
+    # -- rows
+    def row(self, name, unit, repo, torch, upstream=None, better="higher", note="",
+            repo_status=None):
+        if repo_status is not None:
+            vs_torch = None
+        else:
+            vs_torch = ratio(repo, torch) if better == "higher" else ratio(torch, repo)
+        self.rows.append({"figure": name, "unit": unit, "repo": repo, "torch": torch,
+                          "vs_torch": vs_torch, "upstream": upstream, "better": better,
+                          "note": note, "repo_status": repo_status})
+
+    def training(self, model, image, batch):
+        key = f"train_{_case_key(model, image, batch)}"
+        repo, amp, fp32 = f"{key}_repo", f"{key}_torch_amp", f"{key}_torch_fp32"
+        why = self.status(repo)
+        up = UPSTREAM_GPU if (model, image, batch) == (
+            UPSTREAM_GPU["model"], UPSTREAM_GPU["image"], UPSTREAM_GPU["batch"]) else {}
+        up_note = (f"upstream: the published figure ({UPSTREAM_GPU['framework']}, "
+                   f"{UPSTREAM_GPU['device']}), not measured here") if up else ""
+        case = f"{image}x{image} batch {batch}, {MODEL_LABELS[model]}"
+        steps = {side: self.step(k) for side, k in (("repo", repo), ("amp", amp), ("fp32", fp32))}
+        rate = {side: _per_s(batch, value) for side, value in steps.items()}
+        self.row(f"training {case}, mixed precision", "images/s", rate["repo"], rate["amp"],
+                 up.get("images_per_s"), note="; ".join(filter(None, (self.train_note, up_note))),
+                 repo_status=why)
+        self.row(f"training {case}, mixed precision, step time", "ms/step", _ms(steps["repo"]),
+                 _ms(steps["amp"]), up.get("ms_per_step"), better="lower", note=up_note,
+                 repo_status=why)
+        self.row(f"training {case}, float32, PyTorch reference", "images/s", None, rate["fp32"],
+                 repo_status="", note=f"{_num(_ms(steps['fp32']))} ms/step; PyTorch's defaults "
+                                      "(cuDNN may use TF32 in convolutions)")
+        launch = {"repo": self.field(repo, "launch_to_first_step_s"),
+                  "torch_amp": self.field(amp, "launch_to_first_step_s")}
+        self.row(f"process start to first training step, {case}", "s", launch["repo"],
+                 launch["torch_amp"], better="lower", repo_status=why,
+                 note="import, build, graph compile or cuDNN autotuning, one step")
+        peak = {"repo": self.field(repo, "peak_device_memory_mb"),
+                "torch_amp": self.field(amp, "peak_device_memory_mb")}
+        self.row(f"peak GPU memory allocated, training {case}, mixed precision", "MiB",
+                 peak["repo"], peak["torch_amp"], better="lower", repo_status=why)
+        self.figures[key[len("train_"):]] = {
+            "model": model, "config": GPU_MODELS[model], "image": image, "batch": batch,
+            **{f"{side}_images_per_s": rate[short] for side, short in
+               (("repo", "repo"), ("torch_amp", "amp"), ("torch_fp32", "fp32"))},
+            **{f"{side}_ms_per_step": _ms(steps[short]) for side, short in
+               (("repo", "repo"), ("torch_amp", "amp"), ("torch_fp32", "fp32"))},
+            "launch_to_first_step_s": launch, "peak_device_memory_mb": peak,
+            "upstream_ms_per_step": up.get("ms_per_step")}
+
+    def evaluation(self):
+        why = self.status("eval_repo")
+        sides = {"repo": ("eval_repo", ""), "torch_amp": ("eval_torch", "amp/"),
+                 "torch_fp32": ("eval_torch", "fp32/")}
+        for model, image, batch in self.plan.eval_cases:
+            rate = {side: _per_s(batch, self.seconds(key, f"{prefix}{model}_{image}x{batch}"))
+                    for side, (key, prefix) in sides.items()}
+            label = f"evaluation {image}x{image} batch {batch}, {MODEL_LABELS[model]}"
+            self.row(f"{label}, mixed precision", "images/s", rate["repo"], rate["torch_amp"],
+                     note=self.eval_note, repo_status=why)
+            self.row(f"{label}, float32, PyTorch reference", "images/s", None,
+                     rate["torch_fp32"], repo_status="")
+            self.figures[f"eval_{model}_{image}_b{batch}"] = rate
+        model, image = self.plan.latency_case
+        lat = {side: _ms(self.seconds(key, f"{prefix}{model}_{image}x1"))
+               for side, (key, prefix) in sides.items()}
+        label = f"latency {image}x{image} batch 1, {MODEL_LABELS[model]}"
+        self.row(f"{label}, mixed precision", "ms", lat["repo"], lat["torch_amp"],
+                 better="lower", repo_status=why)
+        self.row(f"{label}, float32, PyTorch reference", "ms", None, lat["torch_fp32"],
+                 better="lower", repo_status="")
+        self.figures["latency_ms"] = lat
+
+    def report(self):
+        for case in self.plan.train_cases:
+            self.training(*case)
+        self.evaluation()
+        repo = [r for key, results in self.raw.items() if key.endswith("_repo") for r in results]
+        settings = next((r["settings"] for key, results in self.raw.items() if "_torch" in key
+                         for r in results if "settings" in r), None)
+        return {"plan": dataclasses.asdict(self.plan), "upstream_reference": UPSTREAM_GPU,
+                "repo": {"available": any("error" not in r for r in repo),
+                         "unavailable_reason": next((r["error"] for r in repo if "error" in r),
+                                                    None),
+                         "amp_level": GPU_AMP_LEVEL if self.plan.amp else "O0"},
+                "torch_settings": settings, "rows": self.rows, "figures": self.figures}
+
+
+def summarise_gpu(plan, raw):
+    return GpuSummary(plan, raw).report()
+
+
+def _repo_cell(row, width=72):
+    if row["repo_status"] is None:
+        return _num(row["repo"])
+    text = row["repo_status"]
+    return text if len(text) <= width else text[:width - 3] + "..."
+
+
+def format_gpu_table(rows, markdown=False):
+    head = ["figure", "unit", "this repo", "PyTorch", "repo vs PyTorch",
+            "upstream V100 (published)", "note"]
+    body = [[r["figure"], r["unit"], _repo_cell(r), _num(r["torch"]),
+             "" if r["repo_status"] is not None else _x(r["vs_torch"]),
+             "" if r["upstream"] is None else _num(r["upstream"]), r["note"]] for r in rows]
+    return _layout(head, body, markdown)
+
+
+def gpu_machine(plan, work):
+    """machine_description() with what PyTorch and nvidia-smi say of the GPU; NoCudaGpu when
+    PyTorch sees none (asked in a child process: this one stays free of CUDA)."""
+    machine = machine_description()
+    if plan.torch_device != "cuda":
+        return dict(machine, gpu=None, nvidia_smi=None)
+    probe = run_child("gpu_probe", {}, "torch", work, plan.timeout_s)
+    if "error" in probe:
+        raise NoCudaGpu(f"no CUDA GPU visible to PyTorch (PyTorch did not start: "
+                        f"{probe['error'][:200]})")
+    if not probe["cuda_available"]:
+        raise NoCudaGpu(f"no CUDA GPU visible to PyTorch (torch {probe['torch']}: "
+                        "torch.cuda.is_available() is False)")
+    for key in ("max_rss_mb", "isa_env", "process_wall_s"):
+        probe.pop(key, None)
+    return dict(machine, gpu=probe, nvidia_smi=nvidia_smi_query())
+
+
+def run_gpu_benchmark(plan, out_path, work, log=print):
+    """Runs the GPU plan and writes its JSON report to out_path; NoCudaGpu without a GPU."""
+    os.makedirs(work, exist_ok=True)
+    started = time.time()
+    machine = gpu_machine(plan, work)
+    gpu = machine["gpu"] or {}
+    driver = (machine["nvidia_smi"] or [{}])[0].get("driver")
+    log(f"benchmark ({plan.name}) on {gpu.get('name', plan.torch_device)}, CUDA "
+        f"{gpu.get('cuda_version')}, driver {driver}, PyTorch {gpu.get('torch')}; "
+        f"work folder {work}")
+    report = GpuRun(plan, work, log).run()
+    report = {"command": " ".join([os.path.relpath(__file__, ROOT)] + sys.argv[1:]),
+              "device": "gpu", "started": time.strftime("%Y-%m-%d %H:%M:%S",
+                                                        time.localtime(started)),
+              "duration_s": time.time() - started, "machine": machine, **report}
+    if out_path:
+        os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
+        with open(out_path, "w", encoding="utf-8") as handle:
+            json.dump(report, handle, indent=1)
+    log("")
+    log(format_gpu_table(report["rows"]))
+    reason = report["repo"]["unavailable_reason"]
+    if reason:
+        log(f"this repository: unavailable: {reason}")
+    up = UPSTREAM_GPU
+    log(f"upstream: {up['ms_per_step']:g} ms/step ({up['images_per_s']:.0f} images/s), "
+        f"VGG16 {up['image']}x{up['image']} batch {up['batch']}, {up['device']}, "
+        f"{up['framework']}, {up['precision']}: the published figure, not measured here")
+    log(f"{report['duration_s'] / 60:.1f} min")
+    for error in report["errors"]:
+        log(f"error: {error}")
+    if out_path:
+        log(f"wrote {out_path}")
+    return report
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", choices=("cpu", "gpu"), default="cpu",
+                        help="cpu (default); gpu: mixed-precision training and inference on "
+                             "the CUDA GPU against PyTorch AMP, beside the upstream V100 figure")
     parser.add_argument("--quick", action="store_true",
-                        help="fewer repetitions, no 224x224 training (a few minutes)")
-    parser.add_argument("--out", default=os.path.join(HERE, "results.json"),
-                        help="JSON report (default benchmarks/results.json)")
+                        help="fewer repetitions (CPU: no 224x224 training either; a few "
+                             "minutes)")
+    parser.add_argument("--out", help="JSON report (default benchmarks/results.json, with "
+                                      "--device gpu benchmarks/results_gpu.json)")
     parser.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "vgg_benchmark"),
                         help="folder for generated data, exports and run folders (reused)")
     parser.add_argument("--markdown", action="store_true",
@@ -925,10 +1545,22 @@ def main(argv=None):
         sys.path.insert(0, ROOT)
         WORKERS[args.worker](json.loads(args.spec))
         return 0
-    report = run_benchmark(QUICK if args.quick else FULL, args.out, os.path.abspath(args.work))
+    work = os.path.abspath(args.work)
+    if args.device == "gpu":
+        out = args.out or os.path.join(HERE, "results_gpu.json")
+        try:
+            report = run_gpu_benchmark(GPU_QUICK if args.quick else GPU_FULL, out, work)
+        except NoCudaGpu as err:
+            print(f"benchmark.py --device gpu: {err}", file=sys.stderr)
+            return 2
+        table = format_gpu_table
+    else:
+        out = args.out or os.path.join(HERE, "results.json")
+        report = run_benchmark(QUICK if args.quick else FULL, out, work)
+        table = format_table
     if args.markdown:
         print()
-        print(format_table(report["rows"], markdown=True))
+        print(table(report["rows"], markdown=True))
     return 1 if report["errors"] else 0
 
 

@@ -7,8 +7,10 @@ first dense layer takes ``512 * (H / 32) * (W / 32)`` inputs (512 at 32x32, 2508
 ``cifar10_config.yaml`` (``has_bias: False``); BatchNorm uses eps 1e-5 and running-average
 momentum 0.1 (MindSpore's momentum 0.9). The optimiser mirrors ``src/trainer.py``: momentum
 SGD with weight decay on convolution and dense weights only (not BatchNorm, not biases).
+On a GPU the train step can run in mixed precision the usual PyTorch way (``torch.autocast``
+to float16 with a ``torch.amp.GradScaler``).
 
-Only ``torch`` is needed (torchvision is not).
+Only ``torch`` is needed (torchvision is not, nor MindSpore).
 """
 import torch
 from torch import nn
@@ -80,11 +82,20 @@ def make_optimizer(net, lr=0.01, momentum=0.9, weight_decay=5e-4):
                            lr=lr, momentum=momentum)
 
 
-def make_train_step(net, optimizer):
-    """A function (images, labels) -> loss value doing one forward/backward/update."""
-    loss_fn = nn.CrossEntropyLoss()
+def make_train_step(net, optimizer, device=None, amp=False, label_smoothing=0.0):
+    """A function (images, labels) -> loss value doing one forward/backward/update.
+
+    With `device` the batch is copied there first (non-blocking from pinned memory), as a
+    training loop feeds host batches; with `amp` the forward runs under float16 autocast and
+    the loss is scaled by a dynamic GradScaler."""
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+    if amp:
+        return _amp_train_step(net, optimizer, loss_fn, torch.device(device or "cuda"))
 
     def step(images, labels):
+        if device is not None:
+            images = images.to(device, non_blocking=True)
+            labels = labels.to(device, non_blocking=True)
         optimizer.zero_grad(set_to_none=True)
         loss = loss_fn(net(images), labels)
         loss.backward()
@@ -92,3 +103,34 @@ def make_train_step(net, optimizer):
         return float(loss.detach())
 
     return step
+
+
+def _amp_train_step(net, optimizer, loss_fn, device):
+    scaler = torch.amp.GradScaler(device.type)
+
+    def step(images, labels):
+        images = images.to(device, non_blocking=True)
+        labels = labels.to(device, non_blocking=True)
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(device_type=device.type, dtype=torch.float16):
+            loss = loss_fn(net(images), labels)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        return float(loss.detach())
+
+    return step
+
+
+def make_forward(net, device=None, amp=False):
+    """A function images -> logits (float32, on the host) for inference: no_grad, the batch
+    copied to `device`, float16 autocast with `amp`."""
+    device = torch.device(device or "cpu")
+
+    def forward(images):
+        with torch.no_grad(), torch.autocast(device_type=device.type, dtype=torch.float16,
+                                             enabled=amp):
+            logits = net(images.to(device, non_blocking=True))
+        return logits.float().cpu()
+
+    return forward

@@ -5,6 +5,7 @@ import dataclasses
 import json
 import math
 import os
+import subprocess
 import sys
 
 import pytest
@@ -64,3 +65,142 @@ def test_tiny_run_writes_a_complete_report(tmp_path):
     assert len(check["reference_relative_difference"]) == 2
     assert check["match"] in (True, False)
     assert check["fast_path_active"] == machine["fast_conv_active"]
+
+
+# ------------------------------------------------------------------- GPU mode, without a GPU
+
+TINY_GPU = dataclasses.replace(
+    benchmark.GPU_QUICK, name="tiny-gpu", train_cases=(("vgg16_bn", 32, 2),), train_warmup=0,
+    train_steps=1, eval_cases=(("vgg16_bn", 32, 2),), eval_warmup=0, eval_reps=1,
+    latency_case=("vgg16_bn", 32), latency_warmup=0, latency_reps=1, torch_device="cpu",
+    amp=False, timeout_s=300)
+
+
+def _no_cuda():
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA GPU is visible here")
+
+
+def test_gpu_mode_without_cuda_exits_with_one_line(tmp_path):
+    _no_cuda()
+    out = tmp_path / "gpu.json"
+    proc = subprocess.run([sys.executable, os.path.join(REPO, "benchmarks", "benchmark.py"),
+                           "--device", "gpu", "--out", str(out), "--work", str(tmp_path)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    lines = (proc.stdout + proc.stderr).strip().splitlines()
+    assert len(lines) == 1 and "no CUDA GPU visible to PyTorch" in lines[0], lines
+    assert not out.exists()
+
+
+def _fabricated_raw(repo_error=None):
+    """Raw results of a default GPU plan: every PyTorch worker measured; this repository's
+    measured too, or failed with repo_error."""
+    raw = {}
+
+    def repo(result):
+        return {"side": "repo", "stage": "import", "error": repo_error} if repo_error else result
+
+    for model, image, batch in benchmark.GPU_FULL.train_cases:
+        key = f"train_{model}_{image}_b{batch}"
+        raw[f"{key}_repo"] = [repo({"step_s": [0.050, 0.040, 0.060], "first_step_s": 30.0,
+                                    "launch_to_first_step_s": 40.0,
+                                    "peak_device_memory_mb": 9000.0})]
+        for precision, seconds in (("amp", 0.025), ("fp32", 0.1)):
+            raw[f"{key}_torch_{precision}"] = [{
+                "step_s": [seconds] * 3, "first_step_s": 2.0, "launch_to_first_step_s": 6.0,
+                "peak_device_memory_mb": 5000.0, "settings": {"cudnn_benchmark": True}}]
+    cases = [(m, i, b) for m, i, b in benchmark.GPU_FULL.eval_cases]
+    cases.append((*benchmark.GPU_FULL.latency_case, 1))
+    raw["eval_repo"] = [repo({"times": {f"{m}_{i}x{b}": [0.02] for m, i, b in cases}})]
+    raw["eval_torch"] = [{"times": {f"{precision}/{m}_{i}x{b}": [seconds] for m, i, b in cases
+                                    for precision, seconds in (("amp", 0.01), ("fp32", 0.04))}}]
+    return raw
+
+
+def test_gpu_summary_puts_the_upstream_figure_beside_the_measured_ones():
+    report = benchmark.summarise_gpu(benchmark.GPU_FULL, _fabricated_raw())
+    rows = {row["figure"]: row for row in report["rows"]}
+    step = rows["training 224x224 batch 32, VGG16, mixed precision, step time"]
+    assert step["repo"] == pytest.approx(50.0) and step["torch"] == pytest.approx(25.0)
+    assert step["upstream"] == 81.0 and step["vs_torch"] == pytest.approx(0.5)
+    rate = rows["training 224x224 batch 32, VGG16, mixed precision"]
+    assert rate["repo"] == pytest.approx(640.0) and rate["upstream"] == pytest.approx(32 / 0.081)
+    assert "not measured here" in rate["note"]
+    assert rows["training 32x32 batch 64, VGG16-BN, mixed precision"]["upstream"] is None
+    reference = rows["training 224x224 batch 32, VGG16, float32, PyTorch reference"]
+    assert reference["torch"] == pytest.approx(320.0) and reference["repo_status"] == ""
+    assert rows["evaluation 32x32 batch 256, VGG16-BN, mixed precision"]["vs_torch"] == \
+        pytest.approx(0.5)
+    assert rows["latency 224x224 batch 1, VGG16, mixed precision"]["repo"] == pytest.approx(20.0)
+    assert report["repo"] == {"available": True, "unavailable_reason": None, "amp_level": "O2"}
+    assert report["upstream_reference"]["measured_here"] is False
+    table = benchmark.format_gpu_table(report["rows"])
+    assert "upstream V100 (published)" in table.splitlines()[0]
+    json.dumps(report)  # the report is JSON as it is
+
+
+def test_gpu_summary_shows_the_repository_unavailable_with_its_reason():
+    reason = "MindSpore is not installed (No module named 'mindspore')"
+    report = benchmark.summarise_gpu(benchmark.GPU_FULL, _fabricated_raw(reason))
+    assert report["repo"]["available"] is False
+    assert report["repo"]["unavailable_reason"] == reason
+    for row in report["rows"]:
+        assert row["repo"] is None and row["vs_torch"] is None, row
+        assert row["torch"] is not None, row
+        if "PyTorch reference" not in row["figure"]:
+            assert row["repo_status"] == f"unavailable: {reason}", row
+    step = {row["figure"]: row for row in report["rows"]}[
+        "training 224x224 batch 32, VGG16, mixed precision, step time"]
+    assert step["upstream"] == 81.0 and step["torch"] == pytest.approx(25.0)
+    table = benchmark.format_gpu_table(report["rows"])
+    assert "unavailable: MindSpore is not installed" in table
+    assert benchmark.format_gpu_table(report["rows"], markdown=True).startswith("| figure |")
+
+
+def test_gpu_recipes_follow_the_configs():
+    vgg16, vgg16_bn = benchmark.gpu_recipe("vgg16"), benchmark.gpu_recipe("vgg16_bn")
+    assert (vgg16["batch_norm"], vgg16["num_classes"], vgg16["has_bias"]) == (False, 1000, True)
+    assert vgg16["label_smoothing"] == pytest.approx(0.1)
+    assert (vgg16_bn["batch_norm"], vgg16_bn["num_classes"]) == (True, 10)
+
+
+def test_gpu_plan_runs_through_on_cpu_without_mindspore(tmp_path, monkeypatch):
+    """The GPU plan's whole path with PyTorch forced to the CPU (AMP off) and MindSpore made
+    unimportable, as on the GPU machine: PyTorch figures alone, the repository unavailable."""
+    pytest.importorskip("torch")
+    stub = tmp_path / "stub" / "mindspore"
+    stub.mkdir(parents=True)
+    (stub / "__init__.py").write_text(
+        "raise ModuleNotFoundError(\"No module named 'mindspore'\", name='mindspore')\n")
+    monkeypatch.setenv("PYTHONPATH", str(stub.parent))
+    monkeypatch.setitem(sys.modules, "mindspore", None)  # nor in this, the parent, process
+    out = tmp_path / "gpu.json"
+    report = benchmark.run_gpu_benchmark(TINY_GPU, str(out), str(tmp_path / "work"),
+                                         log=lambda *a: None)
+    assert report["errors"] == []
+    saved = json.loads(out.read_text())
+    assert saved["device"] == "gpu" and saved["upstream_reference"]["ms_per_step"] == 81.0
+    assert saved["repo"]["unavailable_reason"] == \
+        "MindSpore is not installed (No module named 'mindspore')"
+    assert saved["raw"]["eval_repo"][0]["stage"] == "skipped"  # not retried once known
+    figures = {row["figure"]: row for row in saved["rows"]}
+    train = figures["training 32x32 batch 2, VGG16-BN, mixed precision"]
+    assert train["torch"] > 0 and train["repo_status"].startswith("unavailable: MindSpore")
+    assert figures["training 32x32 batch 2, VGG16-BN, float32, PyTorch reference"]["torch"] > 0
+    assert figures["latency 32x32 batch 1, VGG16-BN, mixed precision"]["torch"] > 0
+    assert all(len(r["losses"]) == 2 for r in saved["raw"]["train_vgg16_bn_32_b2_torch_fp32"])
+
+
+def test_gpu_repo_worker_reports_an_unusable_gpu_backend(tmp_path):
+    """With MindSpore present but no GPU backend (this machine), the worker answers with a
+    one-line reason instead of crashing."""
+    pytest.importorskip("mindspore")
+    spec = {"image": 32, "batch": 2, "warmup": 0, "steps": 1, "config": "cifar10_config.yaml",
+            "amp_level": "O2"}
+    result = benchmark.run_child("ms_gpu_train", spec, "repo", str(tmp_path), 300)
+    if "error" not in result:
+        pytest.skip("MindSpore runs on a GPU here")
+    assert result["stage"] in ("device", "first step"), result
+    assert "\n" not in result["error"] and len(result["error"]) <= 260

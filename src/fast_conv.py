@@ -18,18 +18,27 @@ like ``nn.Conv2d`` and logs one line saying why:
 - a configuration the kernels do not cover: stride or dilation other than 1, groups,
   NHWC, a dtype other than float32, asymmetric padding.
 
+``FastFeatures`` is the ``nn.SequentialCell`` that holds a VGG feature extractor built of
+FastConv2d cells. Training runs its cells one by one, as a SequentialCell does. Inference
+(``set_train(False)``) runs the whole chain on oneDNN's channel-blocked layout instead: each
+convolution with its BatchNorm (moving statistics) and ReLU folded into one oneDNN
+convolution with a bias and a fused ReLU, 2x2 max pooling on the blocked layout, and one
+reorder back to NCHW at the end, so that no activation is reordered between layers. Same
+cells, same parameter names: checkpoints are unchanged.
+
 ISA: ``ONEDNN_MAX_CPU_ISA`` is process-wide and read when MindSpore first runs oneDNN.
 When every convolution of the network is a FastConv2d on the fast path, leave AVX-512 on
 (``preferred_onednn_isa()`` returns ``"ALL"``); stock NCHW convolutions need ``"AVX2"``.
 """
 import logging
+import os
 
 import mindspore as ms
 from mindspore import nn, ops
 
-from src.ops import LIB_PATH, library_status, onednn_version, preferred_onednn_isa  # noqa: F401
+from src.ops import LIB_PATH, block_size, library_status, onednn_version, preferred_onednn_isa  # noqa: F401
 
-__all__ = ["FastConv2d", "fast_conv_available", "fast_conv_status", "preferred_onednn_isa",
+__all__ = ["FastConv2d", "FastFeatures", "fast_conv_available", "fast_conv_status", "preferred_onednn_isa",
            "onednn_version"]
 
 logger = logging.getLogger(__name__)
@@ -153,3 +162,229 @@ class FastConv2d(nn.Conv2d):
         if self.has_bias:
             output = self.bias_add(output, self.bias)
         return output
+
+
+CHAIN_ENV = "FAST_CONV_CHAIN"  # FAST_CONV_CHAIN=0: FastFeatures runs its cells one by one
+
+
+def chain_disabled():
+    return os.environ.get(CHAIN_ENV, "1").strip().lower() in ("0", "false", "no", "off")
+
+
+def _custom(symbol, shape, dtype=None, bprop=None):
+    def keep(*args):
+        return args[0]
+
+    return ops.Custom(f"{LIB_PATH}:{symbol}", out_shape=shape, out_dtype=dtype or keep,
+                      func_type="aot", bprop=bprop)
+
+
+def _conv_shape(x, w, *rest):
+    return [x[0], w[0], x[2], x[3]]  # 'same' padding, stride 1
+
+
+def _pool_shape(x):
+    return [x[0], x[1], x[2] // 2, x[3] // 2]
+
+
+def _same_shape(*args):
+    return args[0]
+
+
+def _blocked_ops():
+    """Custom operators of the blocked inference chain (see FastFeatures):
+    (first convolution, later convolutions, max pool, unblock)."""
+    return (_custom("FastConvInferPlain", _conv_shape), _custom("FastConvInferBlocked", _conv_shape),
+            _custom("FastMaxPool2Blocked", _pool_shape), _unblock_op())
+
+
+def _unblock_op():
+    """Blocked -> NCHW, whose gradient is NCHW -> blocked."""
+    block = _custom("FastBlock", _same_shape)
+
+    def bprop(x, out, dout):
+        return (block(dout),)
+
+    return _custom("FastUnblock", _same_shape, bprop=bprop)
+
+
+def _blocked_train_ops():
+    """Custom operators of the blocked training chain, each with its gradient:
+    (first convolution, later convolutions, BatchNorm + ReLU, max pool)."""
+
+    def conv(blocked):
+        kind = "Blocked" if blocked else "Plain"
+        bwd = _custom(f"FastConvTrainBwd{kind}", lambda dy, x, w: (x, w),
+                      lambda dy, x, w: (x, w))
+
+        def bprop(x, w, out, dout):
+            dx, dw = bwd(dout, x, w)
+            return dx, dw
+
+        return _custom(f"FastConvTrainFwd{kind}", _conv_shape, bprop=bprop)
+
+    bn_bwd = _custom("FastBnReluBwd", lambda dz, z, y, g, m, v, e: (y, g, g),
+                     lambda dz, z, y, g, m, v, e: (y, g, g))
+
+    def bn_bprop(y, gamma, beta, eps, out, dout):
+        z, mean, var = out
+        dy, dgamma, dbeta = bn_bwd(dout[0], z, y, gamma, mean, var, eps)
+        return dy, dgamma, dbeta, ops.zeros_like(eps)
+
+    bn_relu = _custom("FastBnReluTrain", lambda y, g, b, e: (y, g, g),
+                      lambda y, g, b, e: (y, g, g), bprop=bn_bprop)
+
+    pool_bwd = _custom("FastMaxPool2Bwd", lambda dy, ws: [dy[0], dy[1], 2 * dy[2], 2 * dy[3]],
+                       lambda dy, ws: dy)
+
+    def pool_bprop(x, out, dout):
+        return (pool_bwd(dout[0], out[1]),)
+
+    pool = _custom("FastMaxPool2Train", lambda x: (_pool_shape(x), _pool_shape(x)),
+                   lambda x: (x, ms.uint8), bprop=pool_bprop)
+    return conv(False), conv(True), bn_relu, pool
+
+
+def _inference_plan(layers):
+    """((conv index, BatchNorm index or -1, pool follows), ...) when `layers` is a chain of
+    [FastConv2d on the fast path, optional BatchNorm2d, ReLU, optional 2x2 MaxPool2d] groups
+    that the blocked inference chain covers; else (None, reason)."""
+    block = block_size()
+    if not block:
+        return None, "no channel-blocked layout on this CPU"
+    plan, i = [], 0
+    while i < len(layers):
+        conv = layers[i]
+        if not (isinstance(conv, FastConv2d) and conv.uses_fast_path):
+            return None, f"layer {i} is not a FastConv2d on the fast path"
+        if tuple(conv.kernel_size) != (3, 3) or conv.pad_mode not in ("same", "pad") or (
+                conv.pad_mode == "pad" and conv.padding not in (1, (1, 1, 1, 1))):
+            return None, f"layer {i}: only 3x3 convolutions with 'same' padding are chained"
+        if conv.out_channels % block:
+            return None, f"layer {i}: {conv.out_channels} channels is not a multiple of {block}"
+        j, bn = i + 1, -1
+        if j < len(layers) and isinstance(layers[j], nn.BatchNorm2d):
+            if layers[j].use_batch_statistics:
+                return None, f"layer {j}: BatchNorm2d(use_batch_statistics=True)"
+            bn, j = j, j + 1
+        if j >= len(layers) or not isinstance(layers[j], nn.ReLU):
+            return None, f"layer {j}: a ReLU must follow each convolution"
+        j += 1
+        pool = j < len(layers) and isinstance(layers[j], nn.MaxPool2d)
+        if pool:
+            cell = layers[j]
+            if (cell.kernel_size, cell.stride, cell.pad_mode.upper()) != (2, 2, "VALID"):
+                return None, f"layer {j}: only 2x2 stride-2 max pooling is chained"
+            j += 1
+        plan.append((i, bn, pool))
+        i = j
+    return (tuple(plan), "") if plan else (None, "no layers")
+
+
+def _training_chain_reason(layers, plan):
+    """Why the blocked training chain cannot run `plan` (it needs a BatchNorm after every
+    convolution and no convolution bias), or ''."""
+    for conv_i, bn_i, _ in plan:
+        if bn_i < 0:
+            return f"layer {conv_i} has no BatchNorm after it"
+        if layers[conv_i].has_bias:
+            return f"layer {conv_i} has a bias"
+    return ""
+
+
+class FastFeatures(nn.SequentialCell):
+    """A VGG feature extractor (``nn.SequentialCell``) that runs on oneDNN's channel-blocked
+    layout end to end, in inference and, when every convolution is followed by a BatchNorm,
+    in training too.
+
+    Training: per group, a convolution, a BatchNorm with batch statistics fused with its
+    ReLU, and 2x2 max pooling, each a custom operator with its gradient, all on the blocked
+    layout; the moving statistics are updated as ``nn.BatchNorm2d`` updates them (momentum,
+    unbiased variance). ``self.blocked_inference`` / ``self.blocked_training`` say whether
+    each chain is used; otherwise the cells run one by one, as in a SequentialCell.
+    ``FAST_CONV_CHAIN=0`` turns both chains off (the per-layer FastConv2d path remains)."""
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        layers = list(self.cell_list)
+        if chain_disabled():
+            self.plan, reason = None, f"disabled by {CHAIN_ENV}=0"
+        else:
+            self.plan, reason = _inference_plan(layers)
+        self.blocked_inference = self.plan is not None
+        self.blocked_training = False
+        if not self.blocked_inference:
+            logger.info("blocked inference chain not used: %s", reason)
+            return
+        self.conv_first, self.conv_next, self.pool, self.unblock = _blocked_ops()
+        reason = _training_chain_reason(layers, self.plan)
+        if reason:
+            logger.info("blocked training chain not used: %s", reason)
+            return
+        self.blocked_training = True
+        (self.train_conv_first, self.train_conv_next, self.bn_relu,
+         self.train_pool) = _blocked_train_ops()
+        self.eps = tuple(ms.Tensor([layers[bn_i].eps], ms.float32) for _, bn_i, _ in self.plan)
+
+    def construct(self, x):
+        if self.training:
+            if self.blocked_training:
+                return self._train(x)
+        elif self.blocked_inference:
+            return self._infer(x)
+        for cell in self.cell_list:
+            x = cell(x)
+        return x
+
+    def _train(self, x):
+        n = 0
+        for conv_i, bn_i, pool in self.plan:
+            weight = self.cell_list[conv_i].weight
+            if n == 0:
+                y = self.train_conv_first(x, weight)
+            else:
+                y = self.train_conv_next(x, weight)
+            bn = self.cell_list[bn_i]
+            x, mean, var = self.bn_relu(y, bn.gamma, bn.beta, self.eps[n])
+            count = y.shape[0] * y.shape[2] * y.shape[3]
+            mean = ops.stop_gradient(mean)
+            var = ops.stop_gradient(var) * (count / max(count - 1, 1))
+            ops.assign(bn.moving_mean, bn.moving_mean * (1 - bn.momentum) + mean * bn.momentum)
+            ops.assign(bn.moving_variance,
+                       bn.moving_variance * (1 - bn.momentum) + var * bn.momentum)
+            if pool:
+                x, _ = self.train_pool(x)
+            n += 1
+        return self.unblock(x)
+
+    def _folded(self, conv_i, bn_i):
+        """Per-channel (scale, shift) with BatchNorm and the convolution bias folded in."""
+        conv = self.cell_list[conv_i]
+        if bn_i >= 0:
+            bn = self.cell_list[bn_i]
+            scale = bn.gamma / ops.sqrt(bn.moving_variance + bn.eps)
+            shift = bn.beta - bn.moving_mean * scale
+            if conv.has_bias:
+                shift = shift + conv.bias * scale
+            return scale, shift
+        scale = ops.ones((conv.out_channels,), ms.float32)
+        if conv.has_bias:
+            return scale, conv.bias
+        return scale, ops.zeros((conv.out_channels,), ms.float32)
+
+    def _infer(self, x):
+        first = True
+        for conv_i, bn_i, pool in self.plan:
+            scale, shift = self._folded(conv_i, bn_i)
+            weight = self.cell_list[conv_i].weight
+            if first:
+                x = self.conv_first(x, weight, scale, shift)
+                first = False
+            else:
+                x = self.conv_next(x, weight, scale, shift)
+            if pool:
+                x = self.pool(x)
+        return self.unblock(x)
+
+
+FastConv2d.features_cell = FastFeatures  # what vgg.make_layers builds around FastConv2d cells

@@ -49,7 +49,8 @@ def make_layers(layer_cfg, batch_norm=False, pad_mode="same", padding=0, has_bia
             layers.append(nn.BatchNorm2d(item, eps=1e-5, momentum=0.9))
         layers.append(nn.ReLU())
         in_channels = item
-    return nn.SequentialCell(layers)
+    # a convolution cell may name the sequence that suits it (FastConv2d: FastFeatures)
+    return getattr(conv_cell, "features_cell", nn.SequentialCell)(layers)
 
 
 class VGG(nn.Cell):

@@ -1,4 +1,5 @@
-"""FastConv2d: the oneDNN custom-operator convolution and its fallback.
+"""FastConv2d: the oneDNN custom-operator convolution and its fallback; FastFeatures, the
+blocked inference chain.
 
 Forward outputs and gradients (input, weight, bias) must match the stock nn.Conv2d within
 float tolerance, on the fast path and on the fallback, and training losses must match on a
@@ -239,6 +240,17 @@ def test_avx512_kernels_match_stock_in_fresh_process(library, tmp_path):
             a, b = value_and_grads(fast, x), value_and_grads(stock, x)
             errs = [rel_err(a[0], b[0]), rel_err(a[1], b[1])] + [rel_err(p, q) for p, q in zip(a[2], b[2])]
             assert max(errs) < {RTOL}, errs
+        from src.fast_conv import FastFeatures
+        from test_fast_conv import feature_layers, randomise_batchnorm
+        fast = FastFeatures(feature_layers(FastConv2d, channels=(32, 64, 16)))
+        stock = nn.SequentialCell(feature_layers(nn.Conv2d, channels=(32, 64, 16)))
+        assert fast.blocked_inference
+        randomise_batchnorm(stock)
+        copy_params(fast, stock)
+        fast.set_train(False)
+        stock.set_train(False)
+        x = ms.Tensor(np.random.default_rng(1).standard_normal((2, 3, 16, 16)).astype(np.float32))
+        assert rel_err(fast(x).asnumpy(), stock(x).asnumpy()) < {RTOL}
         print("OK")
     """)
     env = dict(os.environ, ONEDNN_MAX_CPU_ISA="ALL", GLOG_v="3")
@@ -246,3 +258,131 @@ def test_avx512_kernels_match_stock_in_fresh_process(library, tmp_path):
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env,
                           cwd=str(tmp_path), timeout=600)
     assert proc.returncode == 0 and "OK" in proc.stdout, proc.stderr[-3000:]
+
+
+# ------------------------------------------------------------- blocked inference chain
+
+def feature_layers(conv_cls, batch_norm=True, channels=(16, 32, 16)):
+    """conv [+BN] + ReLU groups with max pools, the shape of a small VGG feature extractor."""
+    layers, cin = [], 3
+    for i, cout in enumerate(channels):
+        layers.append(conv_cls(cin, cout, 3, pad_mode="same" if i % 2 == 0 else "pad",
+                               padding=0 if i % 2 == 0 else 1, has_bias=(i == 1)))
+        if batch_norm and i != 1:
+            layers.append(nn.BatchNorm2d(cout))
+        layers.append(nn.ReLU())
+        if i != 1:
+            layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
+        cin = cout
+    return layers
+
+
+def randomise_batchnorm(cell, seed=0):
+    """Moving statistics and affine parameters far from their initial values, so that a
+    wrong folding shows."""
+    rng = np.random.default_rng(seed)
+    for p in cell.get_parameters():
+        if "moving_variance" in p.name:
+            p.set_data(ms.Tensor(rng.uniform(0.3, 3.0, p.shape).astype(np.float32)))
+        elif "moving_mean" in p.name or "beta" in p.name or "bias" in p.name:
+            p.set_data(ms.Tensor(rng.normal(0, 0.3, p.shape).astype(np.float32)))
+        elif "gamma" in p.name:
+            p.set_data(ms.Tensor(rng.uniform(0.5, 1.5, p.shape).astype(np.float32)))
+
+
+@pytest.mark.parametrize("batch_norm", [True, False])
+def test_blocked_inference_matches_stock(library, graph_mode, batch_norm):
+    fast = fast_conv.FastFeatures(feature_layers(FastConv2d, batch_norm))
+    stock = nn.SequentialCell(feature_layers(nn.Conv2d, batch_norm))
+    assert fast.blocked_inference
+    assert not fast.blocked_training  # layer 1 has a bias and no BatchNorm: trains cell by cell
+    assert [p.name for p in fast.get_parameters()] == [p.name for p in stock.get_parameters()]
+    randomise_batchnorm(stock)
+    copy_params(fast, stock)
+    x = ms.Tensor(np.random.default_rng(2).standard_normal((3, 3, 12, 12)).astype(np.float32))
+    for training in (False, True, False):  # the chain in inference, cell by cell in training
+        fast.set_train(training)
+        stock.set_train(training)
+        y_f, y_s = fast(x).asnumpy(), stock(x).asnumpy()
+        assert y_f.shape == y_s.shape == (3, 16, 3, 3)
+        assert rel_err(y_f, y_s) < RTOL, training
+
+
+def test_blocked_inference_falls_back_outside_its_pattern(library, graph_mode, caplog):
+    cases = {
+        "channels not a multiple of the block": feature_layers(FastConv2d, channels=(16, 20, 16)),
+        "no ReLU after a convolution": feature_layers(FastConv2d)[:2] + [nn.MaxPool2d(2, 2)],
+        "a stock convolution": [nn.Conv2d(3, 16, 3), nn.ReLU()],
+    }
+    x = ms.Tensor(np.random.default_rng(3).standard_normal((2, 3, 8, 8)).astype(np.float32))
+    for name, layers in cases.items():
+        with caplog.at_level(logging.INFO, logger="src.fast_conv"):
+            fast = fast_conv.FastFeatures(layers)
+        assert not fast.blocked_inference, name
+        assert "blocked inference chain not used" in caplog.text
+        stock = nn.SequentialCell([nn.Conv2d(c.in_channels, c.out_channels, 3, pad_mode=c.pad_mode,
+                                             padding=c.padding, has_bias=c.has_bias)
+                                   if isinstance(c, nn.Conv2d) else c for c in layers])
+        copy_params(stock, fast)
+        fast.set_train(False)
+        stock.set_train(False)
+        assert rel_err(fast(x).asnumpy(), stock(x).asnumpy()) < RTOL, name
+
+
+def test_vgg_uses_the_blocked_chain_with_unchanged_parameter_names(library, graph_mode):
+    from src import vgg
+
+    fast = vgg.vgg11_bn(num_classes=10, image_size=(32, 32), conv_cell=FastConv2d)
+    stock = vgg.vgg11_bn(num_classes=10, image_size=(32, 32))
+    assert isinstance(fast.features, fast_conv.FastFeatures) and fast.features.blocked_inference
+    assert [p.name for p in fast.get_parameters()] == [p.name for p in stock.get_parameters()]
+    randomise_batchnorm(stock, seed=4)
+    copy_params(fast, stock)
+    fast.set_train(False)
+    stock.set_train(False)
+    x = ms.Tensor(np.random.default_rng(5).standard_normal((2, 3, 32, 32)).astype(np.float32))
+    assert rel_err(fast(x).asnumpy(), stock(x).asnumpy()) < RTOL
+
+
+def small_bn_net(conv_cls, features_cls):
+    """conv+BN+ReLU groups (no conv bias) with pools, then a dense layer."""
+    layers = [conv_cls(3, 16, 3, pad_mode="same"), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2, 2),
+              conv_cls(16, 32, 3, pad_mode="pad", padding=1), nn.BatchNorm2d(32), nn.ReLU(),
+              conv_cls(32, 16, 3, pad_mode="same"), nn.BatchNorm2d(16, momentum=0.8), nn.ReLU(),
+              nn.MaxPool2d(2, 2)]
+    return nn.SequentialCell([features_cls(layers), nn.Flatten(), nn.Dense(16 * 3 * 3, 5)])
+
+
+def test_blocked_training_matches_stock(library, graph_mode):
+    """Losses, gradients (through the updated weights) and the BatchNorm moving statistics
+    of the blocked training chain follow the stock cells step for step."""
+    fast = small_bn_net(FastConv2d, fast_conv.FastFeatures)
+    stock = small_bn_net(nn.Conv2d, nn.SequentialCell)
+    assert fast[0].blocked_inference and fast[0].blocked_training
+    randomise_batchnorm(stock, seed=6)
+    copy_params(fast, stock)
+    rng = np.random.default_rng(7)
+    x = ms.Tensor(rng.standard_normal((4, 3, 12, 12)).astype(np.float32))
+    y = ms.Tensor(rng.integers(0, 5, 4).astype(np.int32))
+    losses = []
+    for net in (fast, stock):
+        loss = nn.SoftmaxCrossEntropyWithLogits(sparse=True, reduction="mean")
+        step = nn.TrainOneStepCell(nn.WithLossCell(net, loss),
+                                   nn.Momentum(net.trainable_params(), 0.05, 0.9))
+        step.set_train()
+        losses.append([float(step(x, y).asnumpy()) for _ in range(4)])
+    np.testing.assert_allclose(losses[0], losses[1], rtol=RTOL)
+    assert losses[0][-1] < 0.5 * losses[0][0]  # it learns
+    for a, b in zip(fast.get_parameters(), stock.get_parameters()):
+        assert a.name == b.name
+        assert rel_err(a.asnumpy(), b.asnumpy()) < RTOL, a.name
+    fast.set_train(False)
+    stock.set_train(False)
+    assert rel_err(fast(x).asnumpy(), stock(x).asnumpy()) < RTOL
+
+
+def test_chain_can_be_turned_off(library, graph_mode, monkeypatch):
+    monkeypatch.setenv("FAST_CONV_CHAIN", "0")
+    features = small_bn_net(FastConv2d, fast_conv.FastFeatures)[0]
+    assert not features.blocked_inference and not features.blocked_training
+    assert all(c.uses_fast_path for c in features.cell_list if isinstance(c, FastConv2d))

@@ -26,9 +26,12 @@ def load_library():
         else:
             try:
                 lib = ctypes.CDLL(LIB_PATH)
-                for symbol in ("FastConvFwd", "FastConvBwd", "FastConvOneDnnVersion"):
+                for symbol in ("FastConvFwd", "FastConvBwd", "FastConvOneDnnVersion",
+                               "FastConvInferPlain", "FastConvInferBlocked",
+                               "FastMaxPool2Blocked", "FastUnblock", "FastBlockSize"):
                     getattr(lib, symbol)
                 lib.FastConvOneDnnVersion.restype = ctypes.c_char_p
+                lib.FastBlockSize.restype = ctypes.c_int
                 _load_result = (lib, "")
             except (OSError, AttributeError) as exc:
                 text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
@@ -48,6 +51,14 @@ def onednn_version():
     """Version of the oneDNN the library runs on ("3.10.1"), or None."""
     lib, _ = load_library()
     return lib.FastConvOneDnnVersion().decode() if lib is not None else None
+
+
+def block_size():
+    """Channel block (16 with AVX-512, 8 with AVX2) of the layout the blocked inference
+    chain passes between layers, or 0 when the library is unusable or the CPU has neither.
+    Fixes oneDNN's ISA for the process: call it after ONEDNN_MAX_CPU_ISA is settled."""
+    usable, _ = library_status()
+    return int(load_library()[0].FastBlockSize()) if usable else 0
 
 
 def preferred_onednn_isa():

@@ -6,6 +6,23 @@
 // Exported kernels (MindSpore aot signature, see help(mindspore.ops.Custom)):
 //   FastConvFwd : inputs  x (N,C,H,W), w (O,C,KH,KW)          -> y (N,O,OH,OW)
 //   FastConvBwd : inputs  dy (N,O,OH,OW), x (N,C,H,W), w     -> dx (N,C,H,W), dw (O,C,KH,KW)
+// Inference chain on channel-blocked activations (the tensors keep their NCHW shape for
+// MindSpore, but their bytes are in oneDNN's nChw16c / nChw8c layout, see FastBlockSize):
+//   FastConvInferPlain   : x (N,C,H,W) plain, w, scale (O), shift (O) -> y blocked
+//   FastConvInferBlocked : x blocked,         w, scale (O), shift (O) -> y blocked
+//                          y = relu(conv(x, w) * scale + shift): BatchNorm (moving
+//                          statistics) and bias folded into the weights and a bias
+//   FastMaxPool2Blocked  : x blocked (N,C,H,W) -> y blocked (N,C,H/2,W/2), 2x2 stride 2
+//   FastUnblock          : x blocked -> y plain NCHW
+// Training chain on the same blocked layout (FastFeatures in training):
+//   FastConvTrainFwdPlain / FastConvTrainFwdBlocked : x, w -> y blocked
+//   FastConvTrainBwdPlain / FastConvTrainBwdBlocked : dy, x, w -> dx, dw
+//                          (plain x is the network input: its dx is returned as zeros)
+//   FastBnReluTrain      : y, gamma, beta, eps (1) -> z = relu(bn(y)), batch mean, biased var
+//   FastBnReluBwd        : dz, z, y, gamma, mean, var, eps -> dy, dgamma, dbeta
+//   FastMaxPool2Train    : x -> y, workspace (uint8, y's shape)
+//   FastMaxPool2Bwd      : dy, workspace -> dx
+//   FastBlock            : x plain NCHW -> y blocked (the gradient of FastUnblock)
 // Stride is 1, so the padding follows from the shapes: total = OH - H + KH - 1, with
 // top = total / 2 and bottom = total - top (MindSpore's 'same', 'pad' and 'valid' all fit).
 //
@@ -30,6 +47,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <stdexcept>
 #include <string>
 #include <thread>
 #include <tuple>
@@ -233,6 +251,51 @@ struct BwdPlan {
   size_t scratch_bytes = 0;
 };
 
+struct InferPlan {
+  dnnl::convolution_forward prim;
+  Operand src;
+  memory::desc wei_plain, wei_inner, dst, chan;
+  dnnl::reorder wei_reorder;  // plain -> inner, scaled per output channel
+  size_t scratch_bytes = 0;
+};
+
+struct TrainConvPlan {
+  dnnl::convolution_forward fwd;
+  dnnl::convolution_backward_data bwd_data;  // blocked input only
+  dnnl::convolution_backward_weights bwd_weights;
+  Operand src_f, src_w, wei_f, wei_d, diff_wei;
+  memory::desc dst;       // blocked: forward dst and diff_dst of both backward passes
+  memory::desc diff_src;  // blocked input only
+  size_t scratch_bytes = 0;
+};
+
+struct BnPlan {
+  dnnl::batch_normalization_forward fwd;
+  dnnl::batch_normalization_backward bwd;
+  dnnl::eltwise_forward relu;
+  dnnl::eltwise_backward relu_bwd;
+  memory::desc data, chan;
+  size_t scratch_bytes = 0;
+};
+
+struct TrainPoolPlan {
+  dnnl::pooling_forward fwd;
+  dnnl::pooling_backward bwd;
+  memory::desc src, dst, ws;
+  size_t scratch_bytes = 0;
+};
+
+struct PoolPlan {
+  dnnl::pooling_forward prim;
+  memory::desc src, dst;
+  size_t scratch_bytes = 0;
+};
+
+struct UnblockPlan {
+  dnnl::reorder prim, to_blocked;
+  memory::desc blocked, plain;
+};
+
 // Channel-blocked activation layout matching the SIMD width oneDNN runs with (16 floats
 // for AVX-512, 8 for AVX2), or `any` where there is none.
 std::pair<tag, int64_t> BlockedActivationTag() {
@@ -291,6 +354,147 @@ class Engine {
                              {DNNL_ARG_SCRATCHPAD, scratch}});
     Finish(p.dst, dst, y);
     stream_.wait();
+  }
+
+  // ---- training chain
+  void TrainConvFwd(const ConvShape &s, bool x_blocked, const float *x, const float *w, float *y) {
+    TrainConvPlan &p = TrainConvFor(s, x_blocked);
+    memory src = Bind(p.src_f, const_cast<float *>(x), kSrc, true);
+    memory wei = Bind(p.wei_f, const_cast<float *>(w), kWei, true);
+    memory dst(p.dst, eng_, y);
+    memory scratch = Scratch(p.scratch_bytes);
+    p.fwd.execute(stream_, {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, wei}, {DNNL_ARG_DST, dst},
+                            {DNNL_ARG_SCRATCHPAD, scratch}});
+    stream_.wait();
+  }
+
+  void TrainConvBwd(const ConvShape &s, bool x_blocked, const float *dy, const float *x, const float *w,
+                    float *dx, float *dw) {
+    TrainConvPlan &p = TrainConvFor(s, x_blocked);
+    memory ddst(p.dst, eng_, const_cast<float *>(dy));
+    memory scratch = Scratch(p.scratch_bytes);
+    if (x_blocked) {
+      memory wei = Bind(p.wei_d, const_cast<float *>(w), kWei, true);
+      memory dsrc(p.diff_src, eng_, dx);
+      p.bwd_data.execute(stream_, {{DNNL_ARG_DIFF_DST, ddst}, {DNNL_ARG_WEIGHTS, wei},
+                                   {DNNL_ARG_DIFF_SRC, dsrc}, {DNNL_ARG_SCRATCHPAD, scratch}});
+    } else {
+      std::memset(dx, 0, static_cast<size_t>(s.n * s.c * s.h * s.w) * sizeof(float));
+    }
+    memory src = Bind(p.src_w, const_cast<float *>(x), kSrc, true);
+    memory dwei = BindOut(p.diff_wei, dw, kDiffWei);
+    p.bwd_weights.execute(stream_, {{DNNL_ARG_DIFF_DST, ddst}, {DNNL_ARG_SRC, src},
+                                    {DNNL_ARG_DIFF_WEIGHTS, dwei}, {DNNL_ARG_SCRATCHPAD, scratch}});
+    Finish(p.diff_wei, dwei, dw);
+    stream_.wait();
+  }
+
+  void BnReluFwd(const memory::dims &dims, float eps, const float *y, const float *gamma,
+                 const float *beta, float *z, float *mean, float *var) {
+    BnPlan &p = BnFor(dims, eps);
+    memory src(p.data, eng_, const_cast<float *>(y)), dst(p.data, eng_, z);
+    memory scale(p.chan, eng_, const_cast<float *>(gamma)), shift(p.chan, eng_, const_cast<float *>(beta));
+    memory m(p.chan, eng_, mean), v(p.chan, eng_, var);
+    memory scratch = Scratch(p.scratch_bytes);
+    p.fwd.execute(stream_, {{DNNL_ARG_SRC, src}, {DNNL_ARG_DST, dst}, {DNNL_ARG_SCALE, scale},
+                            {DNNL_ARG_SHIFT, shift}, {DNNL_ARG_MEAN, m}, {DNNL_ARG_VARIANCE, v},
+                            {DNNL_ARG_SCRATCHPAD, scratch}});
+    p.relu.execute(stream_, {{DNNL_ARG_SRC, dst}, {DNNL_ARG_DST, dst}});
+    stream_.wait();
+  }
+
+  void BnReluBwd(const memory::dims &dims, float eps, const float *dz, const float *z, const float *y,
+                 const float *gamma, const float *mean, const float *var, float *dy, float *dgamma,
+                 float *dbeta) {
+    BnPlan &p = BnFor(dims, eps);
+    memory masked(p.data, eng_, arena_.Get(kDiffDst, p.data.get_size()));
+    p.relu_bwd.execute(stream_, {{DNNL_ARG_DST, memory(p.data, eng_, const_cast<float *>(z))},
+                                 {DNNL_ARG_DIFF_DST, memory(p.data, eng_, const_cast<float *>(dz))},
+                                 {DNNL_ARG_DIFF_SRC, masked}});
+    memory scratch = Scratch(p.scratch_bytes);
+    p.bwd.execute(stream_, {{DNNL_ARG_SRC, memory(p.data, eng_, const_cast<float *>(y))},
+                            {DNNL_ARG_MEAN, memory(p.chan, eng_, const_cast<float *>(mean))},
+                            {DNNL_ARG_VARIANCE, memory(p.chan, eng_, const_cast<float *>(var))},
+                            {DNNL_ARG_DIFF_DST, masked},
+                            {DNNL_ARG_SCALE, memory(p.chan, eng_, const_cast<float *>(gamma))},
+                            {DNNL_ARG_DIFF_SRC, memory(p.data, eng_, dy)},
+                            {DNNL_ARG_DIFF_SCALE, memory(p.chan, eng_, dgamma)},
+                            {DNNL_ARG_DIFF_SHIFT, memory(p.chan, eng_, dbeta)},
+                            {DNNL_ARG_SCRATCHPAD, scratch}});
+    stream_.wait();
+  }
+
+  void MaxPool2Fwd(const memory::dims &src_dims, const float *x, float *y, uint8_t *ws) {
+    TrainPoolPlan &p = TrainPoolFor(src_dims);
+    memory scratch = Scratch(p.scratch_bytes);
+    p.fwd.execute(stream_, {{DNNL_ARG_SRC, memory(p.src, eng_, const_cast<float *>(x))},
+                            {DNNL_ARG_DST, memory(p.dst, eng_, y)},
+                            {DNNL_ARG_WORKSPACE, memory(p.ws, eng_, ws)},
+                            {DNNL_ARG_SCRATCHPAD, scratch}});
+    stream_.wait();
+  }
+
+  void MaxPool2Bwd(const memory::dims &src_dims, const float *dy, const uint8_t *ws, float *dx) {
+    TrainPoolPlan &p = TrainPoolFor(src_dims);
+    memory scratch = Scratch(p.scratch_bytes);
+    p.bwd.execute(stream_, {{DNNL_ARG_DIFF_DST, memory(p.dst, eng_, const_cast<float *>(dy))},
+                            {DNNL_ARG_WORKSPACE, memory(p.ws, eng_, const_cast<uint8_t *>(ws))},
+                            {DNNL_ARG_DIFF_SRC, memory(p.src, eng_, dx)},
+                            {DNNL_ARG_SCRATCHPAD, scratch}});
+    stream_.wait();
+  }
+
+  // Plain NCHW -> blocked.
+  void Block(const memory::dims &dims, const float *x, float *y) {
+    UnblockPlan &p = UnblockFor(dims);
+    memory src(p.plain, eng_, const_cast<float *>(x)), dst(p.blocked, eng_, y);
+    p.to_blocked.execute(stream_, src, dst);
+    stream_.wait();
+  }
+
+  // y (blocked) = relu(conv(x, w * scale[o]) + shift); x plain or blocked.
+  void Infer(const ConvShape &s, bool x_blocked, const float *x, const float *w, const float *scale,
+             const float *shift, float *y) {
+    InferPlan &p = InferFor(s, x_blocked);
+    memory src = Bind(p.src, const_cast<float *>(x), kSrc, true);
+    memory wei_plain(p.wei_plain, eng_, const_cast<float *>(w));
+    memory wei(p.wei_inner, eng_, arena_.Get(kWei, p.wei_inner.get_size()));
+    memory scales(p.chan, eng_, const_cast<float *>(scale));
+    p.wei_reorder.execute(stream_, {{DNNL_ARG_FROM, wei_plain}, {DNNL_ARG_TO, wei},
+                                    {DNNL_ARG_ATTR_SCALES | DNNL_ARG_SRC, scales}});
+    memory bias(p.chan, eng_, const_cast<float *>(shift));
+    memory dst(p.dst, eng_, y);
+    memory scratch(ScratchDesc(p.scratch_bytes), eng_,
+                   arena_.Get(kScratch, p.scratch_bytes ? p.scratch_bytes : 64));
+    p.prim.execute(stream_, {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, wei}, {DNNL_ARG_BIAS, bias},
+                             {DNNL_ARG_DST, dst}, {DNNL_ARG_SCRATCHPAD, scratch}});
+    stream_.wait();
+  }
+
+  // 2x2 stride-2 max pooling on blocked activations.
+  void MaxPool2(const memory::dims &src_dims, const float *x, float *y) {
+    PoolPlan &p = PoolFor(src_dims);
+    memory src(p.src, eng_, const_cast<float *>(x));
+    memory dst(p.dst, eng_, y);
+    memory scratch(ScratchDesc(p.scratch_bytes), eng_,
+                   arena_.Get(kScratch, p.scratch_bytes ? p.scratch_bytes : 64));
+    p.prim.execute(stream_, {{DNNL_ARG_SRC, src}, {DNNL_ARG_DST, dst}, {DNNL_ARG_SCRATCHPAD, scratch}});
+    stream_.wait();
+  }
+
+  // Blocked -> plain NCHW.
+  void Unblock(const memory::dims &dims, const float *x, float *y) {
+    UnblockPlan &p = UnblockFor(dims);
+    memory src(p.blocked, eng_, const_cast<float *>(x));
+    memory dst(p.plain, eng_, y);
+    p.prim.execute(stream_, src, dst);
+    stream_.wait();
+  }
+
+  // Channel block of the blocked layout (16 with AVX-512, 8 with AVX2), 0 if none.
+  static int BlockSize() {
+    const auto b = BlockedActivationTag();
+    return b.first == tag::any ? 0 : static_cast<int>(b.second);
   }
 
   void Backward(const ConvShape &s, const float *dy, const float *x, const float *w, float *dx,
@@ -399,6 +603,192 @@ class Engine {
     return *bwd_.emplace(s, std::move(plan)).first->second;
   }
 
+  memory::desc BlockedDesc(const memory::dims &dims) const {
+    const auto b = BlockedActivationTag();
+    if (b.first == tag::any || dims[1] % b.second != 0)
+      throw std::runtime_error("channel count not a multiple of the activation block");
+    return memory::desc(dims, dt::f32, b.first);
+  }
+
+  memory Scratch(size_t bytes) {
+    return memory(ScratchDesc(bytes), eng_, arena_.Get(kScratch, bytes ? bytes : 64));
+  }
+
+  TrainConvPlan &TrainConvFor(const ConvShape &s, bool x_blocked) {
+    auto &cache = x_blocked ? train_blocked_ : train_plain_;
+    auto it = cache.find(s);
+    if (it != cache.end()) return *it->second;
+    dnnl_threadpool_interop_set_max_concurrency(nthreads_);
+    const memory::desc dst = BlockedDesc(s.Dst());
+    const memory::desc src = x_blocked ? BlockedDesc(s.Src()) : memory::desc(s.Src(), dt::f32, tag::any);
+    const memory::desc any_wei(s.Wei(), dt::f32, tag::any);
+    dnnl::primitive_attr attr;
+    attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+    dnnl::convolution_forward::primitive_desc fpd(
+        eng_, dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct, src, any_wei,
+        dst, s.Strides(), s.PadL(), s.PadR(), attr);
+    dnnl::convolution_backward_weights::primitive_desc wpd(
+        eng_, dnnl::algorithm::convolution_direct, src, any_wei, dst, s.Strides(), s.PadL(),
+        s.PadR(), fpd, attr);
+    auto plan = std::make_unique<TrainConvPlan>();
+    plan->fwd = dnnl::convolution_forward(fpd);
+    plan->bwd_weights = dnnl::convolution_backward_weights(wpd);
+    plan->dst = dst;
+    if (!(fpd.dst_desc() == dst) || !(wpd.diff_dst_desc() == dst))
+      throw std::runtime_error("blocked output layout refused");
+    size_t scratch = std::max(fpd.scratchpad_desc().get_size(), wpd.scratchpad_desc().get_size());
+    if (x_blocked) {
+      if (!(fpd.src_desc() == src) || !(wpd.src_desc() == src))
+        throw std::runtime_error("blocked input layout refused");
+      plan->src_f.plain = plan->src_f.inner = src;
+      plan->src_w.plain = plan->src_w.inner = src;
+      dnnl::convolution_backward_data::primitive_desc dpd(
+          eng_, dnnl::algorithm::convolution_direct, src, any_wei, dst, s.Strides(), s.PadL(),
+          s.PadR(), fpd, attr);
+      if (!(dpd.diff_src_desc() == src) || !(dpd.diff_dst_desc() == dst))
+        throw std::runtime_error("blocked gradient layout refused");
+      plan->bwd_data = dnnl::convolution_backward_data(dpd);
+      plan->wei_d = MakeOperand(eng_, s.Wei(), tag::oihw, dpd.weights_desc(), true, false);
+      plan->diff_src = src;
+      scratch = std::max(scratch, dpd.scratchpad_desc().get_size());
+      Describe("training backward data (blocked)", s, dpd.impl_info_str());
+    } else {
+      plan->src_f = MakeOperand(eng_, s.Src(), tag::nchw, fpd.src_desc(), true, false);
+      plan->src_w = MakeOperand(eng_, s.Src(), tag::nchw, wpd.src_desc(), true, false);
+    }
+    plan->wei_f = MakeOperand(eng_, s.Wei(), tag::oihw, fpd.weights_desc(), true, false);
+    plan->diff_wei = MakeOperand(eng_, s.Wei(), tag::oihw, wpd.diff_weights_desc(), false, true);
+    plan->scratch_bytes = scratch;
+    Describe(x_blocked ? "training forward (blocked in)" : "training forward (plain in)", s, fpd.impl_info_str());
+    Describe("training backward weights", s, wpd.impl_info_str());
+    return *cache.emplace(s, std::move(plan)).first->second;
+  }
+
+  BnPlan &BnFor(const memory::dims &dims, float eps) {
+    auto key = std::make_pair(dims, eps);
+    auto it = bns_.find(key);
+    if (it != bns_.end()) return *it->second;
+    dnnl_threadpool_interop_set_max_concurrency(nthreads_);
+    auto plan = std::make_unique<BnPlan>();
+    plan->data = BlockedDesc(dims);
+    plan->chan = memory::desc({dims[1]}, dt::f32, tag::a);
+    const auto flags = dnnl::normalization_flags::use_scale | dnnl::normalization_flags::use_shift;
+    dnnl::primitive_attr attr;
+    attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+    dnnl::batch_normalization_forward::primitive_desc fpd(
+        eng_, dnnl::prop_kind::forward_training, plan->data, plan->data, eps, flags, attr);
+    dnnl::batch_normalization_backward::primitive_desc bpd(
+        eng_, dnnl::prop_kind::backward, plan->data, plan->data, plan->data, eps, flags, fpd, attr);
+    dnnl::eltwise_forward::primitive_desc rpd(
+        eng_, dnnl::prop_kind::forward_training, dnnl::algorithm::eltwise_relu_use_dst_for_bwd,
+        plan->data, plan->data, 0.f, 0.f);
+    dnnl::eltwise_backward::primitive_desc rbpd(
+        eng_, dnnl::algorithm::eltwise_relu_use_dst_for_bwd, plan->data, plan->data, plan->data,
+        0.f, 0.f, rpd);
+    plan->fwd = dnnl::batch_normalization_forward(fpd);
+    plan->bwd = dnnl::batch_normalization_backward(bpd);
+    plan->relu = dnnl::eltwise_forward(rpd);
+    plan->relu_bwd = dnnl::eltwise_backward(rbpd);
+    plan->scratch_bytes = std::max(fpd.scratchpad_desc().get_size(), bpd.scratchpad_desc().get_size());
+    if (Verbose())
+      std::fprintf(stderr, "fast_conv: batch norm %ldx%ldx%ldx%ld -> %s / %s\n", (long)dims[0], (long)dims[1],
+                   (long)dims[2], (long)dims[3], fpd.impl_info_str(), bpd.impl_info_str());
+    return *bns_.emplace(key, std::move(plan)).first->second;
+  }
+
+  TrainPoolPlan &TrainPoolFor(const memory::dims &src_dims) {
+    auto it = train_pools_.find(src_dims);
+    if (it != train_pools_.end()) return *it->second;
+    dnnl_threadpool_interop_set_max_concurrency(nthreads_);
+    memory::dims dst_dims = {src_dims[0], src_dims[1], src_dims[2] / 2, src_dims[3] / 2};
+    auto plan = std::make_unique<TrainPoolPlan>();
+    plan->src = BlockedDesc(src_dims);
+    plan->dst = BlockedDesc(dst_dims);
+    dnnl::primitive_attr attr;
+    attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+    dnnl::pooling_forward::primitive_desc fpd(
+        eng_, dnnl::prop_kind::forward_training, dnnl::algorithm::pooling_max, plan->src, plan->dst,
+        {2, 2}, {2, 2}, {0, 0}, {0, 0}, {0, 0}, attr);
+    dnnl::pooling_backward::primitive_desc bpd(
+        eng_, dnnl::algorithm::pooling_max, plan->src, plan->dst, {2, 2}, {2, 2}, {0, 0}, {0, 0},
+        {0, 0}, fpd, attr);
+    plan->ws = fpd.workspace_desc();
+    const size_t expected = static_cast<size_t>(dst_dims[0] * dst_dims[1] * dst_dims[2] * dst_dims[3]);
+    if (plan->ws.get_size() != expected)
+      throw std::runtime_error("max-pooling workspace is not one byte per output element");
+    plan->fwd = dnnl::pooling_forward(fpd);
+    plan->bwd = dnnl::pooling_backward(bpd);
+    plan->scratch_bytes = std::max(fpd.scratchpad_desc().get_size(), bpd.scratchpad_desc().get_size());
+    return *train_pools_.emplace(src_dims, std::move(plan)).first->second;
+  }
+
+  InferPlan &InferFor(const ConvShape &s, bool x_blocked) {
+    auto &cache = x_blocked ? infer_blocked_ : infer_plain_;
+    auto it = cache.find(s);
+    if (it != cache.end()) return *it->second;
+    dnnl_threadpool_interop_set_max_concurrency(nthreads_);
+    const memory::desc dst = BlockedDesc(s.Dst());
+    const memory::desc src = x_blocked ? BlockedDesc(s.Src()) : memory::desc(s.Src(), dt::f32, tag::any);
+    auto plan = std::make_unique<InferPlan>();
+    plan->chan = memory::desc({s.o}, dt::f32, tag::a);
+    dnnl::post_ops po;
+    po.append_eltwise(dnnl::algorithm::eltwise_relu, 0.f, 0.f);
+    dnnl::primitive_attr attr;
+    attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+    attr.set_post_ops(po);
+    dnnl::convolution_forward::primitive_desc pd(
+        eng_, dnnl::prop_kind::forward_inference, dnnl::algorithm::convolution_direct, src,
+        memory::desc(s.Wei(), dt::f32, tag::any), plan->chan, dst, s.Strides(), s.PadL(),
+        s.PadR(), attr);
+    plan->prim = dnnl::convolution_forward(pd);
+    if (x_blocked) {  // already in the primitive's layout: used in place
+      plan->src.plain = plan->src.inner = pd.src_desc();
+      if (!(pd.src_desc() == src)) throw std::runtime_error("blocked source layout refused");
+    } else {
+      plan->src = MakeOperand(eng_, s.Src(), tag::nchw, pd.src_desc(), true, false);
+    }
+    plan->wei_plain = memory::desc(s.Wei(), dt::f32, tag::oihw);
+    plan->wei_inner = pd.weights_desc();
+    dnnl::primitive_attr scaled;
+    scaled.set_scales_mask(DNNL_ARG_SRC, 1);  // one scale per output channel (dim 0)
+    plan->wei_reorder = dnnl::reorder(
+        dnnl::reorder::primitive_desc(eng_, plan->wei_plain, eng_, plan->wei_inner, scaled));
+    plan->dst = pd.dst_desc();
+    plan->scratch_bytes = pd.scratchpad_desc().get_size();
+    Describe(x_blocked ? "inference (blocked in)" : "inference (plain in)", s, pd.impl_info_str());
+    return *cache.emplace(s, std::move(plan)).first->second;
+  }
+
+  PoolPlan &PoolFor(const memory::dims &src_dims) {
+    auto it = pools_.find(src_dims);
+    if (it != pools_.end()) return *it->second;
+    dnnl_threadpool_interop_set_max_concurrency(nthreads_);
+    memory::dims dst_dims = {src_dims[0], src_dims[1], src_dims[2] / 2, src_dims[3] / 2};
+    auto plan = std::make_unique<PoolPlan>();
+    plan->src = BlockedDesc(src_dims);
+    plan->dst = BlockedDesc(dst_dims);
+    dnnl::primitive_attr attr;
+    attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+    dnnl::pooling_forward::primitive_desc pd(
+        eng_, dnnl::prop_kind::forward_inference, dnnl::algorithm::pooling_max, plan->src,
+        plan->dst, {2, 2}, {2, 2}, {0, 0}, {0, 0}, {0, 0}, attr);
+    plan->prim = dnnl::pooling_forward(pd);
+    plan->scratch_bytes = pd.scratchpad_desc().get_size();
+    return *pools_.emplace(src_dims, std::move(plan)).first->second;
+  }
+
+  UnblockPlan &UnblockFor(const memory::dims &dims) {
+    auto it = unblock_.find(dims);
+    if (it != unblock_.end()) return *it->second;
+    dnnl_threadpool_interop_set_max_concurrency(nthreads_);
+    auto plan = std::make_unique<UnblockPlan>();
+    plan->blocked = BlockedDesc(dims);
+    plan->plain = memory::desc(dims, dt::f32, tag::nchw);
+    plan->prim = dnnl::reorder(dnnl::reorder::primitive_desc(eng_, plan->blocked, eng_, plan->plain));
+    plan->to_blocked = dnnl::reorder(dnnl::reorder::primitive_desc(eng_, plan->plain, eng_, plan->blocked));
+    return *unblock_.emplace(dims, std::move(plan)).first->second;
+  }
+
   std::mutex mu_;
   dnnl::engine eng_;
   int nthreads_;
@@ -407,6 +797,12 @@ class Engine {
   Arena arena_;
   std::map<ConvShape, std::unique_ptr<FwdPlan>> fwd_;
   std::map<ConvShape, std::unique_ptr<BwdPlan>> bwd_;
+  std::map<ConvShape, std::unique_ptr<InferPlan>> infer_plain_, infer_blocked_;
+  std::map<memory::dims, std::unique_ptr<PoolPlan>> pools_;
+  std::map<memory::dims, std::unique_ptr<UnblockPlan>> unblock_;
+  std::map<ConvShape, std::unique_ptr<TrainConvPlan>> train_plain_, train_blocked_;
+  std::map<std::pair<memory::dims, float>, std::unique_ptr<BnPlan>> bns_;
+  std::map<memory::dims, std::unique_ptr<TrainPoolPlan>> train_pools_;
 };
 
 // ---------------------------------------------------------------------------------------
@@ -487,6 +883,266 @@ FASTCONV_EXPORT int FastConvBwd(int nparam, void **params, int *ndims, int64_t *
   }
   return 0;
 }
+
+namespace {
+
+// x, w, scale, shift, y: y = relu(conv(x, w * scale) + shift), y blocked.
+int InferKernel(const char *name, bool x_blocked, int nparam, void **params, int *ndims,
+                int64_t **shapes, const char **dtypes) {
+  if (nparam != 5 || ndims[0] != 4 || ndims[1] != 4 || ndims[2] != 1 || ndims[3] != 1 || ndims[4] != 4) {
+    Fail(name, "expects x, w (4-D), scale, shift (1-D), y (4-D)");
+    return 1;
+  }
+  for (int i = 0; i < nparam; ++i)
+    if (!IsF32(dtypes[i])) {
+      Fail(name, "expects float32 tensors");
+      return 1;
+    }
+  ConvShape s;
+  if (!ShapeFrom(shapes[0], shapes[1], shapes[4], &s) || shapes[2][0] != s.o || shapes[3][0] != s.o) {
+    Fail(name, "inconsistent shapes (only stride 1, one group, no dilation)");
+    return 1;
+  }
+  try {
+    Engine &e = Engine::Get();
+    std::lock_guard<std::mutex> lock(e.Mutex());
+    e.Infer(s, x_blocked, static_cast<const float *>(params[0]), static_cast<const float *>(params[1]),
+            static_cast<const float *>(params[2]), static_cast<const float *>(params[3]),
+            static_cast<float *>(params[4]));
+  } catch (const std::exception &ex) {
+    Fail(name, ex.what());
+    return 1;
+  }
+  return 0;
+}
+
+}  // namespace
+
+FASTCONV_EXPORT int FastConvInferPlain(int nparam, void **params, int *ndims, int64_t **shapes,
+                                       const char **dtypes, void *stream, void *extra) {
+  return InferKernel("FastConvInferPlain", false, nparam, params, ndims, shapes, dtypes);
+}
+
+FASTCONV_EXPORT int FastConvInferBlocked(int nparam, void **params, int *ndims, int64_t **shapes,
+                                         const char **dtypes, void *stream, void *extra) {
+  return InferKernel("FastConvInferBlocked", true, nparam, params, ndims, shapes, dtypes);
+}
+
+// y = maxpool2x2(x), both blocked.
+FASTCONV_EXPORT int FastMaxPool2Blocked(int nparam, void **params, int *ndims, int64_t **shapes,
+                                        const char **dtypes, void *stream, void *extra) {
+  if (nparam != 2 || !AllRank4F32(nparam, ndims, dtypes)) {
+    Fail("FastMaxPool2Blocked", "expects x, y as 4-D float32 tensors");
+    return 1;
+  }
+  const int64_t *x = shapes[0], *y = shapes[1];
+  if (y[0] != x[0] || y[1] != x[1] || x[2] != 2 * y[2] || x[3] != 2 * y[3] || y[2] < 1 || y[3] < 1) {
+    Fail("FastMaxPool2Blocked", "expects even H, W and y = (N, C, H/2, W/2)");
+    return 1;
+  }
+  try {
+    Engine &e = Engine::Get();
+    std::lock_guard<std::mutex> lock(e.Mutex());
+    e.MaxPool2({x[0], x[1], x[2], x[3]}, static_cast<const float *>(params[0]), static_cast<float *>(params[1]));
+  } catch (const std::exception &ex) {
+    Fail("FastMaxPool2Blocked", ex.what());
+    return 1;
+  }
+  return 0;
+}
+
+// y (plain NCHW) = x (blocked), same shape.
+FASTCONV_EXPORT int FastUnblock(int nparam, void **params, int *ndims, int64_t **shapes,
+                                const char **dtypes, void *stream, void *extra) {
+  if (nparam != 2 || !AllRank4F32(nparam, ndims, dtypes) ||
+      !std::equal(shapes[0], shapes[0] + 4, shapes[1])) {
+    Fail("FastUnblock", "expects x, y as 4-D float32 tensors of one shape");
+    return 1;
+  }
+  const int64_t *x = shapes[0];
+  try {
+    Engine &e = Engine::Get();
+    std::lock_guard<std::mutex> lock(e.Mutex());
+    e.Unblock({x[0], x[1], x[2], x[3]}, static_cast<const float *>(params[0]), static_cast<float *>(params[1]));
+  } catch (const std::exception &ex) {
+    Fail("FastUnblock", ex.what());
+    return 1;
+  }
+  return 0;
+}
+
+namespace {
+
+bool IsU8(const char *dtype) { return dtype != nullptr && std::strcmp(dtype, "uint8") == 0; }
+
+memory::dims Dims4(const int64_t *shape) { return {shape[0], shape[1], shape[2], shape[3]}; }
+
+// Runs fn under the engine's lock; returns the kernel status.
+template <typename Fn>
+int Guarded(const char *name, Fn fn) {
+  try {
+    Engine &e = Engine::Get();
+    std::lock_guard<std::mutex> lock(e.Mutex());
+    fn(e);
+  } catch (const std::exception &ex) {
+    Fail(name, ex.what());
+    return 1;
+  }
+  return 0;
+}
+
+int TrainFwdKernel(const char *name, bool x_blocked, int nparam, void **params, int *ndims,
+                   int64_t **shapes, const char **dtypes) {
+  ConvShape s;
+  if (nparam != 3 || !AllRank4F32(nparam, ndims, dtypes) || !ShapeFrom(shapes[0], shapes[1], shapes[2], &s)) {
+    Fail(name, "expects x, w, y as consistent 4-D float32 tensors");
+    return 1;
+  }
+  return Guarded(name, [&](Engine &e) {
+    e.TrainConvFwd(s, x_blocked, static_cast<const float *>(params[0]), static_cast<const float *>(params[1]),
+                   static_cast<float *>(params[2]));
+  });
+}
+
+int TrainBwdKernel(const char *name, bool x_blocked, int nparam, void **params, int *ndims,
+                   int64_t **shapes, const char **dtypes) {
+  ConvShape s;
+  if (nparam != 5 || !AllRank4F32(nparam, ndims, dtypes) || !ShapeFrom(shapes[1], shapes[2], shapes[0], &s)) {
+    Fail(name, "expects dy, x, w, dx, dw as consistent 4-D float32 tensors");
+    return 1;
+  }
+  return Guarded(name, [&](Engine &e) {
+    e.TrainConvBwd(s, x_blocked, static_cast<const float *>(params[0]), static_cast<const float *>(params[1]),
+                   static_cast<const float *>(params[2]), static_cast<float *>(params[3]),
+                   static_cast<float *>(params[4]));
+  });
+}
+
+// The per-channel vectors of the batch-norm kernels: 1-D float32 of C elements.
+bool ChannelVectors(const int *ndims, int64_t **shapes, const char **dtypes, int first, int count, int64_t c) {
+  for (int i = first; i < first + count; ++i)
+    if (ndims[i] != 1 || shapes[i][0] != c || !IsF32(dtypes[i])) return false;
+  return true;
+}
+
+}  // namespace
+
+FASTCONV_EXPORT int FastConvTrainFwdPlain(int nparam, void **params, int *ndims, int64_t **shapes,
+                                          const char **dtypes, void *stream, void *extra) {
+  return TrainFwdKernel("FastConvTrainFwdPlain", false, nparam, params, ndims, shapes, dtypes);
+}
+
+FASTCONV_EXPORT int FastConvTrainFwdBlocked(int nparam, void **params, int *ndims, int64_t **shapes,
+                                            const char **dtypes, void *stream, void *extra) {
+  return TrainFwdKernel("FastConvTrainFwdBlocked", true, nparam, params, ndims, shapes, dtypes);
+}
+
+FASTCONV_EXPORT int FastConvTrainBwdPlain(int nparam, void **params, int *ndims, int64_t **shapes,
+                                          const char **dtypes, void *stream, void *extra) {
+  return TrainBwdKernel("FastConvTrainBwdPlain", false, nparam, params, ndims, shapes, dtypes);
+}
+
+FASTCONV_EXPORT int FastConvTrainBwdBlocked(int nparam, void **params, int *ndims, int64_t **shapes,
+                                            const char **dtypes, void *stream, void *extra) {
+  return TrainBwdKernel("FastConvTrainBwdBlocked", true, nparam, params, ndims, shapes, dtypes);
+}
+
+// y, gamma, beta, eps -> z, mean, var
+FASTCONV_EXPORT int FastBnReluTrain(int nparam, void **params, int *ndims, int64_t **shapes,
+                                    const char **dtypes, void *stream, void *extra) {
+  const char *name = "FastBnReluTrain";
+  if (nparam != 7 || ndims[0] != 4 || ndims[4] != 4 || !IsF32(dtypes[0]) || !IsF32(dtypes[4]) ||
+      !std::equal(shapes[0], shapes[0] + 4, shapes[4]) || !ChannelVectors(ndims, shapes, dtypes, 1, 2, shapes[0][1]) ||
+      !ChannelVectors(ndims, shapes, dtypes, 3, 1, 1) || !ChannelVectors(ndims, shapes, dtypes, 5, 2, shapes[0][1])) {
+    Fail(name, "expects y (4-D), gamma, beta (C), eps (1), z (y's shape), mean, var (C), float32");
+    return 1;
+  }
+  const float eps = *static_cast<const float *>(params[3]);
+  return Guarded(name, [&](Engine &e) {
+    e.BnReluFwd(Dims4(shapes[0]), eps, static_cast<const float *>(params[0]), static_cast<const float *>(params[1]),
+                static_cast<const float *>(params[2]), static_cast<float *>(params[4]),
+                static_cast<float *>(params[5]), static_cast<float *>(params[6]));
+  });
+}
+
+// dz, z, y, gamma, mean, var, eps -> dy, dgamma, dbeta
+FASTCONV_EXPORT int FastBnReluBwd(int nparam, void **params, int *ndims, int64_t **shapes,
+                                  const char **dtypes, void *stream, void *extra) {
+  const char *name = "FastBnReluBwd";
+  bool ok = nparam == 10;
+  for (int i : {0, 1, 2, 7})
+    ok = ok && ndims[i] == 4 && IsF32(dtypes[i]) && std::equal(shapes[0], shapes[0] + 4, shapes[i]);
+  ok = ok && ChannelVectors(ndims, shapes, dtypes, 3, 3, shapes[0][1]) &&
+       ChannelVectors(ndims, shapes, dtypes, 6, 1, 1) && ChannelVectors(ndims, shapes, dtypes, 8, 2, shapes[0][1]);
+  if (!ok) {
+    Fail(name, "expects dz, z, y (4-D), gamma, mean, var (C), eps (1), dy (4-D), dgamma, dbeta (C), float32");
+    return 1;
+  }
+  const float eps = *static_cast<const float *>(params[6]);
+  return Guarded(name, [&](Engine &e) {
+    e.BnReluBwd(Dims4(shapes[0]), eps, static_cast<const float *>(params[0]), static_cast<const float *>(params[1]),
+                static_cast<const float *>(params[2]), static_cast<const float *>(params[3]),
+                static_cast<const float *>(params[4]), static_cast<const float *>(params[5]),
+                static_cast<float *>(params[7]), static_cast<float *>(params[8]), static_cast<float *>(params[9]));
+  });
+}
+
+// x -> y, workspace
+FASTCONV_EXPORT int FastMaxPool2Train(int nparam, void **params, int *ndims, int64_t **shapes,
+                                      const char **dtypes, void *stream, void *extra) {
+  const char *name = "FastMaxPool2Train";
+  if (nparam != 3 || ndims[0] != 4 || ndims[1] != 4 || ndims[2] != 4 || !IsF32(dtypes[0]) ||
+      !IsF32(dtypes[1]) || !IsU8(dtypes[2])) {
+    Fail(name, "expects x, y (4-D float32), workspace (4-D uint8)");
+    return 1;
+  }
+  const int64_t *x = shapes[0], *y = shapes[1];
+  if (y[0] != x[0] || y[1] != x[1] || x[2] != 2 * y[2] || x[3] != 2 * y[3] || y[2] < 1 || y[3] < 1 ||
+      !std::equal(y, y + 4, shapes[2])) {
+    Fail(name, "expects even H, W and y, workspace = (N, C, H/2, W/2)");
+    return 1;
+  }
+  return Guarded(name, [&](Engine &e) {
+    e.MaxPool2Fwd(Dims4(x), static_cast<const float *>(params[0]), static_cast<float *>(params[1]),
+                  static_cast<uint8_t *>(params[2]));
+  });
+}
+
+// dy, workspace -> dx
+FASTCONV_EXPORT int FastMaxPool2Bwd(int nparam, void **params, int *ndims, int64_t **shapes,
+                                    const char **dtypes, void *stream, void *extra) {
+  const char *name = "FastMaxPool2Bwd";
+  if (nparam != 3 || ndims[0] != 4 || ndims[1] != 4 || ndims[2] != 4 || !IsF32(dtypes[0]) ||
+      !IsU8(dtypes[1]) || !IsF32(dtypes[2])) {
+    Fail(name, "expects dy (4-D float32), workspace (4-D uint8), dx (4-D float32)");
+    return 1;
+  }
+  const int64_t *dy = shapes[0], *dx = shapes[2];
+  if (dy[0] != dx[0] || dy[1] != dx[1] || dx[2] != 2 * dy[2] || dx[3] != 2 * dy[3] ||
+      !std::equal(dy, dy + 4, shapes[1])) {
+    Fail(name, "expects dx = (N, C, 2H, 2W) for dy, workspace = (N, C, H, W)");
+    return 1;
+  }
+  return Guarded(name, [&](Engine &e) {
+    e.MaxPool2Bwd(Dims4(dx), static_cast<const float *>(params[0]), static_cast<const uint8_t *>(params[1]),
+                  static_cast<float *>(params[2]));
+  });
+}
+
+// y (blocked) = x (plain NCHW), same shape.
+FASTCONV_EXPORT int FastBlock(int nparam, void **params, int *ndims, int64_t **shapes,
+                              const char **dtypes, void *stream, void *extra) {
+  if (nparam != 2 || !AllRank4F32(nparam, ndims, dtypes) || !std::equal(shapes[0], shapes[0] + 4, shapes[1])) {
+    Fail("FastBlock", "expects x, y as 4-D float32 tensors of one shape");
+    return 1;
+  }
+  return Guarded("FastBlock", [&](Engine &e) {
+    e.Block(Dims4(shapes[0]), static_cast<const float *>(params[0]), static_cast<float *>(params[1]));
+  });
+}
+
+// Channel block of the layout the inference chain passes between layers; 0 if none.
+FASTCONV_EXPORT int FastBlockSize() { return Engine::BlockSize(); }
 
 // Version of the oneDNN actually loaded, for diagnostics: "3.10.1".
 FASTCONV_EXPORT const char *FastConvOneDnnVersion() {

@@ -32,22 +32,100 @@ def split_parameter_groups(net, freeze_features=False):
     return groups
 
 
-def build_optimizer(net, config, lr_per_step, loss_scale):
+def _decayed_momentum_class():
+    """nn.Momentum whose weight decay is one fused ``g + wd * w`` per parameter.
+
+    nn.Momentum adds weight decay as ``AddN(w * wd, g)``: two passes over every weight and
+    a temporary, about 45 ms a step for VGG16's 34 M parameters on 2 CPU cores (the
+    momentum update itself takes about as long). ``mint.add(g, w, alpha=wd)`` does it in
+    one pass. Same update, same state (``moments.*``), so checkpoints are unchanged."""
+    from mindspore import mint, nn
+
+    class DecayedMomentum(nn.Momentum):
+        def __init__(self, params, learning_rate, momentum, loss_scale, decay_by_name):
+            super().__init__(params, learning_rate=learning_rate, momentum=momentum,
+                             loss_scale=loss_scale)
+            self.decay_values = tuple(float(decay_by_name[p.name]) for p in self._parameters)
+
+        def decay_weight(self, gradients):
+            decayed = ()
+            for decay, weight, gradient in zip(self.decay_values, self._parameters, gradients):
+                if decay:
+                    gradient = mint.add(gradient, weight, alpha=decay)
+                decayed += (gradient,)
+            return decayed
+
+    return DecayedMomentum
+
+
+def _fused_momentum_class():
+    """Momentum SGD with weight decay as one native kernel (``FastMomentumUpdate``) that
+    updates every weight and accumulator in place in a single pass over memory, on the
+    engine's threads: about 30 ms a step for VGG16's 34 M parameters on 2 CPU cores
+    against about 75 ms for nn.Momentum's weight decay and update. Same update as
+    nn.Momentum (accum = momentum * accum + g + wd * w; w -= lr * accum), same state
+    (``moments.*``), so checkpoints and resumes are unchanged.
+
+    The kernel takes every gradient, so it runs after the whole backward pass, which is
+    the last reader of the weights in a step."""
+    import mindspore as ms
+    from mindspore import nn, ops
+
+    from src.ops import LIB_PATH
+
+    class FusedMomentum(nn.Momentum):
+        def __init__(self, params, learning_rate, momentum, loss_scale, decay_by_name):
+            super().__init__(params, learning_rate=learning_rate, momentum=momentum,
+                             loss_scale=loss_scale)
+            count = len(self._parameters)
+            self.decays = ms.Tensor([decay_by_name[p.name] for p in self._parameters], ms.float32)
+            self.momentum_value = ms.Tensor([momentum], ms.float32)
+            self.flag = ms.Tensor([0.0], ms.float32)
+            self.count = count
+            self.update = ops.Custom(f"{LIB_PATH}:FastMomentumUpdate",
+                                     out_shape=lambda *shapes: [1],
+                                     out_dtype=lambda *dtypes: ms.float32, func_type="aot")
+
+        def construct(self, gradients):
+            gradients = self.scale_grad(gradients)
+            lr = self.get_lr()
+            self.assignadd(self.global_step, self.global_step_increase_tensor)
+            if self.is_group_lr:
+                rates = lr
+            else:
+                rates = (lr,) * self.count
+            return self.update(*self._parameters, *self.moments, *gradients, *rates,
+                               self.decays, self.momentum_value)
+
+    return FusedMomentum
+
+
+def _fused_optimizer_usable(config, device_target):
+    """The native optimizer kernel runs on CPU in graph mode with the project's library
+    built and allowed (the same switches as the fast convolutions)."""
+    if device_target != "CPU" or config.fast_conv == "off" or config.context_mode != "graph":
+        return False
+    from src.ops import library_status
+
+    return library_status()[0]
+
+
+def build_optimizer(net, config, lr_per_step, loss_scale, device_target="CPU"):
     """Momentum SGD with per-group weight decay and learning rate (features may be scaled)."""
     import mindspore as ms
-    from mindspore import nn
 
-    groups = []
+    groups, decay_by_name = [], {}
     for (is_feature, decayed), params in split_parameter_groups(net, config.freeze_features).items():
         scale = config.features_lr_scale if is_feature else 1.0
-        groups.append({"params": params,
-                       "weight_decay": config.weight_decay if decayed else 0.0,
-                       "lr": ms.Tensor(lr_per_step * scale, ms.float32)})
+        groups.append({"params": params, "lr": ms.Tensor(lr_per_step * scale, ms.float32)})
+        decay_by_name.update((p.name, config.weight_decay if decayed else 0.0) for p in params)
     if not groups:
         raise UserError("nothing to train: every parameter is frozen")
     groups.append({"order_params": net.trainable_params()})
-    return nn.Momentum(groups, learning_rate=ms.Tensor(lr_per_step, ms.float32),
-                       momentum=config.momentum, loss_scale=loss_scale)
+    cls = (_fused_momentum_class() if _fused_optimizer_usable(config, device_target)
+           else _decayed_momentum_class())
+    return cls(groups, ms.Tensor(lr_per_step, ms.float32), config.momentum, loss_scale,
+               decay_by_name)
 
 
 def uses_dropout(net):
@@ -151,12 +229,12 @@ def build_train_step(net, config, lr_per_step, device_target, log):
     smoothing = config.label_smooth_factor if config.label_smooth else 0.0
     with_loss = create_loss_cell(net, smoothing, masked_dropout)
     if scale_type == "dynamic":
-        optimizer = build_optimizer(net, config, lr_per_step, 1.0)
+        optimizer = build_optimizer(net, config, lr_per_step, 1.0, device_target)
         update = nn.DynamicLossScaleUpdateCell(loss_scale_value=config.loss_scale,
                                                scale_factor=2, scale_window=2000)
         step = nn.TrainOneStepWithLossScaleCell(with_loss, optimizer, scale_sense=update)
     else:
-        optimizer = build_optimizer(net, config, lr_per_step, config.loss_scale)
+        optimizer = build_optimizer(net, config, lr_per_step, config.loss_scale, device_target)
         step = nn.TrainOneStepCell(with_loss, optimizer, sens=config.loss_scale)
     step.set_train(True)
     return step

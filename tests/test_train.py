@@ -127,6 +127,62 @@ def test_no_weight_decay_on_batchnorm_or_bias():
     assert names and all(n.startswith("classifier.") for n in names)
 
 
+@pytest.mark.parametrize("fused", [True, False])
+def test_optimizer_matches_mindspore_momentum(fused, monkeypatch):
+    """The project's optimizers (the native in-place kernel on CPU, the fused-decay
+    nn.Momentum elsewhere) update weights and momenta exactly as nn.Momentum with the same
+    groups (weight decay on weights only, a scaled feature learning rate)."""
+    import mindspore as ms
+    from mindspore import nn
+    from src import trainer
+
+    ms.set_context(mode=ms.GRAPH_MODE, device_target="CPU")
+    monkeypatch.setattr(trainer, "_fused_optimizer_usable", lambda config, target: fused)
+    config = get_config([f"--config_path={QUICK}", "--weight_decay=0.01",
+                         "--features_lr_scale=0.5", "--momentum=0.8"])
+    lrs = np.array([0.1, 0.05, 0.02, 0.01], np.float32)
+
+    class Tiny(nn.Cell):  # "features." and "classifier." parameters, as in the VGG
+        def __init__(self):
+            super().__init__()
+            self.features = nn.SequentialCell([nn.Conv2d(3, 4, 3, has_bias=True),
+                                               nn.BatchNorm2d(4), nn.ReLU()])
+            self.classifier = nn.SequentialCell([nn.Flatten(), nn.Dense(4 * 6 * 6, 3)])
+
+        def construct(self, x):
+            return self.classifier(self.features(x))
+
+    def make():
+        ms.set_seed(11)
+        return Tiny()
+
+    def run(net, optimizer):
+        loss = nn.SoftmaxCrossEntropyWithLogits(sparse=True, reduction="mean")
+        step = nn.TrainOneStepCell(nn.WithLossCell(net, loss), optimizer)
+        step.set_train()
+        rng = np.random.default_rng(3)
+        x = ms.Tensor(rng.standard_normal((5, 3, 6, 6)).astype(np.float32))
+        y = ms.Tensor(rng.integers(0, 3, 5).astype(np.int32))
+        return [float(step(x, y).asnumpy()) for _ in range(len(lrs))]
+
+    ours, reference = make(), make()
+    optimizer = trainer.build_optimizer(ours, config, lrs, 1.0, "CPU")
+    assert type(optimizer).__name__ == ("FusedMomentum" if fused else "DecayedMomentum")
+    groups = []
+    for (is_feature, decayed), params in trainer.split_parameter_groups(reference).items():
+        groups.append({"params": params, "weight_decay": 0.01 if decayed else 0.0,
+                       "lr": ms.Tensor(lrs * (0.5 if is_feature else 1.0))})
+    groups.append({"order_params": reference.trainable_params()})
+    expected = nn.Momentum(groups, learning_rate=ms.Tensor(lrs), momentum=0.8)
+    np.testing.assert_allclose(run(ours, optimizer), run(reference, expected), rtol=1e-5)
+    for mine, theirs in zip(optimizer.parameters, expected.parameters):
+        np.testing.assert_allclose(mine.asnumpy(), theirs.asnumpy(), rtol=1e-5, atol=1e-7)
+    for mine, theirs in zip(optimizer.moments, expected.moments):
+        assert mine.name == theirs.name
+        np.testing.assert_allclose(mine.asnumpy(), theirs.asnumpy(), rtol=1e-5, atol=1e-7)
+    assert int(optimizer.global_step.asnumpy()[0]) == len(lrs)
+
+
 def test_mixed_precision_step_takes_the_dropout_masks(monkeypatch):
     """On GPU/Ascend the step runs under amp O2; the masked-dropout loss must still get the
     VGG (not the AMP wrapper), so the step takes image, label and both masks as Trainer

@@ -36,7 +36,8 @@ import os
 import mindspore as ms
 from mindspore import nn, ops
 
-from src.ops import LIB_PATH, block_size, library_status, onednn_version, preferred_onednn_isa  # noqa: F401
+from src.ops import (LIB_PATH, block_size, bn_workspace_bytes, library_status,  # noqa: F401
+                     onednn_version, preferred_onednn_isa)
 
 __all__ = ["FastConv2d", "FastFeatures", "fast_conv_available", "fast_conv_status", "preferred_onednn_isa",
            "onednn_version"]
@@ -223,16 +224,17 @@ def _blocked_train_ops():
 
         return _custom(f"FastConvTrainFwd{kind}", _conv_shape, bprop=bprop)
 
-    bn_bwd = _custom("FastBnReluBwd", lambda dz, z, y, g, m, v, e: (y, g, g),
-                     lambda dz, z, y, g, m, v, e: (y, g, g))
+    bn_bwd = _custom("FastBnReluBwd", lambda dz, ws, y, g, m, v, e: (y, g, g),
+                     lambda dz, ws, y, g, m, v, e: (y, g, g))
 
     def bn_bprop(y, gamma, beta, eps, out, dout):
-        z, mean, var = out
-        dy, dgamma, dbeta = bn_bwd(dout[0], z, y, gamma, mean, var, eps)
+        _, mean, var, workspace = out
+        dy, dgamma, dbeta = bn_bwd(dout[0], workspace, y, gamma, mean, var, eps)
         return dy, dgamma, dbeta, ops.zeros_like(eps)
 
-    bn_relu = _custom("FastBnReluTrain", lambda y, g, b, e: (y, g, g),
-                      lambda y, g, b, e: (y, g, g), bprop=bn_bprop)
+    bn_relu = _custom("FastBnReluTrain",
+                      lambda y, g, b, e: (y, g, g, [bn_workspace_bytes(y)]),
+                      lambda y, g, b, e: (y, g, g, ms.uint8), bprop=bn_bprop)
 
     pool_bwd = _custom("FastMaxPool2Bwd", lambda dy, ws: [dy[0], dy[1], 2 * dy[2], 2 * dy[3]],
                        lambda dy, ws: dy)
@@ -345,7 +347,7 @@ class FastFeatures(nn.SequentialCell):
             else:
                 y = self.train_conv_next(x, weight)
             bn = self.cell_list[bn_i]
-            x, mean, var = self.bn_relu(y, bn.gamma, bn.beta, self.eps[n])
+            x, mean, var, _ = self.bn_relu(y, bn.gamma, bn.beta, self.eps[n])
             count = y.shape[0] * y.shape[2] * y.shape[3]
             mean = ops.stop_gradient(mean)
             var = ops.stop_gradient(var) * (count / max(count - 1, 1))

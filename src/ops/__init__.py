@@ -28,10 +28,13 @@ def load_library():
                 lib = ctypes.CDLL(LIB_PATH)
                 for symbol in ("FastConvFwd", "FastConvBwd", "FastConvOneDnnVersion",
                                "FastConvInferPlain", "FastConvInferBlocked",
-                               "FastMaxPool2Blocked", "FastUnblock", "FastBlockSize"):
+                               "FastMaxPool2Blocked", "FastUnblock", "FastBlockSize",
+                               "FastBnWorkspaceBytes", "FastMomentumUpdate"):
                     getattr(lib, symbol)
                 lib.FastConvOneDnnVersion.restype = ctypes.c_char_p
                 lib.FastBlockSize.restype = ctypes.c_int
+                lib.FastBnWorkspaceBytes.restype = ctypes.c_int64
+                lib.FastBnWorkspaceBytes.argtypes = [ctypes.c_int64] * 4
                 _load_result = (lib, "")
             except (OSError, AttributeError) as exc:
                 text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
@@ -59,6 +62,18 @@ def block_size():
     Fixes oneDNN's ISA for the process: call it after ONEDNN_MAX_CPU_ISA is settled."""
     usable, _ = library_status()
     return int(load_library()[0].FastBlockSize()) if usable else 0
+
+
+def bn_workspace_bytes(shape):
+    """Bytes of the ReLU workspace the fused BatchNorm + ReLU kernel keeps for an
+    (N, C, H, W) input (oneDNN decides it: about one bit per element)."""
+    lib, reason = load_library()
+    if lib is None:
+        raise RuntimeError(reason)
+    size = int(lib.FastBnWorkspaceBytes(*(int(d) for d in shape)))
+    if size < 0:
+        raise RuntimeError(f"no fused BatchNorm + ReLU for shape {tuple(shape)}")
+    return size
 
 
 def preferred_onednn_isa():

@@ -18,8 +18,9 @@
 //   FastConvTrainFwdPlain / FastConvTrainFwdBlocked : x, w -> y blocked
 //   FastConvTrainBwdPlain / FastConvTrainBwdBlocked : dy, x, w -> dx, dw
 //                          (plain x is the network input: its dx is returned as zeros)
-//   FastBnReluTrain      : y, gamma, beta, eps (1) -> z = relu(bn(y)), batch mean, biased var
-//   FastBnReluBwd        : dz, z, y, gamma, mean, var, eps -> dy, dgamma, dbeta
+//   FastBnReluTrain      : y, gamma, beta, eps (1) -> z = relu(bn(y)), batch mean, biased var,
+//                          ReLU workspace (uint8, FastBnWorkspaceBytes(N, C, H, W) bytes)
+//   FastBnReluBwd        : dz, workspace, y, gamma, mean, var, eps -> dy, dgamma, dbeta
 //   FastMaxPool2Train    : x -> y, workspace (uint8, y's shape)
 //   FastMaxPool2Bwd      : dy, workspace -> dx
 //   FastBlock            : x plain NCHW -> y blocked (the gradient of FastUnblock)
@@ -276,9 +277,7 @@ struct TrainConvPlan {
 struct BnPlan {
   dnnl::batch_normalization_forward fwd;
   dnnl::batch_normalization_backward bwd;
-  dnnl::eltwise_forward relu;
-  dnnl::eltwise_backward relu_bwd;
-  memory::desc data, chan;
+  memory::desc data, chan, ws;
   size_t scratch_bytes = 0;
 };
 
@@ -399,32 +398,30 @@ class Engine {
   }
 
   void BnReluFwd(const memory::dims &dims, float eps, const float *y, const float *gamma,
-                 const float *beta, float *z, float *mean, float *var) {
+                 const float *beta, float *z, float *mean, float *var, uint8_t *ws) {
     BnPlan &p = BnFor(dims, eps);
-    memory src(p.data, eng_, const_cast<float *>(y)), dst(p.data, eng_, z);
-    memory scale(p.chan, eng_, const_cast<float *>(gamma)), shift(p.chan, eng_, const_cast<float *>(beta));
-    memory m(p.chan, eng_, mean), v(p.chan, eng_, var);
     memory scratch = Scratch(p.scratch_bytes);
-    p.fwd.execute(stream_, {{DNNL_ARG_SRC, src}, {DNNL_ARG_DST, dst}, {DNNL_ARG_SCALE, scale},
-                            {DNNL_ARG_SHIFT, shift}, {DNNL_ARG_MEAN, m}, {DNNL_ARG_VARIANCE, v},
+    p.fwd.execute(stream_, {{DNNL_ARG_SRC, memory(p.data, eng_, const_cast<float *>(y))},
+                            {DNNL_ARG_DST, memory(p.data, eng_, z)},
+                            {DNNL_ARG_SCALE, memory(p.chan, eng_, const_cast<float *>(gamma))},
+                            {DNNL_ARG_SHIFT, memory(p.chan, eng_, const_cast<float *>(beta))},
+                            {DNNL_ARG_MEAN, memory(p.chan, eng_, mean)},
+                            {DNNL_ARG_VARIANCE, memory(p.chan, eng_, var)},
+                            {DNNL_ARG_WORKSPACE, memory(p.ws, eng_, ws)},
                             {DNNL_ARG_SCRATCHPAD, scratch}});
-    p.relu.execute(stream_, {{DNNL_ARG_SRC, dst}, {DNNL_ARG_DST, dst}});
     stream_.wait();
   }
 
-  void BnReluBwd(const memory::dims &dims, float eps, const float *dz, const float *z, const float *y,
+  void BnReluBwd(const memory::dims &dims, float eps, const float *dz, const uint8_t *ws, const float *y,
                  const float *gamma, const float *mean, const float *var, float *dy, float *dgamma,
                  float *dbeta) {
     BnPlan &p = BnFor(dims, eps);
-    memory masked(p.data, eng_, arena_.Get(kDiffDst, p.data.get_size()));
-    p.relu_bwd.execute(stream_, {{DNNL_ARG_DST, memory(p.data, eng_, const_cast<float *>(z))},
-                                 {DNNL_ARG_DIFF_DST, memory(p.data, eng_, const_cast<float *>(dz))},
-                                 {DNNL_ARG_DIFF_SRC, masked}});
     memory scratch = Scratch(p.scratch_bytes);
     p.bwd.execute(stream_, {{DNNL_ARG_SRC, memory(p.data, eng_, const_cast<float *>(y))},
                             {DNNL_ARG_MEAN, memory(p.chan, eng_, const_cast<float *>(mean))},
                             {DNNL_ARG_VARIANCE, memory(p.chan, eng_, const_cast<float *>(var))},
-                            {DNNL_ARG_DIFF_DST, masked},
+                            {DNNL_ARG_DIFF_DST, memory(p.data, eng_, const_cast<float *>(dz))},
+                            {DNNL_ARG_WORKSPACE, memory(p.ws, eng_, const_cast<uint8_t *>(ws))},
                             {DNNL_ARG_SCALE, memory(p.chan, eng_, const_cast<float *>(gamma))},
                             {DNNL_ARG_DIFF_SRC, memory(p.data, eng_, dy)},
                             {DNNL_ARG_DIFF_SCALE, memory(p.chan, eng_, dgamma)},
@@ -432,6 +429,9 @@ class Engine {
                             {DNNL_ARG_SCRATCHPAD, scratch}});
     stream_.wait();
   }
+
+  // Bytes of the ReLU workspace FastBnReluTrain returns for an (N, C, H, W) input.
+  size_t BnWorkspaceBytes(const memory::dims &dims) { return BnFor(dims, 1e-5f).ws.get_size(); }
 
   void MaxPool2Fwd(const memory::dims &src_dims, const float *x, float *y, uint8_t *ws) {
     TrainPoolPlan &p = TrainPoolFor(src_dims);
@@ -681,27 +681,22 @@ class Engine {
     auto plan = std::make_unique<BnPlan>();
     plan->data = BlockedDesc(dims);
     plan->chan = memory::desc({dims[1]}, dt::f32, tag::a);
-    const auto flags = dnnl::normalization_flags::use_scale | dnnl::normalization_flags::use_shift;
+    const auto flags = dnnl::normalization_flags::use_scale | dnnl::normalization_flags::use_shift |
+                       dnnl::normalization_flags::fuse_norm_relu;
     dnnl::primitive_attr attr;
     attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
     dnnl::batch_normalization_forward::primitive_desc fpd(
         eng_, dnnl::prop_kind::forward_training, plan->data, plan->data, eps, flags, attr);
     dnnl::batch_normalization_backward::primitive_desc bpd(
         eng_, dnnl::prop_kind::backward, plan->data, plan->data, plan->data, eps, flags, fpd, attr);
-    dnnl::eltwise_forward::primitive_desc rpd(
-        eng_, dnnl::prop_kind::forward_training, dnnl::algorithm::eltwise_relu_use_dst_for_bwd,
-        plan->data, plan->data, 0.f, 0.f);
-    dnnl::eltwise_backward::primitive_desc rbpd(
-        eng_, dnnl::algorithm::eltwise_relu_use_dst_for_bwd, plan->data, plan->data, plan->data,
-        0.f, 0.f, rpd);
     plan->fwd = dnnl::batch_normalization_forward(fpd);
     plan->bwd = dnnl::batch_normalization_backward(bpd);
-    plan->relu = dnnl::eltwise_forward(rpd);
-    plan->relu_bwd = dnnl::eltwise_backward(rbpd);
+    plan->ws = fpd.workspace_desc();
     plan->scratch_bytes = std::max(fpd.scratchpad_desc().get_size(), bpd.scratchpad_desc().get_size());
     if (Verbose())
-      std::fprintf(stderr, "fast_conv: batch norm %ldx%ldx%ldx%ld -> %s / %s\n", (long)dims[0], (long)dims[1],
-                   (long)dims[2], (long)dims[3], fpd.impl_info_str(), bpd.impl_info_str());
+      std::fprintf(stderr, "fast_conv: batch norm + relu %ldx%ldx%ldx%ld -> %s / %s, workspace %zu bytes\n",
+                   (long)dims[0], (long)dims[1], (long)dims[2], (long)dims[3], fpd.impl_info_str(),
+                   bpd.impl_info_str(), plan->ws.get_size());
     return *bns_.emplace(key, std::move(plan)).first->second;
   }
 
@@ -1056,44 +1051,54 @@ FASTCONV_EXPORT int FastConvTrainBwdBlocked(int nparam, void **params, int *ndim
   return TrainBwdKernel("FastConvTrainBwdBlocked", true, nparam, params, ndims, shapes, dtypes);
 }
 
-// y, gamma, beta, eps -> z, mean, var
+// y, gamma, beta, eps -> z, mean, var, workspace
 FASTCONV_EXPORT int FastBnReluTrain(int nparam, void **params, int *ndims, int64_t **shapes,
                                     const char **dtypes, void *stream, void *extra) {
   const char *name = "FastBnReluTrain";
-  if (nparam != 7 || ndims[0] != 4 || ndims[4] != 4 || !IsF32(dtypes[0]) || !IsF32(dtypes[4]) ||
+  if (nparam != 8 || ndims[0] != 4 || ndims[4] != 4 || !IsF32(dtypes[0]) || !IsF32(dtypes[4]) ||
       !std::equal(shapes[0], shapes[0] + 4, shapes[4]) || !ChannelVectors(ndims, shapes, dtypes, 1, 2, shapes[0][1]) ||
-      !ChannelVectors(ndims, shapes, dtypes, 3, 1, 1) || !ChannelVectors(ndims, shapes, dtypes, 5, 2, shapes[0][1])) {
-    Fail(name, "expects y (4-D), gamma, beta (C), eps (1), z (y's shape), mean, var (C), float32");
+      !ChannelVectors(ndims, shapes, dtypes, 3, 1, 1) || !ChannelVectors(ndims, shapes, dtypes, 5, 2, shapes[0][1]) ||
+      ndims[7] != 1 || !IsU8(dtypes[7])) {
+    Fail(name, "expects y (4-D), gamma, beta (C), eps (1), z (y's shape), mean, var (C) float32, workspace uint8");
     return 1;
   }
   const float eps = *static_cast<const float *>(params[3]);
   return Guarded(name, [&](Engine &e) {
+    if (static_cast<size_t>(shapes[7][0]) != e.BnWorkspaceBytes(Dims4(shapes[0])))
+      throw std::runtime_error("workspace size differs from FastBnWorkspaceBytes");
     e.BnReluFwd(Dims4(shapes[0]), eps, static_cast<const float *>(params[0]), static_cast<const float *>(params[1]),
                 static_cast<const float *>(params[2]), static_cast<float *>(params[4]),
-                static_cast<float *>(params[5]), static_cast<float *>(params[6]));
+                static_cast<float *>(params[5]), static_cast<float *>(params[6]), static_cast<uint8_t *>(params[7]));
   });
 }
 
-// dz, z, y, gamma, mean, var, eps -> dy, dgamma, dbeta
+// dz, workspace, y, gamma, mean, var, eps -> dy, dgamma, dbeta
 FASTCONV_EXPORT int FastBnReluBwd(int nparam, void **params, int *ndims, int64_t **shapes,
                                   const char **dtypes, void *stream, void *extra) {
   const char *name = "FastBnReluBwd";
-  bool ok = nparam == 10;
-  for (int i : {0, 1, 2, 7})
+  bool ok = nparam == 10 && ndims[1] == 1 && IsU8(dtypes[1]);
+  for (int i : {0, 2, 7})
     ok = ok && ndims[i] == 4 && IsF32(dtypes[i]) && std::equal(shapes[0], shapes[0] + 4, shapes[i]);
   ok = ok && ChannelVectors(ndims, shapes, dtypes, 3, 3, shapes[0][1]) &&
        ChannelVectors(ndims, shapes, dtypes, 6, 1, 1) && ChannelVectors(ndims, shapes, dtypes, 8, 2, shapes[0][1]);
   if (!ok) {
-    Fail(name, "expects dz, z, y (4-D), gamma, mean, var (C), eps (1), dy (4-D), dgamma, dbeta (C), float32");
+    Fail(name, "expects dz (4-D), workspace (uint8), y (4-D), gamma, mean, var (C), eps (1), dy (4-D), dgamma, dbeta (C)");
     return 1;
   }
   const float eps = *static_cast<const float *>(params[6]);
   return Guarded(name, [&](Engine &e) {
-    e.BnReluBwd(Dims4(shapes[0]), eps, static_cast<const float *>(params[0]), static_cast<const float *>(params[1]),
+    e.BnReluBwd(Dims4(shapes[0]), eps, static_cast<const float *>(params[0]), static_cast<const uint8_t *>(params[1]),
                 static_cast<const float *>(params[2]), static_cast<const float *>(params[3]),
                 static_cast<const float *>(params[4]), static_cast<const float *>(params[5]),
                 static_cast<float *>(params[7]), static_cast<float *>(params[8]), static_cast<float *>(params[9]));
   });
+}
+
+// Bytes of FastBnReluTrain's workspace for an (n, c, h, w) input; -1 on error.
+FASTCONV_EXPORT int64_t FastBnWorkspaceBytes(int64_t n, int64_t c, int64_t h, int64_t w) {
+  size_t bytes = 0;
+  int status = Guarded("FastBnWorkspaceBytes", [&](Engine &e) { bytes = e.BnWorkspaceBytes({n, c, h, w}); });
+  return status == 0 ? static_cast<int64_t>(bytes) : -1;
 }
 
 // x -> y, workspace

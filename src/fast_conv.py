@@ -347,7 +347,10 @@ class FastFeatures(nn.SequentialCell):
             else:
                 y = self.train_conv_next(x, weight)
             bn = self.cell_list[bn_i]
-            x, mean, var, _ = self.bn_relu(y, bn.gamma, bn.beta, self.eps[n])
+            x, mean, var, workspace = self.bn_relu(y, bn.gamma, bn.beta, self.eps[n])
+            # the ReLU workspace is read by the gradient only; a dependency keeps graph
+            # mode's side-effect analysis from reporting it as eliminated
+            x = ops.depend(x, workspace)
             count = y.shape[0] * y.shape[2] * y.shape[3]
             mean = ops.stop_gradient(mean)
             var = ops.stop_gradient(var) * (count / max(count - 1, 1))

@@ -386,3 +386,32 @@ def test_chain_can_be_turned_off(library, graph_mode, monkeypatch):
     features = small_bn_net(FastConv2d, fast_conv.FastFeatures)[0]
     assert not features.blocked_inference and not features.blocked_training
     assert all(c.uses_fast_path for c in features.cell_list if isinstance(c, FastConv2d))
+
+
+def test_chain_avoids_reference_kernels_on_small_images(library, graph_mode):
+    """With 8-channel blocks (this process caps oneDNN at AVX2), backward weights on 2x2
+    images has no fast kernel for the blocked layout; the chain then lets oneDNN pick the
+    layout and reorders, instead of running its reference kernel (100x slower)."""
+    layers = [FastConv2d(3, 16, 3), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2, 2),
+              FastConv2d(16, 512, 3), nn.BatchNorm2d(512), nn.ReLU(),
+              FastConv2d(512, 512, 3), nn.BatchNorm2d(512), nn.ReLU()]
+    stock_layers = [nn.Conv2d(3, 16, 3), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2, 2),
+                    nn.Conv2d(16, 512, 3), nn.BatchNorm2d(512), nn.ReLU(),
+                    nn.Conv2d(512, 512, 3), nn.BatchNorm2d(512), nn.ReLU()]
+    fast = nn.SequentialCell([fast_conv.FastFeatures(layers), nn.Flatten(), nn.Dense(512 * 4, 3)])
+    stock = nn.SequentialCell([nn.SequentialCell(stock_layers), nn.Flatten(), nn.Dense(512 * 4, 3)])
+    assert fast[0].blocked_training
+    copy_params(fast, stock)
+    before = native.reference_kernels()
+    rng = np.random.default_rng(8)
+    x = ms.Tensor(rng.standard_normal((4, 3, 4, 4)).astype(np.float32))
+    y = ms.Tensor(rng.integers(0, 3, 4).astype(np.int32))
+    losses = []
+    for net in (fast, stock):
+        loss = nn.SoftmaxCrossEntropyWithLogits(sparse=True, reduction="mean")
+        step = nn.TrainOneStepCell(nn.WithLossCell(net, loss),
+                                   nn.Momentum(net.trainable_params(), 0.01, 0.9))
+        step.set_train()
+        losses.append([float(step(x, y).asnumpy()) for _ in range(3)])
+    np.testing.assert_allclose(losses[0], losses[1], rtol=RTOL)
+    assert native.reference_kernels() == before

@@ -29,7 +29,8 @@ def load_library():
                 for symbol in ("FastConvFwd", "FastConvBwd", "FastConvOneDnnVersion",
                                "FastConvInferPlain", "FastConvInferBlocked",
                                "FastMaxPool2Blocked", "FastUnblock", "FastBlockSize",
-                               "FastBnWorkspaceBytes", "FastMomentumUpdate"):
+                               "FastBnWorkspaceBytes", "FastMomentumUpdate",
+                               "FastReferenceKernels"):
                     getattr(lib, symbol)
                 lib.FastConvOneDnnVersion.restype = ctypes.c_char_p
                 lib.FastBlockSize.restype = ctypes.c_int
@@ -62,6 +63,14 @@ def block_size():
     Fixes oneDNN's ISA for the process: call it after ONEDNN_MAX_CPU_ISA is settled."""
     usable, _ = library_status()
     return int(load_library()[0].FastBlockSize()) if usable else 0
+
+
+def reference_kernels():
+    """How many oneDNN primitives the library has built on reference (slow) kernels."""
+    lib, reason = load_library()
+    if lib is None:
+        raise RuntimeError(reason)
+    return int(lib.FastReferenceKernels())
 
 
 def bn_workspace_bytes(shape):

@@ -258,8 +258,8 @@ struct BwdPlan {
 
 struct InferPlan {
   dnnl::convolution_forward prim;
-  Operand src;
-  memory::desc wei_plain, wei_inner, dst, chan;
+  Operand src, dst;
+  memory::desc wei_plain, wei_inner, chan;
   dnnl::reorder wei_reorder;  // plain -> inner, scaled per output channel
   size_t scratch_bytes = 0;
 };
@@ -268,9 +268,12 @@ struct TrainConvPlan {
   dnnl::convolution_forward fwd;
   dnnl::convolution_backward_data bwd_data;  // blocked input only
   dnnl::convolution_backward_weights bwd_weights;
-  Operand src_f, src_w, wei_f, wei_d, diff_wei;
-  memory::desc dst;       // blocked: forward dst and diff_dst of both backward passes
-  memory::desc diff_src;  // blocked input only
+  // Operands: "plain" is the layout of the MindSpore tensor (blocked activations, NCHW for
+  // the network input, OIHW weights), "inner" the primitive's; they differ only where the
+  // preferred blocked layout would have landed on a reference kernel.
+  Operand src_f, wei_f, dst_f;                // forward
+  Operand ddst_d, wei_d, dsrc_d;              // backward data
+  Operand src_w, ddst_w, diff_wei;            // backward weights
   size_t scratch_bytes = 0;
 };
 
@@ -346,6 +349,9 @@ class Engine {
 
   std::mutex &Mutex() { return mu_; }
 
+  // Primitives built on a reference (unoptimised) kernel so far: a test keeps this at 0.
+  int ReferenceKernels() const { return reference_kernels_; }
+
   // Runs fn(i) for i in [0, n) on the engine's threads.
   void ParallelFor(int n, const std::function<void(int)> &fn) {
     pool_.parallel_for(n, [&](int i, int) { fn(i); });
@@ -369,26 +375,29 @@ class Engine {
     TrainConvPlan &p = TrainConvFor(s, x_blocked);
     memory src = Bind(p.src_f, const_cast<float *>(x), kSrc, true);
     memory wei = Bind(p.wei_f, const_cast<float *>(w), kWei, true);
-    memory dst(p.dst, eng_, y);
+    memory dst = BindOut(p.dst_f, y, kDst);
     memory scratch = Scratch(p.scratch_bytes);
     p.fwd.execute(stream_, {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, wei}, {DNNL_ARG_DST, dst},
                             {DNNL_ARG_SCRATCHPAD, scratch}});
+    Finish(p.dst_f, dst, y);
     stream_.wait();
   }
 
   void TrainConvBwd(const ConvShape &s, bool x_blocked, const float *dy, const float *x, const float *w,
                     float *dx, float *dw) {
     TrainConvPlan &p = TrainConvFor(s, x_blocked);
-    memory ddst(p.dst, eng_, const_cast<float *>(dy));
     memory scratch = Scratch(p.scratch_bytes);
     if (x_blocked) {
+      memory ddst = Bind(p.ddst_d, const_cast<float *>(dy), kDiffDst, true);
       memory wei = Bind(p.wei_d, const_cast<float *>(w), kWei, true);
-      memory dsrc(p.diff_src, eng_, dx);
+      memory dsrc = BindOut(p.dsrc_d, dx, kDiffSrc);
       p.bwd_data.execute(stream_, {{DNNL_ARG_DIFF_DST, ddst}, {DNNL_ARG_WEIGHTS, wei},
                                    {DNNL_ARG_DIFF_SRC, dsrc}, {DNNL_ARG_SCRATCHPAD, scratch}});
+      Finish(p.dsrc_d, dsrc, dx);
     } else {
       std::memset(dx, 0, static_cast<size_t>(s.n * s.c * s.h * s.w) * sizeof(float));
     }
+    memory ddst = Bind(p.ddst_w, const_cast<float *>(dy), kDst, true);
     memory src = Bind(p.src_w, const_cast<float *>(x), kSrc, true);
     memory dwei = BindOut(p.diff_wei, dw, kDiffWei);
     p.bwd_weights.execute(stream_, {{DNNL_ARG_DIFF_DST, ddst}, {DNNL_ARG_SRC, src},
@@ -472,11 +481,12 @@ class Engine {
     p.wei_reorder.execute(stream_, {{DNNL_ARG_FROM, wei_plain}, {DNNL_ARG_TO, wei},
                                     {DNNL_ARG_ATTR_SCALES | DNNL_ARG_SRC, scales}});
     memory bias(p.chan, eng_, const_cast<float *>(shift));
-    memory dst(p.dst, eng_, y);
+    memory dst = BindOut(p.dst, y, kDst);
     memory scratch(ScratchDesc(p.scratch_bytes), eng_,
                    arena_.Get(kScratch, p.scratch_bytes ? p.scratch_bytes : 64));
     p.prim.execute(stream_, {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, wei}, {DNNL_ARG_BIAS, bias},
                              {DNNL_ARG_DST, dst}, {DNNL_ARG_SCRATCHPAD, scratch}});
+    Finish(p.dst, dst, y);
     stream_.wait();
   }
 
@@ -558,6 +568,7 @@ class Engine {
   }
 
   void Describe(const char *what, const ConvShape &s, const char *impl) {
+    if (IsReference(impl)) ++reference_kernels_;
     if (!Verbose()) return;
     std::fprintf(stderr, "fast_conv: %s n%ld c%ld h%ld w%ld o%ld k%ldx%ld pad%ld,%ld -> %s\n", what,
                  (long)s.n, (long)s.c, (long)s.h, (long)s.w, (long)s.o, (long)s.kh, (long)s.kw,
@@ -623,50 +634,75 @@ class Engine {
     return memory(ScratchDesc(bytes), eng_, arena_.Get(kScratch, bytes ? bytes : 64));
   }
 
+  // An operand whose tensor is in layout `outer` and whose primitive wants `inner`.
+  Operand OperandFor(const memory::desc &outer, const memory::desc &inner, bool in, bool out) {
+    Operand op;
+    op.plain = outer;
+    op.inner = inner;
+    op.needs_reorder = !(outer == inner);
+    if (op.needs_reorder) {
+      if (in) op.to_inner = dnnl::reorder(dnnl::reorder::primitive_desc(eng_, outer, eng_, inner));
+      if (out) op.to_plain = dnnl::reorder(dnnl::reorder::primitive_desc(eng_, inner, eng_, outer));
+    }
+    return op;
+  }
+
+  static bool IsReference(const char *impl) { return std::strncmp(impl, "ref", 3) == 0; }
+
+  // Builds make(src, dst) with the preferred layouts; where that lands on a reference
+  // kernel (for instance backward weights on 2x2 images with AVX2 blocks), with `any`.
+  template <typename Make>
+  auto Preferring(const memory::desc &src, const memory::desc &dst, const memory::desc &any_src,
+                  const memory::desc &any_dst, Make make) -> decltype(make(src, dst)) {
+    auto pd = make(src, dst);
+    if (!IsReference(pd.impl_info_str())) return pd;
+    auto other = make(any_src, any_dst);
+    return IsReference(other.impl_info_str()) ? pd : other;
+  }
+
   TrainConvPlan &TrainConvFor(const ConvShape &s, bool x_blocked) {
     auto &cache = x_blocked ? train_blocked_ : train_plain_;
     auto it = cache.find(s);
     if (it != cache.end()) return *it->second;
     dnnl_threadpool_interop_set_max_concurrency(nthreads_);
     const memory::desc dst = BlockedDesc(s.Dst());
-    const memory::desc src = x_blocked ? BlockedDesc(s.Src()) : memory::desc(s.Src(), dt::f32, tag::any);
+    const memory::desc x = x_blocked ? BlockedDesc(s.Src()) : memory::desc(s.Src(), dt::f32, tag::nchw);
+    const memory::desc any_src(s.Src(), dt::f32, tag::any), any_dst(s.Dst(), dt::f32, tag::any);
+    const memory::desc src_pref = x_blocked ? x : any_src;
     const memory::desc any_wei(s.Wei(), dt::f32, tag::any);
     dnnl::primitive_attr attr;
     attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
-    dnnl::convolution_forward::primitive_desc fpd(
-        eng_, dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct, src, any_wei,
-        dst, s.Strides(), s.PadL(), s.PadR(), attr);
-    dnnl::convolution_backward_weights::primitive_desc wpd(
-        eng_, dnnl::algorithm::convolution_direct, src, any_wei, dst, s.Strides(), s.PadL(),
-        s.PadR(), fpd, attr);
+    const auto direct = dnnl::algorithm::convolution_direct;
+    auto fpd = Preferring(src_pref, dst, any_src, any_dst, [&](const memory::desc &a, const memory::desc &b) {
+      return dnnl::convolution_forward::primitive_desc(eng_, dnnl::prop_kind::forward_training, direct, a,
+                                                       any_wei, b, s.Strides(), s.PadL(), s.PadR(), attr);
+    });
+    auto wpd = Preferring(src_pref, dst, any_src, any_dst, [&](const memory::desc &a, const memory::desc &b) {
+      return dnnl::convolution_backward_weights::primitive_desc(eng_, direct, a, any_wei, b, s.Strides(),
+                                                                s.PadL(), s.PadR(), fpd, attr);
+    });
     auto plan = std::make_unique<TrainConvPlan>();
     plan->fwd = dnnl::convolution_forward(fpd);
     plan->bwd_weights = dnnl::convolution_backward_weights(wpd);
-    plan->dst = dst;
-    if (!(fpd.dst_desc() == dst) || !(wpd.diff_dst_desc() == dst))
-      throw std::runtime_error("blocked output layout refused");
+    plan->src_f = OperandFor(x, fpd.src_desc(), true, false);
+    plan->wei_f = MakeOperand(eng_, s.Wei(), tag::oihw, fpd.weights_desc(), true, false);
+    plan->dst_f = OperandFor(dst, fpd.dst_desc(), false, true);
+    plan->src_w = OperandFor(x, wpd.src_desc(), true, false);
+    plan->ddst_w = OperandFor(dst, wpd.diff_dst_desc(), true, false);
+    plan->diff_wei = MakeOperand(eng_, s.Wei(), tag::oihw, wpd.diff_weights_desc(), false, true);
     size_t scratch = std::max(fpd.scratchpad_desc().get_size(), wpd.scratchpad_desc().get_size());
     if (x_blocked) {
-      if (!(fpd.src_desc() == src) || !(wpd.src_desc() == src))
-        throw std::runtime_error("blocked input layout refused");
-      plan->src_f.plain = plan->src_f.inner = src;
-      plan->src_w.plain = plan->src_w.inner = src;
-      dnnl::convolution_backward_data::primitive_desc dpd(
-          eng_, dnnl::algorithm::convolution_direct, src, any_wei, dst, s.Strides(), s.PadL(),
-          s.PadR(), fpd, attr);
-      if (!(dpd.diff_src_desc() == src) || !(dpd.diff_dst_desc() == dst))
-        throw std::runtime_error("blocked gradient layout refused");
+      auto dpd = Preferring(x, dst, any_src, any_dst, [&](const memory::desc &a, const memory::desc &b) {
+        return dnnl::convolution_backward_data::primitive_desc(eng_, direct, a, any_wei, b, s.Strides(),
+                                                               s.PadL(), s.PadR(), fpd, attr);
+      });
       plan->bwd_data = dnnl::convolution_backward_data(dpd);
+      plan->ddst_d = OperandFor(dst, dpd.diff_dst_desc(), true, false);
       plan->wei_d = MakeOperand(eng_, s.Wei(), tag::oihw, dpd.weights_desc(), true, false);
-      plan->diff_src = src;
+      plan->dsrc_d = OperandFor(x, dpd.diff_src_desc(), false, true);
       scratch = std::max(scratch, dpd.scratchpad_desc().get_size());
-      Describe("training backward data (blocked)", s, dpd.impl_info_str());
-    } else {
-      plan->src_f = MakeOperand(eng_, s.Src(), tag::nchw, fpd.src_desc(), true, false);
-      plan->src_w = MakeOperand(eng_, s.Src(), tag::nchw, wpd.src_desc(), true, false);
+      Describe("training backward data", s, dpd.impl_info_str());
     }
-    plan->wei_f = MakeOperand(eng_, s.Wei(), tag::oihw, fpd.weights_desc(), true, false);
-    plan->diff_wei = MakeOperand(eng_, s.Wei(), tag::oihw, wpd.diff_weights_desc(), false, true);
     plan->scratch_bytes = scratch;
     Describe(x_blocked ? "training forward (blocked in)" : "training forward (plain in)", s, fpd.impl_info_str());
     Describe("training backward weights", s, wpd.impl_info_str());
@@ -693,6 +729,7 @@ class Engine {
     plan->bwd = dnnl::batch_normalization_backward(bpd);
     plan->ws = fpd.workspace_desc();
     plan->scratch_bytes = std::max(fpd.scratchpad_desc().get_size(), bpd.scratchpad_desc().get_size());
+    reference_kernels_ += IsReference(fpd.impl_info_str()) + IsReference(bpd.impl_info_str());
     if (Verbose())
       std::fprintf(stderr, "fast_conv: batch norm + relu %ldx%ldx%ldx%ld -> %s / %s, workspace %zu bytes\n",
                    (long)dims[0], (long)dims[1], (long)dims[2], (long)dims[3], fpd.impl_info_str(),
@@ -722,6 +759,7 @@ class Engine {
       throw std::runtime_error("max-pooling workspace is not one byte per output element");
     plan->fwd = dnnl::pooling_forward(fpd);
     plan->bwd = dnnl::pooling_backward(bpd);
+    reference_kernels_ += IsReference(fpd.impl_info_str()) + IsReference(bpd.impl_info_str());
     plan->scratch_bytes = std::max(fpd.scratchpad_desc().get_size(), bpd.scratchpad_desc().get_size());
     return *train_pools_.emplace(src_dims, std::move(plan)).first->second;
   }
@@ -732,7 +770,8 @@ class Engine {
     if (it != cache.end()) return *it->second;
     dnnl_threadpool_interop_set_max_concurrency(nthreads_);
     const memory::desc dst = BlockedDesc(s.Dst());
-    const memory::desc src = x_blocked ? BlockedDesc(s.Src()) : memory::desc(s.Src(), dt::f32, tag::any);
+    const memory::desc x = x_blocked ? BlockedDesc(s.Src()) : memory::desc(s.Src(), dt::f32, tag::nchw);
+    const memory::desc any_src(s.Src(), dt::f32, tag::any), any_dst(s.Dst(), dt::f32, tag::any);
     auto plan = std::make_unique<InferPlan>();
     plan->chan = memory::desc({s.o}, dt::f32, tag::a);
     dnnl::post_ops po;
@@ -740,24 +779,21 @@ class Engine {
     dnnl::primitive_attr attr;
     attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
     attr.set_post_ops(po);
-    dnnl::convolution_forward::primitive_desc pd(
-        eng_, dnnl::prop_kind::forward_inference, dnnl::algorithm::convolution_direct, src,
-        memory::desc(s.Wei(), dt::f32, tag::any), plan->chan, dst, s.Strides(), s.PadL(),
-        s.PadR(), attr);
+    auto pd = Preferring(x_blocked ? x : any_src, dst, any_src, any_dst,
+                         [&](const memory::desc &a, const memory::desc &b) {
+      return dnnl::convolution_forward::primitive_desc(
+          eng_, dnnl::prop_kind::forward_inference, dnnl::algorithm::convolution_direct, a,
+          memory::desc(s.Wei(), dt::f32, tag::any), plan->chan, b, s.Strides(), s.PadL(), s.PadR(), attr);
+    });
     plan->prim = dnnl::convolution_forward(pd);
-    if (x_blocked) {  // already in the primitive's layout: used in place
-      plan->src.plain = plan->src.inner = pd.src_desc();
-      if (!(pd.src_desc() == src)) throw std::runtime_error("blocked source layout refused");
-    } else {
-      plan->src = MakeOperand(eng_, s.Src(), tag::nchw, pd.src_desc(), true, false);
-    }
+    plan->src = OperandFor(x, pd.src_desc(), true, false);
+    plan->dst = OperandFor(dst, pd.dst_desc(), false, true);
     plan->wei_plain = memory::desc(s.Wei(), dt::f32, tag::oihw);
     plan->wei_inner = pd.weights_desc();
     dnnl::primitive_attr scaled;
     scaled.set_scales_mask(DNNL_ARG_SRC, 1);  // one scale per output channel (dim 0)
     plan->wei_reorder = dnnl::reorder(
         dnnl::reorder::primitive_desc(eng_, plan->wei_plain, eng_, plan->wei_inner, scaled));
-    plan->dst = pd.dst_desc();
     plan->scratch_bytes = pd.scratchpad_desc().get_size();
     Describe(x_blocked ? "inference (blocked in)" : "inference (plain in)", s, pd.impl_info_str());
     return *cache.emplace(s, std::move(plan)).first->second;
@@ -805,6 +841,7 @@ class Engine {
   std::map<memory::dims, std::unique_ptr<PoolPlan>> pools_;
   std::map<memory::dims, std::unique_ptr<UnblockPlan>> unblock_;
   std::map<ConvShape, std::unique_ptr<TrainConvPlan>> train_plain_, train_blocked_;
+  int reference_kernels_ = 0;
   std::map<std::pair<memory::dims, float>, std::unique_ptr<BnPlan>> bns_;
   std::map<memory::dims, std::unique_ptr<TrainPoolPlan>> train_pools_;
 };
@@ -1092,6 +1129,13 @@ FASTCONV_EXPORT int FastBnReluBwd(int nparam, void **params, int *ndims, int64_t
                 static_cast<const float *>(params[4]), static_cast<const float *>(params[5]),
                 static_cast<float *>(params[7]), static_cast<float *>(params[8]), static_cast<float *>(params[9]));
   });
+}
+
+// Number of oneDNN primitives the library built on reference kernels (0 when all is fast).
+FASTCONV_EXPORT int FastReferenceKernels() {
+  int count = 0;
+  Guarded("FastReferenceKernels", [&](Engine &e) { count = e.ReferenceKernels(); });
+  return count;
 }
 
 // Bytes of FastBnReluTrain's workspace for an (n, c, h, w) input; -1 on error.

@@ -19,12 +19,12 @@ like ``nn.Conv2d`` and logs one line saying why:
   NHWC, a dtype other than float32, asymmetric padding.
 
 ``FastFeatures`` is the ``nn.SequentialCell`` that holds a VGG feature extractor built of
-FastConv2d cells. Training runs its cells one by one, as a SequentialCell does. Inference
-(``set_train(False)``) runs the whole chain on oneDNN's channel-blocked layout instead: each
-convolution with its BatchNorm (moving statistics) and ReLU folded into one oneDNN
-convolution with a bias and a fused ReLU, 2x2 max pooling on the blocked layout, and one
-reorder back to NCHW at the end, so that no activation is reordered between layers. Same
-cells, same parameter names: checkpoints are unchanged.
+FastConv2d cells and runs it on oneDNN's channel-blocked layout end to end, with one reorder
+back to NCHW at the end, so that no activation is reordered between layers. Inference
+(``set_train(False)``) folds each convolution's BatchNorm (moving statistics) and bias into
+one oneDNN convolution with a fused ReLU; training (when every convolution has a BatchNorm
+and no bias) chains convolution, BatchNorm fused with ReLU and max pooling, each with its
+gradient. Same cells, same parameter names: checkpoints are unchanged.
 
 ISA: ``ONEDNN_MAX_CPU_ISA`` is process-wide and read when MindSpore first runs oneDNN.
 When every convolution of the network is a FastConv2d on the fast path, leave AVX-512 on
@@ -172,11 +172,13 @@ def chain_disabled():
     return os.environ.get(CHAIN_ENV, "1").strip().lower() in ("0", "false", "no", "off")
 
 
-def _custom(symbol, shape, dtype=None, bprop=None):
-    def keep(*args):
-        return args[0]
+def _same_shape(*args):
+    """The first input's shape (or dtype): out_shape/out_dtype of shape-keeping operators."""
+    return args[0]
 
-    return ops.Custom(f"{LIB_PATH}:{symbol}", out_shape=shape, out_dtype=dtype or keep,
+
+def _custom(symbol, shape, dtype=None, bprop=None):
+    return ops.Custom(f"{LIB_PATH}:{symbol}", out_shape=shape, out_dtype=dtype or _same_shape,
                       func_type="aot", bprop=bprop)
 
 
@@ -186,10 +188,6 @@ def _conv_shape(x, w, *rest):
 
 def _pool_shape(x):
     return [x[0], x[1], x[2] // 2, x[3] // 2]
-
-
-def _same_shape(*args):
-    return args[0]
 
 
 def _blocked_ops():

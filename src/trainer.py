@@ -77,11 +77,9 @@ def _fused_momentum_class():
         def __init__(self, params, learning_rate, momentum, loss_scale, decay_by_name):
             super().__init__(params, learning_rate=learning_rate, momentum=momentum,
                              loss_scale=loss_scale)
-            count = len(self._parameters)
             self.decays = ms.Tensor([decay_by_name[p.name] for p in self._parameters], ms.float32)
             self.momentum_value = ms.Tensor([momentum], ms.float32)
-            self.flag = ms.Tensor([0.0], ms.float32)
-            self.count = count
+            self.count = len(self._parameters)
             self.update = ops.Custom(f"{LIB_PATH}:FastMomentumUpdate",
                                      out_shape=lambda *shapes: [1],
                                      out_dtype=lambda *dtypes: ms.float32, func_type="aot")

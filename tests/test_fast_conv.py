@@ -71,6 +71,15 @@ def value_and_grads(cell, x):
     return y.asnumpy(), dx.asnumpy(), [g.asnumpy() for g in dws]
 
 
+def train_losses(net, x, y, lr, steps):
+    """Losses of `steps` momentum-SGD steps of `net` on one batch (softmax cross-entropy)."""
+    loss = nn.SoftmaxCrossEntropyWithLogits(sparse=True, reduction="mean")
+    step = nn.TrainOneStepCell(nn.WithLossCell(net, loss),
+                               nn.Momentum(net.trainable_params(), learning_rate=lr, momentum=0.9))
+    step.set_train()
+    return [float(step(x, y).asnumpy()) for _ in range(steps)]
+
+
 def assert_same_as_stock(fast, stock, x):
     y_f, dx_f, dw_f = value_and_grads(fast, x)
     y_s, dx_s, dw_s = value_and_grads(stock, x)
@@ -144,14 +153,8 @@ def test_train_steps_match_stock(library, graph_mode):
     rng = np.random.default_rng(2)
     x = ms.Tensor(rng.standard_normal((16, 3, 16, 16)).astype(np.float32))
     y = ms.Tensor(rng.integers(0, 10, 16).astype(np.int32))
-    losses = {}
-    for name, cls in (("stock", nn.Conv2d), ("fast", FastConv2d)):
-        model = net(cls)
-        step = nn.TrainOneStepCell(
-            nn.WithLossCell(model, nn.SoftmaxCrossEntropyWithLogits(sparse=True, reduction="mean")),
-            nn.Momentum(model.trainable_params(), learning_rate=0.01, momentum=0.9))
-        step.set_train()
-        losses[name] = [float(step(x, y).asnumpy()) for _ in range(6)]
+    losses = {name: train_losses(net(cls), x, y, 0.01, 6)
+              for name, cls in (("stock", nn.Conv2d), ("fast", FastConv2d))}
     assert losses["fast"][-1] < losses["fast"][0]
     np.testing.assert_allclose(losses["fast"], losses["stock"], rtol=RTOL)
 
@@ -364,13 +367,7 @@ def test_blocked_training_matches_stock(library, graph_mode):
     rng = np.random.default_rng(7)
     x = ms.Tensor(rng.standard_normal((4, 3, 12, 12)).astype(np.float32))
     y = ms.Tensor(rng.integers(0, 5, 4).astype(np.int32))
-    losses = []
-    for net in (fast, stock):
-        loss = nn.SoftmaxCrossEntropyWithLogits(sparse=True, reduction="mean")
-        step = nn.TrainOneStepCell(nn.WithLossCell(net, loss),
-                                   nn.Momentum(net.trainable_params(), 0.05, 0.9))
-        step.set_train()
-        losses.append([float(step(x, y).asnumpy()) for _ in range(4)])
+    losses = [train_losses(net, x, y, 0.05, 4) for net in (fast, stock)]
     np.testing.assert_allclose(losses[0], losses[1], rtol=RTOL)
     assert losses[0][-1] < 0.5 * losses[0][0]  # it learns
     for a, b in zip(fast.get_parameters(), stock.get_parameters()):
@@ -406,12 +403,6 @@ def test_chain_avoids_reference_kernels_on_small_images(library, graph_mode):
     rng = np.random.default_rng(8)
     x = ms.Tensor(rng.standard_normal((4, 3, 4, 4)).astype(np.float32))
     y = ms.Tensor(rng.integers(0, 3, 4).astype(np.int32))
-    losses = []
-    for net in (fast, stock):
-        loss = nn.SoftmaxCrossEntropyWithLogits(sparse=True, reduction="mean")
-        step = nn.TrainOneStepCell(nn.WithLossCell(net, loss),
-                                   nn.Momentum(net.trainable_params(), 0.01, 0.9))
-        step.set_train()
-        losses.append([float(step(x, y).asnumpy()) for _ in range(3)])
+    losses = [train_losses(net, x, y, 0.01, 3) for net in (fast, stock)]
     np.testing.assert_allclose(losses[0], losses[1], rtol=RTOL)
     assert native.reference_kernels() == before

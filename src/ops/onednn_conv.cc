@@ -228,18 +228,27 @@ struct Operand {
   dnnl::reorder to_inner, to_plain;  // only the direction(s) used are created
 };
 
-Operand MakeOperand(const dnnl::engine &eng, const memory::dims &dims, tag plain_tag,
-                    const memory::desc &inner, bool in, bool out) {
+// An operand whose tensor is in layout `outer` and whose primitive wants `inner`.
+Operand OperandFor(const dnnl::engine &eng, const memory::desc &outer, const memory::desc &inner,
+                   bool in, bool out) {
   Operand op;
-  op.plain = memory::desc(dims, dt::f32, plain_tag);
+  op.plain = outer;
   op.inner = inner;
-  op.needs_reorder = !(op.plain == op.inner);
+  op.needs_reorder = !(outer == inner);
   if (op.needs_reorder) {
-    if (in) op.to_inner = dnnl::reorder(dnnl::reorder::primitive_desc(eng, op.plain, eng, op.inner));
-    if (out) op.to_plain = dnnl::reorder(dnnl::reorder::primitive_desc(eng, op.inner, eng, op.plain));
+    if (in) op.to_inner = dnnl::reorder(dnnl::reorder::primitive_desc(eng, outer, eng, inner));
+    if (out) op.to_plain = dnnl::reorder(dnnl::reorder::primitive_desc(eng, inner, eng, outer));
   }
   return op;
 }
+
+Operand MakeOperand(const dnnl::engine &eng, const memory::dims &dims, tag plain_tag,
+                    const memory::desc &inner, bool in, bool out) {
+  return OperandFor(eng, memory::desc(dims, dt::f32, plain_tag), inner, in, out);
+}
+
+// Whether oneDNN picked its reference (unoptimised) implementation.
+bool IsReference(const char *impl) { return std::strncmp(impl, "ref", 3) == 0; }
 
 struct FwdPlan {
   dnnl::convolution_forward prim;
@@ -333,7 +342,7 @@ dnnl::convolution_forward::primitive_desc PreferredFwdDesc(const dnnl::engine &e
     const tag dst_tag = s.o % blocked.second == 0 ? blocked.first : tag::any;
     try {
       auto pd = FwdDesc(eng, s, dnnl::prop_kind::forward_inference, src_tag, dst_tag);
-      if (std::strncmp(pd.impl_info_str(), "ref", 3) != 0) return pd;
+      if (!IsReference(pd.impl_info_str())) return pd;
     } catch (const dnnl::error &) {
     }
   }
@@ -362,8 +371,7 @@ class Engine {
     memory src = Bind(p.src, const_cast<float *>(x), kSrc, true);
     memory wei = Bind(p.wei, const_cast<float *>(w), kWei, true);
     memory dst = BindOut(p.dst, y, kDst);
-    memory scratch(ScratchDesc(p.scratch_bytes), eng_,
-                   arena_.Get(kScratch, p.scratch_bytes ? p.scratch_bytes : 64));
+    memory scratch = Scratch(p.scratch_bytes);
     p.prim.execute(stream_, {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, wei}, {DNNL_ARG_DST, dst},
                              {DNNL_ARG_SCRATCHPAD, scratch}});
     Finish(p.dst, dst, y);
@@ -482,8 +490,7 @@ class Engine {
                                     {DNNL_ARG_ATTR_SCALES | DNNL_ARG_SRC, scales}});
     memory bias(p.chan, eng_, const_cast<float *>(shift));
     memory dst = BindOut(p.dst, y, kDst);
-    memory scratch(ScratchDesc(p.scratch_bytes), eng_,
-                   arena_.Get(kScratch, p.scratch_bytes ? p.scratch_bytes : 64));
+    memory scratch = Scratch(p.scratch_bytes);
     p.prim.execute(stream_, {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, wei}, {DNNL_ARG_BIAS, bias},
                              {DNNL_ARG_DST, dst}, {DNNL_ARG_SCRATCHPAD, scratch}});
     Finish(p.dst, dst, y);
@@ -495,8 +502,7 @@ class Engine {
     PoolPlan &p = PoolFor(src_dims);
     memory src(p.src, eng_, const_cast<float *>(x));
     memory dst(p.dst, eng_, y);
-    memory scratch(ScratchDesc(p.scratch_bytes), eng_,
-                   arena_.Get(kScratch, p.scratch_bytes ? p.scratch_bytes : 64));
+    memory scratch = Scratch(p.scratch_bytes);
     p.prim.execute(stream_, {{DNNL_ARG_SRC, src}, {DNNL_ARG_DST, dst}, {DNNL_ARG_SCRATCHPAD, scratch}});
     stream_.wait();
   }
@@ -519,8 +525,7 @@ class Engine {
   void Backward(const ConvShape &s, const float *dy, const float *x, const float *w, float *dx,
                 float *dw) {
     BwdPlan &p = BwdFor(s);
-    memory scratch(ScratchDesc(p.scratch_bytes), eng_,
-                   arena_.Get(kScratch, p.scratch_bytes ? p.scratch_bytes : 64));
+    memory scratch = Scratch(p.scratch_bytes);
     // backward data: dx = conv_bwd_data(dy, w)
     memory ddst_d = Bind(p.diff_dst_d, const_cast<float *>(dy), kDiffDst, true);
     memory wei = Bind(p.wei, const_cast<float *>(w), kWei, true);
@@ -634,21 +639,6 @@ class Engine {
     return memory(ScratchDesc(bytes), eng_, arena_.Get(kScratch, bytes ? bytes : 64));
   }
 
-  // An operand whose tensor is in layout `outer` and whose primitive wants `inner`.
-  Operand OperandFor(const memory::desc &outer, const memory::desc &inner, bool in, bool out) {
-    Operand op;
-    op.plain = outer;
-    op.inner = inner;
-    op.needs_reorder = !(outer == inner);
-    if (op.needs_reorder) {
-      if (in) op.to_inner = dnnl::reorder(dnnl::reorder::primitive_desc(eng_, outer, eng_, inner));
-      if (out) op.to_plain = dnnl::reorder(dnnl::reorder::primitive_desc(eng_, inner, eng_, outer));
-    }
-    return op;
-  }
-
-  static bool IsReference(const char *impl) { return std::strncmp(impl, "ref", 3) == 0; }
-
   // Builds make(src, dst) with the preferred layouts; where that lands on a reference
   // kernel (for instance backward weights on 2x2 images with AVX2 blocks), with `any`.
   template <typename Make>
@@ -684,11 +674,11 @@ class Engine {
     auto plan = std::make_unique<TrainConvPlan>();
     plan->fwd = dnnl::convolution_forward(fpd);
     plan->bwd_weights = dnnl::convolution_backward_weights(wpd);
-    plan->src_f = OperandFor(x, fpd.src_desc(), true, false);
+    plan->src_f = OperandFor(eng_, x, fpd.src_desc(), true, false);
     plan->wei_f = MakeOperand(eng_, s.Wei(), tag::oihw, fpd.weights_desc(), true, false);
-    plan->dst_f = OperandFor(dst, fpd.dst_desc(), false, true);
-    plan->src_w = OperandFor(x, wpd.src_desc(), true, false);
-    plan->ddst_w = OperandFor(dst, wpd.diff_dst_desc(), true, false);
+    plan->dst_f = OperandFor(eng_, dst, fpd.dst_desc(), false, true);
+    plan->src_w = OperandFor(eng_, x, wpd.src_desc(), true, false);
+    plan->ddst_w = OperandFor(eng_, dst, wpd.diff_dst_desc(), true, false);
     plan->diff_wei = MakeOperand(eng_, s.Wei(), tag::oihw, wpd.diff_weights_desc(), false, true);
     size_t scratch = std::max(fpd.scratchpad_desc().get_size(), wpd.scratchpad_desc().get_size());
     if (x_blocked) {
@@ -697,9 +687,9 @@ class Engine {
                                                                s.PadL(), s.PadR(), fpd, attr);
       });
       plan->bwd_data = dnnl::convolution_backward_data(dpd);
-      plan->ddst_d = OperandFor(dst, dpd.diff_dst_desc(), true, false);
+      plan->ddst_d = OperandFor(eng_, dst, dpd.diff_dst_desc(), true, false);
       plan->wei_d = MakeOperand(eng_, s.Wei(), tag::oihw, dpd.weights_desc(), true, false);
-      plan->dsrc_d = OperandFor(x, dpd.diff_src_desc(), false, true);
+      plan->dsrc_d = OperandFor(eng_, x, dpd.diff_src_desc(), false, true);
       scratch = std::max(scratch, dpd.scratchpad_desc().get_size());
       Describe("training backward data", s, dpd.impl_info_str());
     }
@@ -786,8 +776,8 @@ class Engine {
           memory::desc(s.Wei(), dt::f32, tag::any), plan->chan, b, s.Strides(), s.PadL(), s.PadR(), attr);
     });
     plan->prim = dnnl::convolution_forward(pd);
-    plan->src = OperandFor(x, pd.src_desc(), true, false);
-    plan->dst = OperandFor(dst, pd.dst_desc(), false, true);
+    plan->src = OperandFor(eng_, x, pd.src_desc(), true, false);
+    plan->dst = OperandFor(eng_, dst, pd.dst_desc(), false, true);
     plan->wei_plain = memory::desc(s.Wei(), dt::f32, tag::oihw);
     plan->wei_inner = pd.weights_desc();
     dnnl::primitive_attr scaled;
@@ -868,6 +858,22 @@ bool ShapeFrom(const int64_t *x, const int64_t *w, const int64_t *y, ConvShape *
   return s->n > 0 && s->c > 0 && s->h > 0 && s->w > 0 && s->o > 0 && s->oh > 0 && s->ow > 0;
 }
 
+// Runs fn under the engine's lock; returns the kernel status.
+template <typename Fn>
+int Guarded(const char *name, Fn fn) {
+  try {
+    Engine &e = Engine::Get();
+    std::lock_guard<std::mutex> lock(e.Mutex());
+    fn(e);
+  } catch (const std::exception &ex) {
+    Fail(name, ex.what());
+    return 1;
+  }
+  return 0;
+}
+
+memory::dims Dims4(const int64_t *shape) { return {shape[0], shape[1], shape[2], shape[3]}; }
+
 bool AllRank4F32(int nparam, int *ndims, const char **dtypes) {
   for (int i = 0; i < nparam; ++i)
     if (ndims[i] != 4 || !IsF32(dtypes[i])) return false;
@@ -888,16 +894,10 @@ FASTCONV_EXPORT int FastConvFwd(int nparam, void **params, int *ndims, int64_t *
     Fail("FastConvFwd", "inconsistent shapes (only stride 1, one group, no dilation)");
     return 1;
   }
-  try {
-    Engine &e = Engine::Get();
-    std::lock_guard<std::mutex> lock(e.Mutex());
+  return Guarded("FastConvFwd", [&](Engine &e) {
     e.Forward(s, static_cast<const float *>(params[0]), static_cast<const float *>(params[1]),
               static_cast<float *>(params[2]));
-  } catch (const std::exception &ex) {
-    Fail("FastConvFwd", ex.what());
-    return 1;
-  }
-  return 0;
+  });
 }
 
 // dx, dw = conv_backward(dy, x, w)
@@ -912,17 +912,11 @@ FASTCONV_EXPORT int FastConvBwd(int nparam, void **params, int *ndims, int64_t *
     Fail("FastConvBwd", "inconsistent shapes (only stride 1, one group, no dilation)");
     return 1;
   }
-  try {
-    Engine &e = Engine::Get();
-    std::lock_guard<std::mutex> lock(e.Mutex());
+  return Guarded("FastConvBwd", [&](Engine &e) {
     e.Backward(s, static_cast<const float *>(params[0]), static_cast<const float *>(params[1]),
                static_cast<const float *>(params[2]), static_cast<float *>(params[3]),
                static_cast<float *>(params[4]));
-  } catch (const std::exception &ex) {
-    Fail("FastConvBwd", ex.what());
-    return 1;
-  }
-  return 0;
+  });
 }
 
 namespace {
@@ -944,17 +938,11 @@ int InferKernel(const char *name, bool x_blocked, int nparam, void **params, int
     Fail(name, "inconsistent shapes (only stride 1, one group, no dilation)");
     return 1;
   }
-  try {
-    Engine &e = Engine::Get();
-    std::lock_guard<std::mutex> lock(e.Mutex());
+  return Guarded(name, [&](Engine &e) {
     e.Infer(s, x_blocked, static_cast<const float *>(params[0]), static_cast<const float *>(params[1]),
             static_cast<const float *>(params[2]), static_cast<const float *>(params[3]),
             static_cast<float *>(params[4]));
-  } catch (const std::exception &ex) {
-    Fail(name, ex.what());
-    return 1;
-  }
-  return 0;
+  });
 }
 
 }  // namespace
@@ -981,15 +969,9 @@ FASTCONV_EXPORT int FastMaxPool2Blocked(int nparam, void **params, int *ndims, i
     Fail("FastMaxPool2Blocked", "expects even H, W and y = (N, C, H/2, W/2)");
     return 1;
   }
-  try {
-    Engine &e = Engine::Get();
-    std::lock_guard<std::mutex> lock(e.Mutex());
-    e.MaxPool2({x[0], x[1], x[2], x[3]}, static_cast<const float *>(params[0]), static_cast<float *>(params[1]));
-  } catch (const std::exception &ex) {
-    Fail("FastMaxPool2Blocked", ex.what());
-    return 1;
-  }
-  return 0;
+  return Guarded("FastMaxPool2Blocked", [&](Engine &e) {
+    e.MaxPool2(Dims4(x), static_cast<const float *>(params[0]), static_cast<float *>(params[1]));
+  });
 }
 
 // y (plain NCHW) = x (blocked), same shape.
@@ -1000,37 +982,14 @@ FASTCONV_EXPORT int FastUnblock(int nparam, void **params, int *ndims, int64_t *
     Fail("FastUnblock", "expects x, y as 4-D float32 tensors of one shape");
     return 1;
   }
-  const int64_t *x = shapes[0];
-  try {
-    Engine &e = Engine::Get();
-    std::lock_guard<std::mutex> lock(e.Mutex());
-    e.Unblock({x[0], x[1], x[2], x[3]}, static_cast<const float *>(params[0]), static_cast<float *>(params[1]));
-  } catch (const std::exception &ex) {
-    Fail("FastUnblock", ex.what());
-    return 1;
-  }
-  return 0;
+  return Guarded("FastUnblock", [&](Engine &e) {
+    e.Unblock(Dims4(shapes[0]), static_cast<const float *>(params[0]), static_cast<float *>(params[1]));
+  });
 }
 
 namespace {
 
 bool IsU8(const char *dtype) { return dtype != nullptr && std::strcmp(dtype, "uint8") == 0; }
-
-memory::dims Dims4(const int64_t *shape) { return {shape[0], shape[1], shape[2], shape[3]}; }
-
-// Runs fn under the engine's lock; returns the kernel status.
-template <typename Fn>
-int Guarded(const char *name, Fn fn) {
-  try {
-    Engine &e = Engine::Get();
-    std::lock_guard<std::mutex> lock(e.Mutex());
-    fn(e);
-  } catch (const std::exception &ex) {
-    Fail(name, ex.what());
-    return 1;
-  }
-  return 0;
-}
 
 int TrainFwdKernel(const char *name, bool x_blocked, int nparam, void **params, int *ndims,
                    int64_t **shapes, const char **dtypes) {

@@ -199,14 +199,53 @@ def emit(result):
 
 def _timed(fn, warmup, reps):
     """Seconds of each of `reps` calls of fn() after `warmup` untimed ones."""
+    return _timed_sync(fn, warmup, reps, lambda: None)
+
+
+def _timed_sync(fn, warmup, reps, sync):
+    """As _timed, with the device drained before and after each timed call."""
     for _ in range(warmup):
         fn()
+    sync()
     times = []
     for _ in range(reps):
         start = time.perf_counter()
         fn()
+        sync()
         times.append(time.perf_counter() - start)
     return times
+
+
+def _timed_steps(run_step, warmup, steps, sync=lambda: None):
+    """Runs 1 + warmup + steps training steps; run_step(i) does step i and returns its loss.
+    Returns (losses, seconds of each step after the warm-up, wall clock when the first step
+    finished, seconds of the first step)."""
+    losses, times = [], []
+    first_done = first_step_s = None
+    for i in range(1 + warmup + steps):
+        sync()
+        start = time.perf_counter()
+        losses.append(run_step(i))
+        sync()
+        elapsed = time.perf_counter() - start
+        if i == 0:
+            first_done, first_step_s = time.time(), elapsed
+        elif i > warmup:
+            times.append(elapsed)
+    return losses, times, first_done, first_step_s
+
+
+def _ms_step_runner(step, batches, masks):
+    """run_step for _timed_steps: this repository's train step on the two batches in turn,
+    with the host-drawn dropout masks as Trainer feeds them; the loss read back."""
+    def run_step(global_step):
+        image, label = batches[global_step % 2]
+        if masks:
+            output = step(image, label, *masks(global_step, image.shape[0]))
+        else:
+            output = step(image, label)
+        return float((output[0] if isinstance(output, tuple) else output).asnumpy())
+    return run_step
 
 
 def _random_batches(count, batch, image, seed=0):
@@ -263,23 +302,8 @@ def worker_ms_train(spec):
         data = [(x * (1 + spec["perturb"] * np.random.default_rng(7).standard_normal(
             x.shape, dtype=np.float32)), y) for x, y in data]
     batches = [(ms.Tensor(x), ms.Tensor(y)) for x, y in data]
-    losses, times = [], []
-    total = 1 + spec["warmup"] + spec["steps"]
-    first_done = None
-    for global_step in range(total):
-        image, label = batches[global_step % 2]
-        start = time.perf_counter()
-        if masks:
-            output = step(image, label, *masks(global_step, image.shape[0]))
-        else:
-            output = step(image, label)
-        loss = float((output[0] if isinstance(output, tuple) else output).asnumpy())
-        elapsed = time.perf_counter() - start
-        losses.append(loss)
-        if global_step == 0:
-            first_done, first_step_s = time.time(), elapsed
-        elif global_step > spec["warmup"]:
-            times.append(elapsed)
+    losses, times, first_done, first_step_s = _timed_steps(
+        _ms_step_runner(step, batches, masks), spec["warmup"], spec["steps"])
     from src.ops import onednn_version
     emit({"side": "repo", "fast_conv": spec["fast_conv"], "perturb": spec.get("perturb"),
           "fast_cells": fast, "conv_cells": convs,
@@ -300,16 +324,8 @@ def worker_torch_train(spec):
     step = torch_vgg.make_train_step(net, torch_vgg.make_optimizer(net))
     batches = [(torch.from_numpy(x), torch.from_numpy(y).long()) for x, y in
                _random_batches(2, spec["batch"], spec["image"])]
-    losses, times = [], []
-    first_done = None
-    for i in range(1 + spec["warmup"] + spec["steps"]):
-        start = time.perf_counter()
-        losses.append(step(*batches[i % 2]))
-        elapsed = time.perf_counter() - start
-        if i == 0:
-            first_done, first_step_s = time.time(), elapsed
-        elif i > spec["warmup"]:
-            times.append(elapsed)
+    losses, times, first_done, first_step_s = _timed_steps(
+        lambda i: step(*batches[i % 2]), spec["warmup"], spec["steps"])
     emit({"side": "torch", "step_s": times, "losses": losses, "first_step_s": first_step_s,
           "first_step_done": first_done, "torch_threads": torch.get_num_threads(),
           "torch_cpu_capability": torch.backends.cpu.get_cpu_capability()})
@@ -488,20 +504,6 @@ def _cuda_sync(device):
     return torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
 
 
-def _timed_sync(fn, warmup, reps, sync):
-    """As _timed, with the device drained before and after each timed call."""
-    for _ in range(warmup):
-        fn()
-    sync()
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - start)
-    return times
-
-
 def _torch_settings(torch):
     """cuDNN autotuning and the TF32 switches, which decide what 'float32' means on a GPU."""
     switches = {"cudnn_benchmark": lambda: torch.backends.cudnn.benchmark,
@@ -560,19 +562,8 @@ def worker_torch_gpu_train(spec):
                _random_batches(2, spec["batch"], spec["image"])]
     if pin:
         batches = [(x.pin_memory(), y.pin_memory()) for x, y in batches]
-    sync = _cuda_sync(device)
-    losses, times = [], []
-    first_done = first_step_s = None
-    for i in range(1 + spec["warmup"] + spec["steps"]):
-        sync()
-        start = time.perf_counter()
-        losses.append(step(*batches[i % 2]))
-        sync()
-        elapsed = time.perf_counter() - start
-        if i == 0:
-            first_done, first_step_s = time.time(), elapsed
-        elif i > spec["warmup"]:
-            times.append(elapsed)
+    losses, times, first_done, first_step_s = _timed_steps(
+        lambda i: step(*batches[i % 2]), spec["warmup"], spec["steps"], _cuda_sync(device))
     peak = torch.cuda.max_memory_allocated(device) / 2 ** 20 if pin else None
     emit({"side": "torch", "amp": spec["amp"], "device": str(device), "step_s": times,
           "losses": losses, "first_step_s": first_step_s, "first_step_done": first_done,
@@ -660,22 +651,14 @@ def _ms_gpu_train(spec, stage):
     masks = DropoutMasks(config.seed, 0) if uses_dropout(net) else None
     batches = [(ms.Tensor(x), ms.Tensor(y)) for x, y in
                _random_batches(2, spec["batch"], spec["image"])]
-    losses, times = [], []
-    first_done = first_step_s = None
-    for global_step in range(1 + spec["warmup"] + spec["steps"]):
+    run_step = _ms_step_runner(step, batches, masks)
+
+    def staged_step(global_step):
         stage.name = "first step" if global_step == 0 else "steps"
-        image, label = batches[global_step % 2]
-        start = time.perf_counter()
-        if masks:
-            output = step(image, label, *masks(global_step, image.shape[0]))
-        else:
-            output = step(image, label)
-        losses.append(float((output[0] if isinstance(output, tuple) else output).asnumpy()))
-        elapsed = time.perf_counter() - start
-        if global_step == 0:
-            first_done, first_step_s = time.time(), elapsed
-        elif global_step > spec["warmup"]:
-            times.append(elapsed)
+        return run_step(global_step)
+
+    losses, times, first_done, first_step_s = _timed_steps(staged_step, spec["warmup"],
+                                                           spec["steps"])
     amp_level, scale_type = choose_precision(config, "GPU", log)
     emit({"side": "repo", "step_s": times, "losses": losses, "first_step_s": first_step_s,
           "first_step_done": first_done, "amp_level": amp_level,

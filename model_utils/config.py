@@ -8,6 +8,7 @@ import sys
 import yaml
 
 from src.errors import UserError
+from src.lr_schedule import PER_STEP
 
 # Every key the programs understand, with its type. A YAML file may carry any subset; a key
 # that is not here is a mistake (usually a typo) and is reported with the nearest valid key.
@@ -26,6 +27,7 @@ SCHEMA = {
     # optimisation
     "lr": float, "lr_init": float, "lr_max": float, "lr_epochs": list, "lr_scheduler": str,
     "lr_gamma": float, "eta_min": float, "T_max": int, "warmup_epochs": int,
+    "warmup_steps": int, "warmup_fraction": float,
     "batch_size": int, "max_epoch": int, "momentum": float, "weight_decay": float,
     "loss_scale": float, "loss_scale_type": str, "amp_level": str,
     "label_smooth": bool, "label_smooth_factor": float,
@@ -192,13 +194,15 @@ def _check_consistency(v):
                 "keep_checkpoint_max", "T_max", "export_batch_size"):
         if key in v:
             need(v[key] >= 1, f"config key '{key}' is {v[key]}; it must be at least 1")
-    for key in ("warmup_epochs", "eval_interval", "num_workers", "device_id", "padding"):
+    for key in ("warmup_epochs", "warmup_steps", "eval_interval", "num_workers", "device_id",
+                "padding"):
         if key in v:
             need(v[key] >= 0, f"config key '{key}' is {v[key]}; it must not be negative")
     if "warmup_epochs" in v and "max_epoch" in v:
         need(v["warmup_epochs"] <= v["max_epoch"],
              f"config key 'warmup_epochs' ({v['warmup_epochs']}) is larger than "
              f"'max_epoch' ({v['max_epoch']})")
+    _check_per_step_warmup(v)
     if "lr_epochs" in v:
         need(list(v["lr_epochs"]) == sorted(v["lr_epochs"]),
              f"config key 'lr_epochs' {list(v['lr_epochs'])} must be in increasing order")
@@ -218,6 +222,40 @@ def _check_consistency(v):
              f"config key 'label_smooth_factor' is {v['label_smooth_factor']}; it must be < 1")
     if "loss_scale" in v:
         need(v["loss_scale"] > 0, f"config key 'loss_scale' is {v['loss_scale']}; it must be > 0")
+
+
+def _check_per_step_warmup(v):
+    """warmup_steps and warmup_fraction: one or the other, and only where they are used."""
+    fraction, steps = v.get("warmup_fraction", 0.0), v.get("warmup_steps", 0)
+    if not 0 <= fraction < 1:
+        raise UserError(f"config key 'warmup_fraction' is {fraction}; it must be in [0, 1)")
+    if fraction and steps:
+        raise UserError(f"config keys 'warmup_steps' ({steps}) and 'warmup_fraction' "
+                        f"({fraction}) both set the warmup; set one of them to 0")
+    scheduler = v.get("lr_scheduler")
+    for key, value in (("warmup_steps", steps), ("warmup_fraction", fraction)):
+        if value and scheduler not in PER_STEP:
+            raise UserError(f"config key '{key}' ({value}) applies to lr_scheduler "
+                            f"{' or '.join(PER_STEP)}, not {scheduler!r}; per-epoch schedules "
+                            "warm up over warmup_epochs")
+
+
+def _uses_warmup_epochs(v):
+    """False when a per-step schedule takes its warmup from warmup_steps or warmup_fraction."""
+    return v.get("lr_scheduler") not in PER_STEP or not (v.get("warmup_steps", 0)
+                                                         or v.get("warmup_fraction", 0.0))
+
+
+def _fit_warmup_to_run(values, explicit, where):
+    """A warmup_epochs from the YAML that outlasts a shorter max_epoch is cut to the run, with
+    one warning; a warmup_epochs given on the command line is left for the consistency check."""
+    warmup, epochs = values.get("warmup_epochs"), values.get("max_epoch")
+    if "warmup_epochs" in explicit or warmup is None or epochs is None or warmup <= epochs:
+        return values
+    if _uses_warmup_epochs(values):
+        print(f"warning: config key 'warmup_epochs' is {warmup} in {where}, more than "
+              f"max_epoch {epochs}; warming up for {epochs} epoch(s) instead", file=sys.stderr)
+    return dict(values, warmup_epochs=epochs)
 
 
 def load_yaml(path):
@@ -306,6 +344,7 @@ def get_config(argv=None, default_config="cifar10_config.yaml"):
         _check_known(key, "command line")
         values[key] = _coerce(key, raw, "command line")
     _check_choices(values, choices)
+    values = _fit_warmup_to_run(values, {key for key, _ in pairs}, os.path.basename(path))
     _check_consistency(values)
     return Config(values, help_text, choices)
 

@@ -54,13 +54,21 @@ def test_list_forms_agree():
     (["--batch_size=eight"], "'batch_size'"),
     (["--batch_norm=maybe"], "'batch_norm'"),
     (["--device_target=TPU"], "allowed values: Ascend, GPU, CPU"),
-    (["--lr_scheduler=linear"], "allowed values"),
+    (["--lr_scheduler=poly"], "allowed values"),
     (["--image_size=100,100"], "multiple of 32"),
     (["--image_size=224"], "'image_size'"),
     (["--batch_size=0"], "at least 1"),
     (["--warmup_epochs=80"], "'warmup_epochs' (80) is larger than 'max_epoch' (70)"),
     (["--dataset=mnist"], "allowed values: cifar10, imagenet2012"),
     (["--pad_mode=pad", "--padding=0"], "padding"),
+    (["--max_epoch=1", "--warmup_epochs=2"], "'warmup_epochs' (2) is larger than 'max_epoch' (1)"),
+    (["--lr_scheduler=cosine", "--warmup_steps=10", "--warmup_fraction=0.1"],
+     "'warmup_steps' (10) and 'warmup_fraction' (0.1) both set the warmup"),
+    (["--lr_scheduler=cosine", "--warmup_fraction=1.0"], "'warmup_fraction' is 1.0"),
+    (["--lr_scheduler=cosine", "--warmup_steps=-1"], "'warmup_steps' is -1"),
+    (["--warmup_fraction=0.05"], "'warmup_fraction' (0.05) applies to lr_scheduler cosine or "
+                                 "linear, not 'step'"),
+    (["--lr_scheduler=multistep", "--warmup_steps=3"], "not 'multistep'"),
 ])
 def test_bad_command_line_values_are_one_line_errors(args, expected):
     with pytest.raises(UserError) as info:
@@ -146,3 +154,26 @@ def test_help_lists_every_key(capsys):
     for key in values:
         assert f"--{key}=" in out
     assert help_text["lr_scheduler"] in out
+
+
+@pytest.mark.parametrize("name", ["step", "quadratic", "exponential", "multistep",
+                                  "cosine_annealing", "cosine", "linear"])
+def test_every_schedule_name_is_a_choice_of_every_yaml(name):
+    for path in sorted(glob.glob(os.path.join(REPO, "*.yaml"))):
+        assert get_config([f"--config_path={path}", f"--lr_scheduler={name}"]).lr_scheduler == name
+
+
+def test_yaml_warmup_longer_than_the_run_is_cut_with_one_warning(capsys):
+    config = get_config([f"--config_path={CIFAR}", "--max_epoch=1"])
+    assert (config.warmup_epochs, config.max_epoch) == (1, 1)
+    err = capsys.readouterr().err
+    assert err.count("warning:") == 1 and err.count("\n") == 1
+    assert "'warmup_epochs' is 5 in cifar10_config.yaml, more than max_epoch 1" in err
+
+
+def test_no_warning_when_the_warmup_fits_or_is_not_used(capsys):
+    assert get_config([f"--config_path={CIFAR}", "--max_epoch=5"]).warmup_epochs == 5
+    per_step = get_config([f"--config_path={CIFAR}", "--max_epoch=1", "--lr_scheduler=cosine",
+                           "--warmup_fraction=0.05"])
+    assert per_step.warmup_epochs == 1 and per_step.warmup_fraction == 0.05
+    assert capsys.readouterr().err == ""

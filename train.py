@@ -1,4 +1,5 @@
 """Train a VGG network: python train.py --config_path=cifar10_config.yaml --data_dir=DATA"""
+import contextlib
 import json
 import os
 import signal
@@ -13,6 +14,7 @@ from src import checkpoint as ckpt
 from src.cli import run_entry, run_with_config
 from src.errors import UserError
 from src.factory import build_dataset, build_network, model_name
+from src.profiling import StepProfiler
 from src.progress import setup_logger
 from src.runtime import setup_runtime
 from src.trainer import RunPaths, Trainer
@@ -77,19 +79,45 @@ def save_class_names(config, paths, log):
     log.info("classes: %s%s (saved to %s)", shown, ", ..." if len(classes) > 20 else "", path)
 
 
+def staged_config_yaml(config, paths, runtime):
+    """The resolved config as YAML text for the checkpoints. It is staged under a private
+    name: the run folder's config.yaml (which describes the checkpoints there) is replaced
+    only once the data and checkpoints have been checked."""
+    if not runtime.is_master:
+        return ""
+    staged = save_config(config, paths.run_dir, name=f".config-{os.getpid()}.yaml")
+    with open(staged, encoding="utf-8") as handle:
+        text = handle.read()
+    os.remove(staged)
+    return text
+
+
+def make_profiler(config, runtime, paths, log):
+    """A StepProfiler writing to <run folder>/profile when enable_profiling is set."""
+    if not config.enable_profiling:
+        return None
+    return StepProfiler(os.path.join(paths.run_dir, "profile"), runtime.rank,
+                        runtime.device_target, log)
+
+
+def make_eval_fn(config, runtime):
+    if not config.eval_interval:
+        return None
+    # built now so its files are checked before training; the first evaluation uses it
+    checked = [build_dataset(config, training=False, runtime=runtime)]
+
+    def eval_fn():
+        return checked.pop() if checked else build_dataset(config, training=False,
+                                                           runtime=runtime)
+    return eval_fn
+
+
 def train(config):
     runtime = setup_runtime(config.device_target, config.device_id, config.context_mode,
                             config.is_distributed, seed=config.seed)
     paths = prepare_run_folder(config, runtime)
     log = setup_logger(paths.run_dir, runtime.rank)
-    config_yaml = ""
-    if runtime.is_master:
-        # Staged under a private name: the run folder's config.yaml (which describes the
-        # checkpoints there) is replaced only once the data and checkpoints have been checked.
-        staged = save_config(config, paths.run_dir, name=f".config-{os.getpid()}.yaml")
-        with open(staged, encoding="utf-8") as handle:
-            config_yaml = handle.read()
-        os.remove(staged)
+    config_yaml = staged_config_yaml(config, paths, runtime)
     log.info("device %s, rank %d of %d, run folder %s", runtime.device_target, runtime.rank,
              runtime.group_size, paths.run_dir)
 
@@ -97,21 +125,17 @@ def train(config):
         save_class_names(config, paths, log)
     first = build_dataset(config, training=True, runtime=runtime)
     steps_per_epoch = first.get_dataset_size()
+    profiler = make_profiler(config, runtime, paths, log)
 
     def make_dataset(epoch, start_step):
         if epoch == 0 and start_step == 0:
-            return first
-        return build_dataset(config, training=True, runtime=runtime, epoch=epoch,
-                             start_step=start_step)
+            dataset = first
+        else:
+            dataset = build_dataset(config, training=True, runtime=runtime, epoch=epoch,
+                                    start_step=start_step)
+        return profiler.wrap(dataset) if profiler else dataset
 
-    eval_fn = None
-    if config.eval_interval:
-        # built now so its files are checked before training; the first evaluation uses it
-        checked = [build_dataset(config, training=False, runtime=runtime)]
-
-        def eval_fn():
-            return checked.pop() if checked else build_dataset(config, training=False,
-                                                               runtime=runtime)
+    eval_fn = make_eval_fn(config, runtime)
     net = build_network(config, runtime.device_target)
     if config.pre_trained:
         load_pretrained(net, config, log)
@@ -122,7 +146,9 @@ def train(config):
         trainer.resume_from(resume)
     if runtime.is_master:
         save_config(config, paths.run_dir)
-    trainer.train()
+    remaining = config.max_epoch * steps_per_epoch - trainer.position.global_step
+    with profiler.recording(remaining) if profiler else contextlib.nullcontext():
+        trainer.train()
     log.info("training finished; checkpoints in %s", paths.ckpt_dir)
 
 

@@ -1,52 +1,15 @@
 """Reads the three-part YAML (values, help, choices), applies `--key=value` overrides and
-validates every key, so that a bad setting fails in one line before any work starts."""
-import ast
+validates every key against model_utils/schema.py, so that a bad setting fails in one line
+before any work starts."""
 import difflib
 import os
 import sys
 
 import yaml
 
+from model_utils.schema import KEYS, SCHEMA
 from src.errors import UserError
 from src.lr_schedule import PER_STEP
-
-# Every key the programs understand, with its type. A YAML file may carry any subset; a key
-# that is not here is a mistake (usually a typo) and is reported with the nearest valid key.
-SCHEMA = {
-    # ModelArts
-    "enable_modelarts": bool, "data_url": str, "train_url": str, "checkpoint_url": str,
-    "data_path": str, "output_path": str, "load_path": str,
-    "need_modelarts_dataset_unzip": bool, "modelarts_dataset_unzip_name": str,
-    # device and runtime
-    "device_target": str, "device_id": int, "context_mode": str, "enable_profiling": bool,
-    "seed": int, "debug": bool,
-    # network
-    "arch": str, "num_classes": int, "batch_norm": bool, "pad_mode": str, "padding": int,
-    "has_bias": bool, "initialize_mode": str, "has_dropout": bool, "image_size": list,
-    "fast_conv": str,
-    # optimisation
-    "lr": float, "lr_init": float, "lr_max": float, "lr_epochs": list, "lr_scheduler": str,
-    "lr_gamma": float, "eta_min": float, "T_max": int, "warmup_epochs": int,
-    "warmup_steps": int, "warmup_fraction": float,
-    "batch_size": int, "max_epoch": int, "momentum": float, "weight_decay": float,
-    "loss_scale": float, "loss_scale_type": str, "amp_level": str,
-    "label_smooth": bool, "label_smooth_factor": float,
-    # data
-    "dataset": str, "data_dir": str, "data_list": str, "eval_data_dir": str,
-    "num_workers": int, "skip_corrupt": bool,
-    # distributed
-    "is_distributed": bool, "is_save_on_master": bool,
-    # checkpoints, resume, logging
-    "pre_trained": str, "reinit_classifier": bool, "freeze_features": bool,
-    "features_lr_scale": float, "ckpt_path": str, "ckpt_interval": int,
-    "keep_checkpoint_max": int, "resume": str, "log_interval": int, "eval_interval": int,
-    # export and inference
-    "ckpt_file": str, "file_name": str, "file_format": str, "export_batch_size": int,
-    "result_path": str, "label_path": str,
-}
-
-# Elements of list-valued keys.
-LIST_ITEM = {"image_size": int, "lr_epochs": int}
 
 TRUE_WORDS = {"true", "1", "yes"}
 FALSE_WORDS = {"false", "0", "no"}
@@ -55,9 +18,8 @@ FALSE_WORDS = {"false", "0", "no"}
 class Config:
     """Read-only view of a resolved configuration: `config.batch_size`, `config.to_dict()`."""
 
-    def __init__(self, values, help_text=None, choices=None):
+    def __init__(self, values, choices=None):
         object.__setattr__(self, "_values", dict(values))
-        object.__setattr__(self, "_help", dict(help_text or {}))
         object.__setattr__(self, "_choices", dict(choices or {}))
 
     def __getattr__(self, key):
@@ -86,7 +48,7 @@ class Config:
             values[key] = _coerce(key, value, "override")
         _check_choices(values, self._choices)
         _check_consistency(values)
-        return Config(values, self._help, self._choices)
+        return Config(values, self._choices)
 
     def __repr__(self):
         return "Config(" + ", ".join(f"{k}={v!r}" for k, v in self._values.items()) + ")"
@@ -103,10 +65,10 @@ def _check_known(key, where):
 
 
 def _type_name(key):
-    kind = SCHEMA[key]
-    if kind is list:
-        return f"list of {LIST_ITEM.get(key, str).__name__}"
-    return kind.__name__
+    spec = SCHEMA[key]
+    if spec.type is list:
+        return f"list of {spec.item.__name__}"
+    return spec.type.__name__
 
 
 def _coerce_scalar(key, kind, value, where):
@@ -151,10 +113,9 @@ def _coerce_scalar(key, kind, value, where):
 
 
 def _coerce(key, value, where):
-    kind = SCHEMA[key]
-    if kind is not list:
-        return _coerce_scalar(key, kind, value, where)
-    item_kind = LIST_ITEM.get(key, str)
+    spec = SCHEMA[key]
+    if spec.type is not list:
+        return _coerce_scalar(key, spec.type, value, where)
     if isinstance(value, str):
         text = value.strip()
         if text.startswith("[") and text.endswith("]"):
@@ -164,7 +125,7 @@ def _coerce(key, value, where):
         value = [value]
     if not isinstance(value, (list, tuple)):
         raise UserError(f"config key '{key}' in {where} must be {_type_name(key)}, got {value!r}")
-    return tuple(_coerce_scalar(key, item_kind, item, where) for item in value)
+    return tuple(_coerce_scalar(key, spec.item, item, where) for item in value)
 
 
 def _check_choices(values, choices):
@@ -179,56 +140,33 @@ def _check_choices(values, choices):
                                 + ", ".join(str(a) for a in allowed))
 
 
-def _check_consistency(v):
-    """Cross-field checks that would otherwise fail late, after data has been read."""
-    def need(condition, message):
-        if not condition:
-            raise UserError(message)
+def _check_ranges(values):
+    """Each key's own rule from the schema (at least 1, not negative, a multiple of 32, ...)."""
+    for key, value in values.items():
+        problem = SCHEMA[key].check(value) if SCHEMA[key].check else None
+        if problem:
+            shown = list(value) if isinstance(value, tuple) else value
+            raise UserError(f"config key '{key}' is {shown}; {problem}")
 
-    if "image_size" in v:
-        size = v["image_size"]
-        need(len(size) == 2 and all(s >= 32 and s % 32 == 0 for s in size),
-             f"config key 'image_size' is {list(size)}; VGG needs two values, each a "
-             "multiple of 32 (e.g. 32,32 or 224,224)")
-    for key in ("batch_size", "max_epoch", "num_classes", "ckpt_interval", "log_interval",
-                "keep_checkpoint_max", "T_max", "export_batch_size"):
-        if key in v:
-            need(v[key] >= 1, f"config key '{key}' is {v[key]}; it must be at least 1")
-    for key in ("warmup_epochs", "warmup_steps", "eval_interval", "num_workers", "device_id",
-                "padding"):
-        if key in v:
-            need(v[key] >= 0, f"config key '{key}' is {v[key]}; it must not be negative")
-    if "warmup_epochs" in v and "max_epoch" in v:
-        need(v["warmup_epochs"] <= v["max_epoch"],
-             f"config key 'warmup_epochs' ({v['warmup_epochs']}) is larger than "
-             f"'max_epoch' ({v['max_epoch']})")
+
+def _check_consistency(v):
+    """Range and cross-field checks that would otherwise fail late, after data has been read."""
+    _check_ranges(v)
+    if "warmup_epochs" in v and "max_epoch" in v and v["warmup_epochs"] > v["max_epoch"]:
+        raise UserError(f"config key 'warmup_epochs' ({v['warmup_epochs']}) is larger than "
+                        f"'max_epoch' ({v['max_epoch']})")
     _check_per_step_warmup(v)
-    if "lr_epochs" in v:
-        need(list(v["lr_epochs"]) == sorted(v["lr_epochs"]),
-             f"config key 'lr_epochs' {list(v['lr_epochs'])} must be in increasing order")
-    if v.get("pad_mode") == "same":
-        need(v.get("padding", 0) == 0,
-             f"config key 'padding' is {v.get('padding')}; pad_mode 'same' needs padding 0")
-    if v.get("pad_mode") == "pad":
-        need(v.get("padding", 1) == 1,
-             f"config key 'padding' is {v.get('padding')}; pad_mode 'pad' keeps the feature "
-             "size of a 3x3 convolution only with padding 1")
-    for key in ("lr", "lr_init", "lr_max", "momentum", "weight_decay", "eta_min",
-                "label_smooth_factor"):
-        if key in v:
-            need(v[key] >= 0, f"config key '{key}' is {v[key]}; it must not be negative")
-    if "label_smooth_factor" in v:
-        need(v["label_smooth_factor"] < 1,
-             f"config key 'label_smooth_factor' is {v['label_smooth_factor']}; it must be < 1")
-    if "loss_scale" in v:
-        need(v["loss_scale"] > 0, f"config key 'loss_scale' is {v['loss_scale']}; it must be > 0")
+    if v.get("pad_mode") == "same" and v.get("padding", 0) != 0:
+        raise UserError(f"config key 'padding' is {v.get('padding')}; pad_mode 'same' needs "
+                        "padding 0")
+    if v.get("pad_mode") == "pad" and v.get("padding", 1) != 1:
+        raise UserError(f"config key 'padding' is {v.get('padding')}; pad_mode 'pad' keeps the "
+                        "feature size of a 3x3 convolution only with padding 1")
 
 
 def _check_per_step_warmup(v):
     """warmup_steps and warmup_fraction: one or the other, and only where they are used."""
     fraction, steps = v.get("warmup_fraction", 0.0), v.get("warmup_steps", 0)
-    if not 0 <= fraction < 1:
-        raise UserError(f"config key 'warmup_fraction' is {fraction}; it must be in [0, 1)")
     if fraction and steps:
         raise UserError(f"config keys 'warmup_steps' ({steps}) and 'warmup_fraction' "
                         f"({fraction}) both set the warmup; set one of them to 0")
@@ -258,8 +196,25 @@ def _fit_warmup_to_run(values, explicit, where):
     return dict(values, warmup_epochs=epochs)
 
 
+def _allowed_values(file_choices, where):
+    """The schema's choices, narrowed to those a YAML's own choices part lists (a key without
+    choices in the schema takes the file's list as it is). A listed value the schema does not
+    know is dropped: no code could run it."""
+    allowed = {key.name: list(key.choices) for key in KEYS if key.choices}
+    for key, listed in file_choices.items():
+        known = SCHEMA[key].choices
+        kept = [value for value in listed if not known or value in known]
+        if not kept:
+            raise UserError(f"choices for config key '{key}' in {where} name none of the "
+                            f"supported values: {', '.join(map(str, known))}")
+        allowed[key] = kept
+    return allowed
+
+
 def load_yaml(path):
-    """Returns (values, help, choices) of a three-part YAML file, each checked against SCHEMA."""
+    """Returns (values, help, choices) of a three-part YAML file: the values typed, the help
+    part as written (every value needs one) and the choices the schema allows, narrowed by
+    the file's own choices part."""
     if not os.path.isfile(path):
         raise UserError(f"config file not found: {path}")
     try:
@@ -285,7 +240,7 @@ def load_yaml(path):
         if not isinstance(allowed, list) or not allowed:
             raise UserError(f"choices for config key '{key}' in {where} must be a non-empty list")
     typed = {key: _coerce(key, value, where) for key, value in values.items()}
-    return typed, help_text, choices
+    return typed, help_text, _allowed_values(choices, where)
 
 
 def _split_argv(argv):
@@ -309,13 +264,13 @@ def _split_argv(argv):
     return pairs
 
 
-def format_help(path, values, help_text, choices):
+def format_help(path, values, choices):
     lines = [f"usage: {os.path.basename(sys.argv[0])} --config_path=FILE [--key=value ...]",
              f"keys of {path} (any can be overridden on the command line):"]
     for key, value in values.items():
         shown = ",".join(str(x) for x in value) if isinstance(value, tuple) else value
         extra = f"  choices: {', '.join(map(str, choices[key]))}" if key in choices else ""
-        lines.append(f"  --{key}={shown}\n      {help_text.get(key, '')}{extra}")
+        lines.append(f"  --{key}={shown}\n      {SCHEMA[key].help}{extra}")
     return "\n".join(lines)
 
 
@@ -334,9 +289,9 @@ def get_config(argv=None, default_config="cifar10_config.yaml"):
         if key == "config_path":
             path = value
     path = _resolve_config_path(path)
-    values, help_text, choices = load_yaml(path)
+    values, _, choices = load_yaml(path)
     if wants_help:
-        print(format_help(path, values, help_text, choices))
+        print(format_help(path, values, choices))
         sys.exit(0)
     for key, raw in pairs:
         if key == "config_path":
@@ -346,7 +301,7 @@ def get_config(argv=None, default_config="cifar10_config.yaml"):
     _check_choices(values, choices)
     values = _fit_warmup_to_run(values, {key for key, _ in pairs}, os.path.basename(path))
     _check_consistency(values)
-    return Config(values, help_text, choices)
+    return Config(values, choices)
 
 
 def _resolve_config_path(path):
@@ -358,11 +313,12 @@ def _resolve_config_path(path):
 
 
 def save_config(config, folder, name="config.yaml"):
-    """Write the resolved config into a run folder in the same three-part form, so that it
-    can be passed back as --config_path; returns the file path."""
+    """Write the resolved config into a run folder in the same three-part form (help from the
+    schema), so that it can be passed back as --config_path; returns the file path."""
     os.makedirs(folder, exist_ok=True)
     path = os.path.join(folder, name)
-    parts = [config.to_dict(), dict(config._help), dict(config._choices)]
+    values = config.to_dict()
+    parts = [values, {key: SCHEMA[key].help for key in values}, dict(config._choices)]
     with open(path, "w", encoding="utf-8") as handle:
         yaml.safe_dump_all(parts, handle, sort_keys=False)
     return path

@@ -5,7 +5,9 @@ import os
 import pytest
 import yaml
 
+from model_utils import sync_yaml
 from model_utils.config import get_config, load_yaml, save_config
+from model_utils.schema import KEYS, SCHEMA
 from src.errors import UserError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -109,6 +111,36 @@ def test_key_without_help_text_is_refused(tmp_path):
         load_yaml(path)
 
 
+def test_schema_choices_hold_for_a_yaml_without_a_choices_part(tmp_path):
+    path = _write_yaml(tmp_path, {"device_target": "CPU", "lr_scheduler": "cosine"})
+    with pytest.raises(UserError, match="'lr_scheduler' is 'poly'; allowed values: step, "):
+        get_config([f"--config_path={path}", "--lr_scheduler=poly"])
+    path = _write_yaml(tmp_path, {"device_target": "TPU"})
+    with pytest.raises(UserError, match="'device_target' is 'TPU'; allowed values: Ascend, GPU"):
+        get_config([f"--config_path={path}"])
+
+
+def test_a_yaml_choices_part_narrows_the_schema_and_the_saved_config_keeps_it(tmp_path):
+    path = _write_yaml(tmp_path, {"device_target": "CPU", "batch_size": 8},
+                       choices={"device_target": ["TPU", "CPU"], "batch_size": [8, 16]})
+    config = get_config([f"--config_path={path}"])  # TPU, unknown to the schema, is dropped
+    saved = save_config(config, str(tmp_path / "run"))
+    for args, message in ((["--device_target=GPU"], "allowed values: CPU"),
+                          (["--device_target=TPU"], "allowed values: CPU"),
+                          (["--batch_size=32"], "allowed values: 8, 16")):
+        for config_path in (path, saved):
+            with pytest.raises(UserError, match=message):
+                get_config([f"--config_path={config_path}"] + args)
+    assert get_config([f"--config_path={saved}", "--batch_size=16"]).batch_size == 16
+
+
+def test_choices_that_name_no_supported_value_are_refused(tmp_path):
+    path = _write_yaml(tmp_path, {"seed": 1}, choices={"device_target": ["TPU"]})
+    with pytest.raises(UserError, match="choices for config key 'device_target' in c.yaml name "
+                                        "none of the supported values: Ascend, GPU, CPU"):
+        load_yaml(path)
+
+
 def test_yaml_syntax_error_names_file_and_line(tmp_path):
     path = tmp_path / "broken.yaml"
     path.write_text("batch_size: 4\nlr: [0.1\n")
@@ -143,6 +175,10 @@ def test_resolved_config_round_trips(tmp_path):
     path = save_config(config, str(tmp_path / "run"))
     again = get_config([f"--config_path={path}"])
     assert again.to_dict() == config.to_dict()
+    with open(path, encoding="utf-8") as handle:
+        _, help_text, choices = yaml.safe_load_all(handle)
+    assert help_text == {key.name: key.help for key in KEYS}
+    assert choices == {key.name: list(key.choices) for key in KEYS if key.choices}
 
 
 def test_help_lists_every_key(capsys):
@@ -177,3 +213,43 @@ def test_no_warning_when_the_warmup_fits_or_is_not_used(capsys):
                            "--warmup_fraction=0.05"])
     assert per_step.warmup_epochs == 1 and per_step.warmup_fraction == 0.05
     assert capsys.readouterr().err == ""
+
+
+def test_yaml_help_and_choices_match_the_schema():
+    paths = sync_yaml.repository_yamls()
+    assert {os.path.basename(p) for p in paths} >= {
+        "cifar10_config.yaml", "imagenet2012_config.yaml", "cpu_quickstart_config.yaml"}
+    assert sync_yaml.check(paths) == []  # if not: python -m model_utils.sync_yaml
+    for path in paths:
+        values, help_text, choices = load_yaml(path)
+        assert list(values) == list(SCHEMA), path  # every key, in the schema's order
+        assert help_text == {key.name: key.help for key in KEYS}
+        assert choices == {key.name: list(key.choices) for key in KEYS if key.choices}
+
+
+def test_sync_yaml_rewrites_help_and_choices_and_keeps_the_values_byte_for_byte(tmp_path,
+                                                                                capsys):
+    with open(CIFAR, encoding="utf-8") as handle:
+        original = handle.read()
+    values_text = original[:original.index("\n---\n") + 1] + "# a user's note: keep me\n\n"
+    help_and_choices = original[original.index("\n---\n") + 1:]
+    drifted = help_and_choices.replace('seed: "Random seed', 'seed: "Old help').replace(
+        'amp_level: ["O0", "O2", "O3"]\n', "")
+    path = tmp_path / "drifted.yaml"
+    path.write_text(values_text + drifted, encoding="utf-8")
+
+    assert sync_yaml.main(["--check", str(path)]) == 1
+    assert "drifted.yaml: help or choices part differs" in capsys.readouterr().err
+    assert sync_yaml.main([str(path)]) == 0
+    assert sync_yaml.main(["--check", str(path)]) == 0
+    assert path.read_text(encoding="utf-8") == values_text + help_and_choices
+
+
+def test_sync_yaml_check_names_missing_and_unknown_values(tmp_path):
+    with open(CIFAR, encoding="utf-8") as handle:
+        text = handle.read().replace("seed: 1\n", "").replace("debug: False\n", "dbg: 1\n")
+    path = tmp_path / "keys.yaml"
+    path.write_text(text, encoding="utf-8")
+    assert sync_yaml.check([str(path)]) == [
+        "keys.yaml: keys of the schema without a value: seed, debug",
+        "keys.yaml: values for keys the schema lacks: dbg"]

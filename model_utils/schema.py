@@ -1,0 +1,192 @@
+"""Every config key the programs understand, in one table: type, help text, allowed values and
+range. model_utils/config.py validates against it; the help and choices parts of the repository
+YAMLs are generated from it (`python -m model_utils.sync_yaml`)."""
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+
+# Range rules: each takes a typed value and says what is wrong with it, or returns None.
+def at_least_1(value):
+    return None if value >= 1 else "it must be at least 1"
+
+
+def not_negative(value):
+    return None if value >= 0 else "it must not be negative"
+
+
+def positive(value):
+    return None if value > 0 else "it must be > 0"
+
+
+def fraction(value):
+    return None if 0 <= value < 1 else "it must be in [0, 1)"
+
+
+def smoothing_factor(value):
+    return not_negative(value) or (None if value < 1 else "it must be < 1")
+
+
+def vgg_image_size(size):
+    fits = len(size) == 2 and all(s >= 32 and s % 32 == 0 for s in size)
+    return None if fits else ("VGG needs two values, each a multiple of 32 "
+                              "(e.g. 32,32 or 224,224)")
+
+
+def increasing(values):
+    return None if list(values) == sorted(values) else "it must be in increasing order"
+
+
+@dataclass(frozen=True)
+class Key:
+    """One config key. `item` is the element type of a list key."""
+    name: str
+    type: type
+    help: str
+    choices: tuple = ()
+    check: Optional[Callable] = None
+    item: type = str
+
+
+KEYS = (
+    # ModelArts
+    Key("enable_modelarts", bool,
+        "Run as a ModelArts job: copy data_url in and outputs to train_url (needs moxing)"),
+    Key("data_url", str, "ModelArts: OBS path of the dataset"),
+    Key("train_url", str, "ModelArts: OBS path that receives the outputs"),
+    Key("checkpoint_url", str, "ModelArts: OBS path of a checkpoint to copy to load_path"),
+    Key("data_path", str, "ModelArts: local folder the dataset is copied to"),
+    Key("output_path", str, "ModelArts: local folder whose content is copied to train_url"),
+    Key("load_path", str, "ModelArts: local folder the checkpoint_url content is copied to"),
+    Key("need_modelarts_dataset_unzip", bool,
+        "ModelArts: unzip <modelarts_dataset_unzip_name>.zip in data_path once per node"),
+    Key("modelarts_dataset_unzip_name", str,
+        "ModelArts: name (without .zip) of the dataset archive"),
+
+    # device and runtime
+    Key("device_target", str, "Device to run on", choices=("Ascend", "GPU", "CPU")),
+    Key("device_id", int, "Device index on this machine (ignored when a launcher assigns one)",
+        check=not_negative),
+    Key("context_mode", str, "graph (compiled, fast) or pynative (eager, for debugging)",
+        choices=("graph", "pynative")),
+    Key("enable_profiling", bool,
+        "Profile 10 training steps (after the compiling step and one warm-up step) with "
+        "MindSpore's profiler into <run folder>/profile"),
+    Key("seed", int, "Random seed for weights, data order and augmentation"),
+    Key("debug", bool,
+        "Print full Python tracebacks instead of one-line errors (also --debug=True or "
+        "VGG_DEBUG=1)"),
+
+    # network
+    Key("arch", str, "VGG depth", choices=("vgg11", "vgg13", "vgg16", "vgg19")),
+    Key("num_classes", int, "Number of classes of the classifier", check=at_least_1),
+    Key("batch_norm", bool, "BatchNorm after every convolution (vgg16_bn when True)"),
+    Key("pad_mode", str, "Convolution padding mode", choices=("same", "pad")),
+    Key("padding", int, "Convolution padding when pad_mode is 'pad' (1 keeps the size)",
+        check=not_negative),
+    Key("has_bias", bool, "Convolutions carry a bias"),
+    Key("initialize_mode", str, "Weight initialiser of convolutions and dense layers",
+        choices=("XavierUniform", "KaimingNormal")),
+    Key("has_dropout", bool, "Dropout (p=0.5) in the classifier during training"),
+    Key("image_size", list,
+        "Network input height,width (multiples of 32); images are resized to it",
+        check=vgg_image_size, item=int),
+    Key("fast_conv", str,
+        "CPU convolutions through the project's oneDNN kernels: auto (when built), on, off",
+        choices=("auto", "on", "off")),
+
+    # optimisation
+    Key("lr", float,
+        "Peak learning rate of the multistep, cosine_annealing, cosine and linear schedules",
+        check=not_negative),
+    Key("lr_init", float, "Learning rate at the start of warmup (quadratic/step schedule)",
+        check=not_negative),
+    Key("lr_max", float, "Peak learning rate after warmup (quadratic/step schedule)",
+        check=not_negative),
+    Key("lr_epochs", list,
+        "Epochs at which the multistep (exponential) schedule multiplies the rate by lr_gamma",
+        check=increasing, item=int),
+    Key("lr_scheduler", str,
+        "quadratic (upstream: step): warmup lr_init->lr_max, then lr_max*(1-progress)^2; "
+        "multistep (upstream: exponential): warmup to lr, then x lr_gamma at each of lr_epochs; "
+        "cosine_annealing: warmup to lr, then cosine per epoch over T_max epochs; "
+        "cosine / linear: warmup to lr, then a per-step cosine / straight line down to eta_min "
+        "at the end of the run (for short runs)",
+        choices=("step", "quadratic", "exponential", "multistep", "cosine_annealing", "cosine",
+                 "linear")),
+    Key("lr_gamma", float, "Factor of the multistep (exponential) schedule at each of lr_epochs"),
+    Key("eta_min", float,
+        "Final learning rate of the cosine_annealing, cosine and linear schedules",
+        check=not_negative),
+    Key("T_max", int,
+        "Length in epochs of the cosine_annealing decay (cosine and linear span the whole run)",
+        check=at_least_1),
+    Key("warmup_epochs", int,
+        "Epochs of linear warmup (a YAML value above max_epoch is cut to max_epoch with a "
+        "warning)",
+        check=not_negative),
+    Key("warmup_steps", int,
+        "cosine/linear: warmup in optimizer steps instead of warmup_epochs (0: unset; not with "
+        "warmup_fraction)",
+        check=not_negative),
+    Key("warmup_fraction", float,
+        "cosine/linear: warmup as a fraction of the run's steps, in [0, 1), instead of "
+        "warmup_epochs (0: unset; not with warmup_steps)",
+        check=fraction),
+    Key("batch_size", int, "Images per step and device", check=at_least_1),
+    Key("max_epoch", int, "Number of training epochs", check=at_least_1),
+    Key("momentum", float, "SGD momentum", check=not_negative),
+    Key("weight_decay", float,
+        "Weight decay of convolution and dense weights (not BatchNorm, not biases)",
+        check=not_negative),
+    Key("loss_scale", float,
+        "Loss scale (fixed value, or initial value when loss_scale_type is dynamic)",
+        check=positive),
+    Key("loss_scale_type", str, "fixed or dynamic loss scaling", choices=("fixed", "dynamic")),
+    Key("amp_level", str, "Mixed precision level (O0: float32; O2/O3: float16 on GPU/Ascend)",
+        choices=("O0", "O2", "O3")),
+    Key("label_smooth", bool, "Use label smoothing"),
+    Key("label_smooth_factor", float, "Label smoothing factor", check=smoothing_factor),
+
+    # data
+    Key("dataset", str, "Dataset layout", choices=("cifar10", "imagenet2012")),
+    Key("data_dir", str,
+        "Dataset root (CIFAR-10: holds cifar-10-batches-bin/ and cifar-10-verify-bin/; "
+        "ImageNet: a folder of class sub-folders, or one holding ilsvrc/ and "
+        "validation_preprocess/)"),
+    Key("data_list", str,
+        "ImageNet text mode: file of 'relative/path.jpg label' lines under data_dir"),
+    Key("eval_data_dir", str, "Evaluation data for eval_interval (defaults to data_dir)"),
+    Key("num_workers", int, "Data loading workers (0: from the number of cores)",
+        check=not_negative),
+    Key("skip_corrupt", bool, "Skip and count corrupt images instead of stopping"),
+
+    # distributed
+    Key("is_distributed", bool, "Data-parallel training over all launched processes"),
+    Key("is_save_on_master", bool, "Only rank 0 writes checkpoints"),
+
+    # checkpoints, resume, logging
+    Key("pre_trained", str,
+        "Checkpoint to start from (train) or to evaluate (eval: file or folder)"),
+    Key("reinit_classifier", bool,
+        "Fine-tuning: re-create the last classifier layer when its shape differs"),
+    Key("freeze_features", bool, "Fine-tuning: keep the convolutional feature extractor fixed"),
+    Key("features_lr_scale", float, "Fine-tuning: learning-rate factor of the feature extractor"),
+    Key("ckpt_path", str, "Folder that receives the run folders (checkpoints, logs, metrics)"),
+    Key("ckpt_interval", int, "Save a checkpoint every this many epochs (and at the end)",
+        check=at_least_1),
+    Key("keep_checkpoint_max", int, "Number of newest checkpoints kept", check=at_least_1),
+    Key("resume", str, "Checkpoint to resume from, or 'auto' for the newest in the run folder"),
+    Key("log_interval", int, "Steps between progress lines", check=at_least_1),
+    Key("eval_interval", int, "Evaluate every this many epochs during training (0: never)",
+        check=not_negative),
+
+    # export and inference
+    Key("ckpt_file", str, "Export: checkpoint to export"),
+    Key("file_name", str, "Export: output file name (without extension)"),
+    Key("file_format", str, "Export: file format", choices=("MINDIR", "AIR", "ONNX")),
+    Key("export_batch_size", int, "Export: batch size of the exported graph", check=at_least_1),
+    Key("result_path", str, "Inference: folder of preprocessed inputs and results"),
+    Key("label_path", str, "Inference: label file written by preprocess.py"),
+)
+
+SCHEMA = {key.name: key for key in KEYS}

@@ -253,3 +253,9 @@ def test_sync_yaml_check_names_missing_and_unknown_values(tmp_path):
     assert sync_yaml.check([str(path)]) == [
         "keys.yaml: keys of the schema without a value: seed, debug",
         "keys.yaml: values for keys the schema lacks: dbg"]
+
+
+def test_configuration_reference_pages_match_the_schema():
+    from model_utils import config_docs
+
+    assert config_docs.main(["--check"]) == 0, "run python -m model_utils.config_docs"

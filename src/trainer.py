@@ -38,14 +38,22 @@ def _decayed_momentum_class():
     nn.Momentum adds weight decay as ``AddN(w * wd, g)``: two passes over every weight and
     a temporary, about 45 ms a step for VGG16's 34 M parameters on 2 CPU cores (the
     momentum update itself takes about as long). ``mint.add(g, w, alpha=wd)`` does it in
-    one pass. Same update, same state (``moments.*``), so checkpoints are unchanged."""
+    one pass. Same update, same state (``moments.*``), so checkpoints are unchanged.
+
+    nn.Momentum.construct calls decay_weight before scale_grad divides the gradients by
+    ``loss_scale``, so the gradients decay_weight sees are still multiplied by the loss
+    scale. As nn.Optimizer does for its own weight decay (``_preprocess_weight_decay``), the
+    decay is therefore stored multiplied by loss_scale: ``(s*g + s*wd*w) / s = g + wd*w``,
+    exactly so for a power-of-two s. (With a dynamic loss scale the train-step cell unscales
+    the gradients itself and the optimizer is built with loss_scale 1.)"""
     from mindspore import mint, nn
 
     class DecayedMomentum(nn.Momentum):
         def __init__(self, params, learning_rate, momentum, loss_scale, decay_by_name):
             super().__init__(params, learning_rate=learning_rate, momentum=momentum,
                              loss_scale=loss_scale)
-            self.decay_values = tuple(float(decay_by_name[p.name]) for p in self._parameters)
+            self.decay_values = tuple(float(decay_by_name[p.name]) * self.loss_scale
+                                      for p in self._parameters)
 
         def decay_weight(self, gradients):
             decayed = ()
@@ -67,7 +75,8 @@ def _fused_momentum_class():
     (``moments.*``), so checkpoints and resumes are unchanged.
 
     The kernel takes every gradient, so it runs after the whole backward pass, which is
-    the last reader of the weights in a step."""
+    the last reader of the weights in a step. It is given the gradients after scale_grad
+    has divided them by the loss scale, so its weight decay needs no compensation."""
     import mindspore as ms
     from mindspore import nn, ops
 
@@ -213,13 +222,54 @@ def choose_precision(config, device_target, log):
 
 
 def build_train_step(net, config, lr_per_step, device_target, log):
+    """The train step for this device: the precision choose_precision settles on, composed
+    by compose_train_step."""
+    amp_level, scale_type = choose_precision(config, device_target, log)
+    return compose_train_step(net, config, lr_per_step, device_target, amp_level, scale_type)
+
+
+def mixed_precision(net, amp_level, dtype=None):
+    """``ms.amp.auto_mixed_precision(net, amp_level)``: the VGG converted in place, wrapped in
+    a cell that casts its output to float32.
+
+    dtype is the low-precision type (float16 when None). ``ms.float32`` builds the same cells
+    and wrappers with every low-precision cast made a float32 one: how CPU, where float16 is
+    slow and would blur what is compared, runs the GPU/Ascend composition to check it.
+    """
     import mindspore as ms
+
+    as_float32 = dtype == ms.float32
+    low = ms.float16 if dtype is None or as_float32 else dtype
+    wrapped = ms.amp.auto_mixed_precision(net, amp_level, low)
+    if as_float32 and wrapped is not net:
+        wrapped.to_float(ms.float32)
+        for _, cell in wrapped.cells_and_names():
+            if type(cell).__name__ == "_OutputTo16":  # what O2 puts around BatchNorm
+                cell.dtype = ms.float32
+    return wrapped
+
+
+def compose_train_step(net, config, lr_per_step, device_target, amp_level, scale_type,
+                       amp_dtype=None, make_optimizer=None):
+    """Train step for an explicit (amp_level, scale_type): mixed-precision wrapper, loss cell
+    (masked dropout when the VGG has dropout), loss-scale cell and optimizer.
+
+    fixed: TrainOneStepCell backpropagates ``loss_scale`` as the loss gradient, and the
+    optimizer, built with the same loss_scale, divides the gradients by it (nn.Optimizer's
+    scale_grad) inside its update. dynamic: TrainOneStepWithLossScaleCell divides the
+    gradients by its current scale itself and skips the update on overflow; the optimizer is
+    built with loss_scale 1. Either way weight decay must end up added to unscaled gradients
+    (see _decayed_momentum_class).
+
+    amp_dtype: see mixed_precision. make_optimizer: ``(net, config, lr_per_step,
+    loss_scale, device_target) -> optimizer``, build_optimizer when None.
+    """
     from mindspore import nn
 
-    amp_level, scale_type = choose_precision(config, device_target, log)
+    make_optimizer = make_optimizer or build_optimizer
     masked_dropout = uses_dropout(net)  # asked of the VGG itself, before any AMP wrapper
     if amp_level != "O0":
-        wrapped = ms.amp.auto_mixed_precision(net, amp_level)
+        wrapped = mixed_precision(net, amp_level, amp_dtype)
         # The masked-dropout loss reaches into the VGG's classifier, so it takes the VGG
         # (converted in place) rather than the wrapper, which only casts its output to
         # float32 (that loss casts its logits itself).
@@ -227,12 +277,12 @@ def build_train_step(net, config, lr_per_step, device_target, log):
     smoothing = config.label_smooth_factor if config.label_smooth else 0.0
     with_loss = create_loss_cell(net, smoothing, masked_dropout)
     if scale_type == "dynamic":
-        optimizer = build_optimizer(net, config, lr_per_step, 1.0, device_target)
+        optimizer = make_optimizer(net, config, lr_per_step, 1.0, device_target)
         update = nn.DynamicLossScaleUpdateCell(loss_scale_value=config.loss_scale,
                                                scale_factor=2, scale_window=2000)
         step = nn.TrainOneStepWithLossScaleCell(with_loss, optimizer, scale_sense=update)
     else:
-        optimizer = build_optimizer(net, config, lr_per_step, config.loss_scale, device_target)
+        optimizer = make_optimizer(net, config, lr_per_step, config.loss_scale, device_target)
         step = nn.TrainOneStepCell(with_loss, optimizer, sens=config.loss_scale)
     step.set_train(True)
     return step

@@ -8,7 +8,7 @@
 #   vgg_require_args $# 1                   # at least 1 positional argument
 #   data=$(vgg_abs_path "$1"); vgg_require_dir "$data" DATA_PATH
 #   vgg_split_launch_args "${@:2}"          # -> LAUNCH_OPTS[...] and PASS_ARGS[@]
-#   vgg_msrun_command "$VGG_REPO/train.py" "${PASS_ARGS[@]}"   # -> MSRUN_CMD[@]
+#   vgg_msrun_command "$VGG_REPO/train.py" "${PASS_ARGS[@]}"   # -> MSRUN_CMD[@] (finds msrun)
 #   vgg_run_msrun                           # runs it; on failure shows the failing ranks
 
 VGG_REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -136,11 +136,28 @@ vgg_local_device_num() {
   echo "$count"
 }
 
+# Sets VGG_MSRUN to msrun's path, or fails in one line: msrun on PATH, else the one beside
+# $PYTHON's interpreter (pip installs it there: a venv or pyenv folder need not be on PATH).
+# In the second case that folder is put first on PATH, because msrun starts every rank as
+# `python` from PATH.
+vgg_require_msrun() {
+  local dir
+  VGG_MSRUN=$(command -v msrun) && return 0
+  dir=$("$VGG_PYTHON" -c 'import os, sys; print(os.path.dirname(sys.executable))' 2> /dev/null)
+  if [ -n "$dir" ] && [ -x "$dir/msrun" ]; then
+    VGG_MSRUN=$dir/msrun
+    export PATH="$dir:$PATH"
+    return 0
+  fi
+  vgg_fail "msrun not found on PATH or beside $VGG_PYTHON's interpreter${dir:+ ($dir)}; it comes with the mindspore package: set PYTHON to the python that has it"
+}
+
 # vgg_msrun_command SCRIPT [ARGS...] -> MSRUN_CMD, from LAUNCH_OPTS. Single node by default:
 # worker_num = local_worker_num = device count, master 127.0.0.1, a free port, node_rank 0;
 # the console shows local worker 0 only (the others' errors are shown when the job fails).
 vgg_msrun_command() {
   local local_num total addr port node log_dir
+  vgg_require_msrun
   local_num=$(vgg_local_device_num "${VGG_DEFAULT_DEVICE_NUM:-}") || exit 1
   total=${LAUNCH_OPTS[worker_num]:-$local_num}
   addr=${LAUNCH_OPTS[master_addr]:-127.0.0.1}
@@ -154,7 +171,7 @@ vgg_msrun_command() {
     port=$(vgg_free_port) || vgg_fail "could not find a free port; pass --master_port=PORT"
   fi
   vgg_require_uint "$port" "--master_port" 1024
-  MSRUN_CMD=(msrun "--worker_num=$total" "--local_worker_num=$local_num" "--master_addr=$addr"
+  MSRUN_CMD=("$VGG_MSRUN" "--worker_num=$total" "--local_worker_num=$local_num" "--master_addr=$addr"
              "--master_port=$port" "--node_rank=$node" "--log_dir=$log_dir"
              "--join=${LAUNCH_OPTS[join]:-True}" "--tail_worker_log=${LAUNCH_OPTS[tail_worker_log]:-0}"
              "--cluster_time_out=${LAUNCH_OPTS[cluster_time_out]:-${CLUSTER_TIME_OUT:-300}}")
@@ -179,7 +196,6 @@ vgg_show_errors() {
 
 # Run MSRUN_CMD in the foreground; on failure name the msrun logs and show their errors.
 vgg_run_msrun() {
-  command -v msrun > /dev/null || vgg_fail "msrun not found on PATH (it comes with the mindspore package)"
   local log_dir status
   log_dir=$(printf '%s\n' "${MSRUN_CMD[@]}" | sed -n 's/^--log_dir=//p')
   echo "${MSRUN_CMD[*]}"

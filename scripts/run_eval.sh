@@ -79,7 +79,6 @@ if [ "$rank_size" -eq 1 ]; then
   exit 0
 fi
 
-command -v msrun > /dev/null || vgg_fail "msrun not found on PATH (it comes with the mindspore package)"
 LAUNCH_OPTS[device_num]=$rank_size
 [ -n "${LAUNCH_OPTS[log_dir]:-}" ] || LAUNCH_OPTS[log_dir]=$PWD/eval_log
 vgg_msrun_command "$VGG_REPO/eval.py" "${args[@]}" "--is_distributed=1" "${PASS_ARGS[@]}"

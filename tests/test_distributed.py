@@ -27,7 +27,23 @@ TRAIN_ARGS = NET_ARGS + ["--max_epoch=1", f"--batch_size={BATCH}", "--log_interv
 QUICK = ["--fast_conv=off"]
 JOB_TIMEOUT = 240  # seconds; a hung job fails the test instead of the CI run
 
-needs_msrun = pytest.mark.skipif(shutil.which("msrun") is None, reason="msrun not on PATH")
+
+def find_msrun():
+    """msrun beside this interpreter (where pip installed MindSpore's launcher, whether or not
+    that folder is on PATH), else on PATH; None if neither."""
+    beside = os.path.join(os.path.dirname(sys.executable), "msrun")
+    return beside if os.access(beside, os.X_OK) else shutil.which("msrun")
+
+
+MSRUN = find_msrun()
+needs_msrun = pytest.mark.skipif(MSRUN is None, reason="msrun neither beside python nor on PATH")
+
+
+def interpreter_env(**extra):
+    """The environment for jobs: PYTHON is this interpreter (the launch scripts use it and find
+    msrun beside it) and its folder comes first on PATH (msrun starts every rank as `python`)."""
+    path = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
+    return dict(os.environ, PYTHON=sys.executable, PATH=path, **extra)
 
 
 def free_port():
@@ -64,7 +80,7 @@ def launch_cpu_training(data, workdir, *args, timeout=JOB_TIMEOUT, env=None):
                "--device_num=2", f"--master_port={free_port()}",
                f"--log_dir={workdir / 'msrun_log'}", *TRAIN_ARGS, *args]
     return subprocess.run(command, cwd=workdir, capture_output=True, text=True,
-                          env=dict(os.environ, **(env or {})), timeout=timeout, check=False)
+                          env=interpreter_env(**(env or {})), timeout=timeout, check=False)
 
 
 def job_output(result, workdir):
@@ -195,14 +211,14 @@ def test_distributed_eval_counts_equal_single_process(per_rank_run, tmp_path):
     write_image_folder(images, 31)  # 16 + 15: shards of unequal size
     args = NET_ARGS + QUICK + ["--dataset=imagenet2012", f"--data_dir={images}", "--batch_size=8",
                        f"--pre_trained={checkpoint}"]
-    env = dict(os.environ, PYTHONPATH=REPO)
+    env = interpreter_env(PYTHONPATH=REPO)
     single = subprocess.run([sys.executable, os.path.join(REPO, "eval.py"), *args], cwd=tmp_path,
                             env=env, capture_output=True, text=True, timeout=JOB_TIMEOUT,
                             check=False)
     assert single.returncode == 0, single.stderr[-3000:]
     log_dir = tmp_path / "msrun_log"
     distributed = subprocess.run(
-        ["msrun", "--worker_num=2", "--local_worker_num=2", f"--master_port={free_port()}",
+        [MSRUN, "--worker_num=2", "--local_worker_num=2", f"--master_port={free_port()}",
          f"--log_dir={log_dir}", "--join=True", os.path.join(REPO, "eval.py"), *args,
          "--is_distributed=1"], cwd=tmp_path, env=env, capture_output=True, text=True,
         timeout=JOB_TIMEOUT, check=False)
@@ -272,6 +288,35 @@ def test_gpu_script_assembles_msrun_with_count_and_multinode_options(tmp_path):
     result = run_script("run_distribute_train_gpu.sh", "data", "--worker_num=8", cwd=tmp_path,
                         env=env)
     assert result.returncode != 0 and "needs --master_port" in result.stderr
+
+
+def test_scripts_find_msrun_beside_python_when_path_lacks_it(tmp_path):
+    """PATH without the Python install's folder (no pyenv shims, an unactivated venv): the
+    scripts take msrun from beside $PYTHON and put that folder first on PATH for the ranks."""
+    env_bin = tmp_path / "env" / "bin"
+    env_bin.mkdir(parents=True)
+    (env_bin / "python").symlink_to(sys.executable)
+    write_executable(env_bin / "msrun", 'echo "python=$(command -v python)" > "$MSRUN_SEEN"\n'
+                                        'printf "%s\\n" "$@" >> "$MSRUN_SEEN"\n')
+    (tmp_path / "data").mkdir()
+    bare_path = os.pathsep.join(d for d in ("/usr/bin", "/bin")
+                                if not os.path.exists(os.path.join(d, "msrun")))
+    env = {"PATH": bare_path, "PYTHON": str(env_bin / "python"),
+           "MSRUN_SEEN": str(tmp_path / "seen")}
+    result = run_script("run_distribute_train_cpu.sh", "data", "--master_port=8118",
+                        cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stderr
+    seen = (tmp_path / "seen").read_text().splitlines()
+    assert seen[0] == f"python={env_bin / 'python'}"
+    assert "--worker_num=2" in seen and os.path.join(REPO, "train.py") in seen
+    assert result.stdout.startswith(f"{env_bin / 'msrun'} --worker_num=2")
+    # an interpreter without msrun beside it: one line that says where it looked
+    other = write_executable(tmp_path / "python3", f'echo "{tmp_path}"\n')
+    result = run_script("run_distribute_train_cpu.sh", "data", "--master_port=8118",
+                        cwd=tmp_path, env=dict(env, PYTHON=str(other)))
+    assert result.returncode != 0
+    assert f"msrun not found on PATH or beside {other}'s interpreter ({tmp_path})" in \
+        result.stderr, result.stderr
 
 
 def test_gpu_script_with_mpirun(tmp_path):

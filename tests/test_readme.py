@@ -173,13 +173,23 @@ def test_quick_start_without_a_compiler_reaches_training(tmp_path):
     assert final_accuracy(steps[-1].stdout) is not None, steps[-1].stdout[-2000:]
 
 
-@pytest.mark.parametrize("readme", ["README.md", "README_CN.md"])
-def test_every_config_key_is_documented(readme):
+@pytest.mark.parametrize("page", ["docs/configuration.md", "docs/configuration_CN.md"])
+def test_every_config_key_is_documented(page):
     from model_utils.config import load_yaml
 
-    path = os.path.join(REPO, readme)
+    path = os.path.join(REPO, page)
     with open(path, encoding="utf-8") as handle:
         text = handle.read()
     values, _, _ = load_yaml(os.path.join(REPO, "cifar10_config.yaml"))
     missing = [key for key in values if f"`{key}`" not in text]
-    assert not missing, f"{readme} does not describe {missing}"
+    assert not missing, f"{page} does not describe {missing}"
+
+
+@pytest.mark.parametrize("readme", ["README.md", "README_CN.md"])
+def test_readme_links_resolve(readme):
+    with open(os.path.join(REPO, readme), encoding="utf-8") as handle:
+        text = handle.read()
+    targets = re.findall(r"\]\(((?:docs|benchmarks|src|scripts|ascend310_infer)/[^)#\s]+)", text)
+    assert targets, f"{readme} links no repository page"
+    broken = [t for t in targets if not os.path.exists(os.path.join(REPO, t))]
+    assert not broken, f"{readme} links missing files: {broken}"

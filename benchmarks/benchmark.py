@@ -71,10 +71,81 @@ VGG16 = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M",
          512, 512, 512, "M"]
 NUM_CLASSES = 10
 TRAIN_STEPS_PER_EPOCH = 50000 // 64  # the learning-rate array as for CIFAR-10 at batch 64
-PERTURB = 1e-6       # relative input noise of the loss check's sensitivity reference
+# Relative input noise of the loss check's sensitivity reference: the size of the forward
+# differences the native kernels legitimately have (tests/test_native_kernels.py: up to
+# 1.5e-5 in the VGG16 feature chain's output, from BatchNorm's float32 batch statistics).
+# Such differences flip the odd ReLU whose input is within rounding of 0, which moves the
+# second loss of a small batch by ~1e-3; 1e-6 of noise flips about ten times fewer and so
+# under-stated that spread (the 4-image smoke run: native 1.7e-3, reference 1.1e-5).
+PERTURB = 1e-5
 FORWARD_RTOL = 1e-5  # first loss: the forward pass from identical weights and data
 REFERENCE_FACTOR = 10  # later losses: this many times the reference's spread
 FIRST_STEP_LINE = re.compile(r"^epoch: 1 step: 1, loss is ")
+
+
+LOSS_CHECK_RULE = (
+    "relative difference d_i = |auto_i - off_i| / |off_i| of the first n training losses "
+    "(fast_conv=auto vs off, same seed, weights and data); step 1 (the forward pass alone) "
+    "passes when d_1 <= forward_rtol; step i > 1 passes when d_i <= max(rtol, "
+    "reference_factor * max(r_1..r_i)), where r_j = |ref_j - off_j| / |off_j| and ref is the "
+    "fast_conv=off run again with inputs multiplied by (1 + perturbation * standard normal "
+    "noise) (without that run: d_i <= rtol); the check passes when all n steps were run, are "
+    "finite and pass")
+
+
+def compare_losses(auto, off, reference, steps, rtol, forward_rtol=FORWARD_RTOL,
+                   factor=REFERENCE_FACTOR, perturbation=PERTURB):
+    """The benchmark's loss check (LOSS_CHECK_RULE) on loss sequences.
+
+    Early training of this recipe amplifies rounding differences quickly (a 1e-6 relative
+    change of the inputs moves the 4th loss by a few %), so a fixed tolerance says little
+    after the first steps; the allowance is measured instead, as the spread the perturbed
+    stock run shows at the same step or earlier. A wrong gradient shows at the second loss
+    already, far above it; a wrong forward pass at the first.
+    Returns the report entry: inputs, per-step differences and allowances, failing steps
+    (1-based) and "match"."""
+    a, b = [float(v) for v in auto[:steps]], [float(v) for v in off[:steps]]
+    n = min(len(a), len(b))
+    diffs = [abs(x - y) / max(abs(y), 1e-12) for x, y in zip(a, b)]
+    allowed = [rtol] * n
+    result = {"checked": True, "steps": n, "steps_required": steps, "fast_conv_auto": a,
+              "fast_conv_off": b, "relative_difference": diffs,
+              "max_relative_difference": max(diffs) if diffs else None,
+              "forward_rtol": forward_rtol, "rtol": rtol, "reference_factor": factor,
+              "reference_perturbation": perturbation, "rule": LOSS_CHECK_RULE}
+    if reference is not None:
+        c = [float(v) for v in reference[:steps]]
+        ref = [abs(x - y) / max(abs(y), 1e-12) for x, y in zip(c, b)]
+        running = 0.0
+        for i in range(n):
+            if i < len(ref):
+                running = max(running, ref[i])
+                allowed[i] = max(rtol, factor * running)
+            else:  # no reference for this step: the fixed tolerance
+                allowed[i] = rtol
+        result.update({"reference_losses": c, "reference_relative_difference": ref})
+    if n:
+        allowed[0] = forward_rtol
+    result["allowed"] = allowed
+    # `not d <= t` also catches NaN (a NaN loss or a NaN reference fails)
+    failed = [i + 1 for i, (d, t) in enumerate(zip(diffs, allowed)) if not d <= t]
+    if n < steps:
+        result["problem"] = f"only {n} of {steps} losses to compare"
+    result["failed_steps"] = failed
+    result["match"] = n == steps and n > 0 and not failed
+    return result
+
+
+def loss_check_failure(check):
+    """One line saying why the loss check failed, or None when it passed or did not run."""
+    if not check.get("checked") or check.get("match"):
+        return None
+    if check.get("problem"):
+        return f"loss check failed: {check['problem']}"
+    details = ", ".join(f"step {i}: {check['relative_difference'][i - 1]:.2e} > "
+                        f"{check['allowed'][i - 1]:.2e}" for i in check["failed_steps"])
+    return ("loss check failed: fast_conv=auto and fast_conv=off losses differ beyond the "
+            f"allowed relative difference ({details})")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -934,43 +1005,18 @@ class Run:
         return (batch / seconds if seconds else None), seconds
 
     def loss_check(self):
-        """Losses of fast_conv=auto against fast_conv=off from the same seed and data.
-
-        Early training of this recipe amplifies rounding differences quickly (a 1e-6
-        relative change of the inputs moves the 4th loss by a few %), so a fixed tolerance
-        says little after the first steps. The reference is therefore measured: the stock
-        run again with inputs perturbed by PERTURB. The check passes when the first loss (the
-        forward pass alone) agrees within FORWARD_RTOL and every later difference stays
-        within max(loss_rtol, REFERENCE_FACTOR x the largest reference difference so
-        far): a wrong gradient shows at the second loss already, far above either."""
+        """Losses of fast_conv=auto against fast_conv=off from the same seed and data, judged
+        by compare_losses (the rule is in LOSS_CHECK_RULE and in the report)."""
         runs = self.ok("train_repo_stock")
         fast = self.ok("train_repo")
         stock = [r for r in runs if not r.get("perturb")]
         reference = [r for r in runs if r.get("perturb")]
         if not fast or not stock:
             return {"checked": False}
-        n = self.plan.loss_check_steps
-        a, b = fast[0]["losses"][:n], stock[0]["losses"][:n]
-        diffs = [abs(x - y) / max(abs(y), 1e-12) for x, y in zip(a, b)]
-        result = {"checked": True, "steps": len(diffs), "fast_conv_auto": a, "fast_conv_off": b,
-                  "relative_difference": diffs, "fast_path_active": fast[0]["fast_cells"] > 0,
-                  "max_relative_difference": max(diffs) if diffs else None,
-                  "forward_rtol": FORWARD_RTOL, "rtol": self.plan.loss_rtol}
-        allowed = [self.plan.loss_rtol] * len(diffs)
-        if reference:
-            c = reference[0]["losses"][:n]
-            ref = [abs(x - y) / max(abs(y), 1e-12) for x, y in zip(c, b)]
-            running = 0.0
-            for i, value in enumerate(ref):
-                running = max(running, value)
-                if i < len(allowed):
-                    allowed[i] = max(self.plan.loss_rtol, REFERENCE_FACTOR * running)
-            result.update({"reference_perturbation": PERTURB, "reference_losses": c,
-                           "reference_relative_difference": ref})
-        if diffs:
-            allowed[0] = FORWARD_RTOL
-        result["allowed"] = allowed
-        result["match"] = bool(diffs) and all(d <= t for d, t in zip(diffs, allowed))
+        result = compare_losses(fast[0]["losses"], stock[0]["losses"],
+                                reference[0]["losses"] if reference else None,
+                                self.plan.loss_check_steps, self.plan.loss_rtol)
+        result["fast_path_active"] = fast[0]["fast_cells"] > 0
         return result
 
     def summarise(self):
@@ -1157,7 +1203,11 @@ def run_benchmark(plan, out_path, work, log=print):
             f"{'MATCH' if check['match'] else 'DIFFER'}; relative differences "
             f"{' '.join(f'{d:.1e}' for d in check['relative_difference'])}"
             + (f"; stock vs stock with inputs x(1+{PERTURB:g} noise): "
-               f"{' '.join(f'{d:.1e}' for d in ref)}" if ref else ""))
+               f"{' '.join(f'{d:.1e}' for d in ref)}" if ref else "")
+            + f"; allowed {' '.join(f'{d:.1e}' for d in check['allowed'])}")
+        failure = loss_check_failure(check)
+        if failure:
+            log(f"error: {failure}")
     log(f"fp32 peak {_num(report['peak_gflops'])} GFLOP/s (sgemm {plan.sgemm_n}); ONEDNN_MAX_CPU_ISA"
         f" per process: {machine['onednn_max_cpu_isa']}; load average "
         f"{machine['load_average_start']} -> {machine['load_average_end']}; "
@@ -1544,6 +1594,8 @@ def main(argv=None):
     if args.markdown:
         print()
         print(table(report["rows"], markdown=True))
+    if loss_check_failure(report.get("loss_check", {})):
+        return 1  # said above, as "error: loss check failed: ..."
     return 1 if report["errors"] else 0
 
 

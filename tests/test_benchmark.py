@@ -63,8 +63,78 @@ def test_tiny_run_writes_a_complete_report(tmp_path):
     check = saved["loss_check"]
     assert check["checked"] and check["steps"] == 2
     assert len(check["reference_relative_difference"]) == 2
-    assert check["match"] in (True, False)
+    assert check["rule"] == benchmark.LOSS_CHECK_RULE and len(check["allowed"]) == 2
+    assert check["allowed"][0] == benchmark.FORWARD_RTOL
+    # native and stock kernels agree on this run (a failure here is the benchmark's
+    # "error: loss check failed" and its exit status 1)
+    assert check["match"] is True, check
+    assert check["failed_steps"] == []
     assert check["fast_path_active"] == machine["fast_conv_active"]
+
+
+# ------------------------------------------------------------------- the loss check's rule
+
+STOCK = [2.302585, 2.251, 2.188, 2.097, 2.011]
+# the stock run with perturbed inputs: spreads 0, 4e-7, 2e-5, 1e-3, 3e-3 (relative)
+PERTURBED = [2.302585, 2.251 * (1 + 4e-7), 2.188 * (1 + 2e-5), 2.097 * (1 + 1e-3),
+             2.011 * (1 - 3e-3)]
+
+
+def scaled(losses, factors):
+    return [x * (1 + f) for x, f in zip(losses, factors)]
+
+
+def check(auto, reference=PERTURBED, steps=5, rtol=1e-3):
+    return benchmark.compare_losses(auto, STOCK, reference, steps, rtol)
+
+
+def test_loss_check_passes_within_the_allowance():
+    assert check(STOCK)["match"] is True
+    # 1e-6 on the forward loss, then within max(rtol, 10 x the reference spread so far)
+    result = check(scaled(STOCK, [1e-6, 9e-4, 9e-4, 9e-3, 2.9e-2]))
+    assert result["match"] is True and result["failed_steps"] == []
+    assert result["allowed"] == pytest.approx([1e-5, 1e-3, 1e-3, 1e-2, 3e-2], rel=1e-3)
+    assert result["rule"] == benchmark.LOSS_CHECK_RULE
+    json.dumps(result)  # goes into the report as it is
+
+
+def test_loss_check_fails_on_a_wrong_forward_pass():
+    result = check(scaled(STOCK, [2e-5, 0, 0, 0, 0]))  # first loss: forward pass alone
+    assert result["match"] is False and result["failed_steps"] == [1]
+    assert "step 1: 2.00e-05 > 1.00e-05" in benchmark.loss_check_failure(result)
+
+
+def test_loss_check_fails_on_a_wrong_gradient():
+    # the second loss moves by 1 % where the reference moved by 4e-7: far beyond 1e-3
+    result = check(scaled(STOCK, [0, 1e-2, 1e-2, 5e-3, 5e-3]))
+    assert result["match"] is False and result["failed_steps"] == [2, 3]
+    # the allowance never shrinks back: later steps judged by the largest spread so far
+    assert check(scaled(STOCK, [0, 0, 0, 0, 9e-3]))["match"] is True
+    assert check(scaled(STOCK, [0, 0, 0, 0, 3.1e-2]))["failed_steps"] == [5]
+
+
+def test_loss_check_without_reference_uses_the_fixed_tolerance():
+    assert check(scaled(STOCK, [0, 9e-4, 0, 0, 0]), reference=None)["match"] is True
+    result = check(scaled(STOCK, [0, 0, 0, 2e-3, 0]), reference=None)
+    assert result["failed_steps"] == [4] and result["allowed"][3] == 1e-3
+
+
+def test_loss_check_fails_on_nan_or_missing_losses():
+    assert check(STOCK[:4] + [float("nan")])["failed_steps"] == [5]
+    assert check([float("nan")] + STOCK[1:], reference=PERTURBED)["failed_steps"] == [1]
+    short = check(STOCK[:3])
+    assert short["match"] is False and "only 3 of 5" in benchmark.loss_check_failure(short)
+    assert benchmark.loss_check_failure(check(STOCK)) is None
+    assert benchmark.loss_check_failure({"checked": False}) is None
+
+
+def test_benchmark_exits_non_zero_when_the_loss_check_fails(monkeypatch, capsys):
+    failing = check(scaled(STOCK, [0, 1e-2, 0, 0, 0]))
+    report = {"errors": [], "rows": [], "loss_check": failing}
+    monkeypatch.setattr(benchmark, "run_benchmark", lambda plan, out, work: report)
+    assert benchmark.main(["--quick", "--out", os.devnull]) == 1
+    report["loss_check"] = check(STOCK)
+    assert benchmark.main(["--quick", "--out", os.devnull]) == 0
 
 
 # ------------------------------------------------------------------- GPU mode, without a GPU

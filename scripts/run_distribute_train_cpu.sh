@@ -14,7 +14,8 @@ launcher options (also --key=value):
   --worker_num=N     processes in the whole job (multi-node; default: device_num)
   --node_rank=R --master_addr=HOST --master_port=PORT   multi-node (same port on every node)
   --log_dir=DIR      msrun logs (default: ./msrun_log)
-environment: PYTHON (default python3), DEVICE_NUM, FAST_CONV_THREADS (default: cores / processes)
+environment: PYTHON (default python3), DEVICE_NUM,
+             VGG_NATIVE_THREADS (native kernel threads per process; default: cores / processes)
 USAGE
 }
 
@@ -28,8 +29,9 @@ vgg_has_pass_arg ckpt_path || args+=("--ckpt_path=$PWD/outputs")
 VGG_DEFAULT_DEVICE_NUM=2
 vgg_msrun_command "$VGG_REPO/train.py" "${args[@]}" "${PASS_ARGS[@]}"
 export PYTHONPATH="$VGG_REPO${PYTHONPATH:+:$PYTHONPATH}"
-# The processes share this machine's cores: give each one its share of convolution threads.
+# The processes share this machine's cores: give each one its share of native kernel threads
+# (a value set by the user wins, under the old name FAST_CONV_THREADS too).
 local_num=$(vgg_local_device_num "$VGG_DEFAULT_DEVICE_NUM") || exit 1
 cores=$(nproc 2>/dev/null || echo 1)
-export FAST_CONV_THREADS=${FAST_CONV_THREADS:-$(( cores / local_num > 0 ? cores / local_num : 1 ))}
+export VGG_NATIVE_THREADS=${VGG_NATIVE_THREADS:-${FAST_CONV_THREADS:-$(( cores / local_num > 0 ? cores / local_num : 1 ))}}
 vgg_run_msrun

@@ -46,8 +46,8 @@ def setup_runtime(device_target="CPU", device_id=0, mode="graph", distributed=Fa
                   seed=None):
     """Configure MindSpore for this process and return its Runtime (rank 0 of 1 alone).
 
-    The oneDNN ISA cap for CPU convolutions is set by importing `src` (see src/__init__.py),
-    before MindSpore can load oneDNN.
+    The oneDNN ISA cap for CPU convolutions is set before this, when the entry point starts
+    (src.cli.run_entry calls src/native/isa.py's cap_onednn_isa before main).
     """
     import mindspore as ms
 

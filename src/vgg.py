@@ -33,8 +33,10 @@ def _initializers(initialize_mode):
 
 
 def make_layers(layer_cfg, batch_norm=False, pad_mode="same", padding=0, has_bias=False,
-                initialize_mode="XavierUniform", conv_cell=nn.Conv2d):
-    """The convolutional feature extractor for one row of LAYER_TABLE."""
+                initialize_mode="XavierUniform", conv_cell=nn.Conv2d,
+                features_cell=nn.SequentialCell):
+    """The convolutional feature extractor for one row of LAYER_TABLE: `conv_cell` for each
+    convolution, the layers held (and run) by a `features_cell` sequence."""
     conv_init, _ = _initializers(initialize_mode)
     layers = []
     in_channels = 3
@@ -49,8 +51,7 @@ def make_layers(layer_cfg, batch_norm=False, pad_mode="same", padding=0, has_bia
             layers.append(nn.BatchNorm2d(item, eps=1e-5, momentum=0.9))
         layers.append(nn.ReLU())
         in_channels = item
-    # a convolution cell may name the sequence that suits it (FastConv2d: FastFeatures)
-    return getattr(conv_cell, "features_cell", nn.SequentialCell)(layers)
+    return features_cell(layers)
 
 
 class VGG(nn.Cell):
@@ -103,7 +104,8 @@ def _check_image_size(image_size):
 
 def build_vgg(arch, num_classes=1000, batch_norm=False, pad_mode="same", has_bias=False,
               initialize_mode="XavierUniform", dropout=True, image_size=(224, 224),
-              include_top=True, padding=None, conv_cell=nn.Conv2d):
+              include_top=True, padding=None, conv_cell=nn.Conv2d,
+              features_cell=nn.SequentialCell):
     """One VGG variant; `arch` is vgg11, vgg13, vgg16 or vgg19."""
     if arch not in LAYER_TABLE:
         raise ValueError(f"arch must be one of {', '.join(ARCHS)}, got {arch!r}")
@@ -112,16 +114,17 @@ def build_vgg(arch, num_classes=1000, batch_norm=False, pad_mode="same", has_bia
     if padding is None:
         padding = 1 if pad_mode == "pad" else 0
     features = make_layers(LAYER_TABLE[arch], batch_norm, pad_mode, padding, has_bias,
-                           initialize_mode, conv_cell)
+                           initialize_mode, conv_cell, features_cell)
     return VGG(features, num_classes, image_size, dropout, initialize_mode, include_top)
 
 
 def _builder(arch, batch_norm):
     def build(num_classes=1000, pad_mode="same", has_bias=False,
               initialize_mode="XavierUniform", dropout=True, image_size=(224, 224),
-              include_top=True, padding=None, conv_cell=nn.Conv2d):
+              include_top=True, padding=None, conv_cell=nn.Conv2d,
+              features_cell=nn.SequentialCell):
         return build_vgg(arch, num_classes, batch_norm, pad_mode, has_bias, initialize_mode,
-                         dropout, image_size, include_top, padding, conv_cell)
+                         dropout, image_size, include_top, padding, conv_cell, features_cell)
     build.__name__ = arch + ("_bn" if batch_norm else "")
     build.__doc__ = f"{arch.upper()}{' with BatchNorm' if batch_norm else ''}."
     return build

@@ -1,17 +1,17 @@
 """Every native kernel against stock MindSpore, on both oneDNN code paths (AVX2, AVX-512).
 
-tests/test_fast_conv.py checks FastConv2d and the blocked chains through whole-layer
+tests/test_native_layers.py checks NativeConv2d and the blocked chains through whole-layer
 outputs and training losses, in this process (ISA capped at AVX2) and one AVX-512 case.
 This file checks each kernel on its own, with its forward result and each of its gradients
 measured separately, on random inputs and shapes that stress the edges: batch 1, odd
 channel counts (3, 5, 17), 2x2 maps and 224x224 maps (few channels there, to stay quick):
 
 - convolution forward / backward-data / backward-weights: ``FastConvFwd``/``FastConvBwd``
-  (FastConv2d) and the training chain's ``FastConvTrain{Fwd,Bwd}{Plain,Blocked}``;
+  (NativeConv2d) and the training chain's ``FastConvTrain{Fwd,Bwd}{Plain,Blocked}``;
 - BatchNorm fused with ReLU (``FastBnReluTrain``/``FastBnReluBwd``): output, batch mean and
   variance, input gradient, gamma and beta gradients;
 - 2x2 max pooling (``FastMaxPool2Train``/``FastMaxPool2Bwd``): output and gradient;
-- the blocked training chain as a whole (``FastFeatures`` vs the same cells in an
+- the blocked training chain as a whole (``NativeFeatures`` vs the same cells in an
   ``nn.SequentialCell``): output, every parameter gradient, and the BatchNorm moving
   statistics it updates (momentum, unbiased variance, as ``nn.BatchNorm2d``);
 - the fused optimizer (``FastMomentumUpdate`` through ``FusedMomentum``) vs ``nn.Momentum``
@@ -88,20 +88,6 @@ ISAS = {
 }
 
 
-def _first_module(*names):
-    """The first of `names` that imports (the native package is src.native, formerly
-    src.ops with the layers in src.fast_conv)."""
-    import importlib
-
-    errors = []
-    for name in names:
-        try:
-            return importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            errors.append(exc)
-    raise errors[0]
-
-
 RELU_MARGIN = 1e-3  # BatchNorm+ReLU inputs keep their pre-ReLU values this far from 0
 
 
@@ -138,17 +124,16 @@ def _worker(out_path):
     import traceback
 
     sys.path.insert(0, ROOT)
-    import src  # noqa: F401  (keeps the caller's ONEDNN_MAX_CPU_ISA)
     import mindspore as ms
     from mindspore import nn, ops
 
     ms.set_context(mode=ms.GRAPH_MODE, device_target="CPU")
     # graph mode resolves names used in the cells defined below among this module's globals
     globals().update(ms=ms, nn=nn, ops=ops)
-    native = _first_module("src.native", "src.ops")
-    fast_conv = _first_module("src.native.layers", "src.fast_conv")
-    from src import trainer
-    FastConv2d, FastFeatures = fast_conv.FastConv2d, fast_conv.FastFeatures
+    from src import native
+    from src.native import layers as fast_conv
+    from src.native.optimizer import FusedMomentum
+    FastConv2d, FastFeatures = fast_conv.NativeConv2d, fast_conv.NativeFeatures
 
     report = {"isa_env": os.environ.get("ONEDNN_MAX_CPU_ISA"), "block": native.block_size(),
               "checks": [], "failures": []}
@@ -415,7 +400,6 @@ def _worker(out_path):
         run("chain", case, chain_check)
 
     # ------------------------------------------------ fused optimizer
-    FusedMomentum = trainer._fused_momentum_class()
     shapes = {"big.weight": (300, 301), "conv.weight": (17, 5, 3, 3), "bn.gamma": (17,),
               "long.bias": (70001,)}  # > 65,536 elements: several parallel chunks
     decay = {"big.weight": 0.01, "conv.weight": 0.01, "bn.gamma": 0.0, "long.bias": 0.0}
@@ -500,12 +484,12 @@ def cpu_flags():
 
 @pytest.fixture(scope="module")
 def library():
-    ops_build = _first_module("src.native.build", "src.ops.build")
+    from src.native import build as ops_build
 
     try:
         return ops_build.build()
     except ops_build.BuildError as exc:
-        pytest.skip(f"native kernel library not built: {exc}")
+        pytest.fail(f"native kernel library not built: {exc}")
 
 
 @pytest.fixture(scope="module", params=sorted(ISAS))
@@ -518,7 +502,7 @@ def measured(request, library, tmp_path_factory):
         pytest.skip(f"this CPU lacks {', '.join(missing)}: no {isa} code path to test")
     out = tmp_path_factory.mktemp(f"native_{isa}") / "report.json"
     env = dict(os.environ, ONEDNN_MAX_CPU_ISA=isa, GLOG_v="3")
-    for name in ("FAST_CONV", "FAST_CONV_CHAIN"):
+    for name in ("VGG_NATIVE_KERNELS", "FAST_CONV", "FAST_CONV_CHAIN"):
         env.pop(name, None)
     proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", str(out)],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)

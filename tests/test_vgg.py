@@ -2,7 +2,6 @@
 import numpy as np
 import pytest
 
-import src  # noqa: F401
 import mindspore as ms
 from mindspore import nn
 
@@ -94,3 +93,18 @@ def test_dropout_is_off_in_eval_and_on_in_training():
 def test_bad_image_size_is_refused():
     with pytest.raises(ValueError, match="multiples of 32"):
         vgg.vgg16(image_size=(100, 100))
+
+
+def test_cells_are_chosen_by_plain_arguments():
+    """conv_cell and features_cell are arguments of make_layers and of every builder; the
+    defaults are MindSpore's own cells."""
+    class Features(nn.SequentialCell):
+        pass
+
+    class Conv(nn.Conv2d):
+        pass
+
+    assert type(vgg.make_layers([8, "M", 16])) is nn.SequentialCell
+    net = vgg.vgg11_bn(num_classes=10, image_size=(32, 32), conv_cell=Conv, features_cell=Features)
+    assert type(net.features) is Features
+    assert [type(c) for c in net.features.cell_list][:3] == [Conv, nn.BatchNorm2d, nn.ReLU]

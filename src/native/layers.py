@@ -1,46 +1,44 @@
-"""A faster CPU 2-D convolution: ``FastConv2d``, a drop-in ``nn.Conv2d``.
+"""The native cells: ``NativeConv2d``, a drop-in ``nn.Conv2d`` computed by the project's
+oneDNN kernels, and ``NativeFeatures``, a VGG feature extractor that runs on oneDNN's
+channel-blocked layout end to end.
 
 On CPU in graph mode, MindSpore 2.10 runs Conv2d as oneDNN im2col+GEMM on plain NCHW.
-``FastConv2d`` instead calls oneDNN's direct convolutions on the blocked layouts oneDNN
+``NativeConv2d`` instead calls oneDNN's direct convolutions on the blocked layouts oneDNN
 prefers (``jit:avx512_core`` where the CPU has it), through MindSpore "aot" custom
-operators built by ``python -m src.ops.build``: one for the forward pass and one that
+operators built by ``python -m src.native.build``: one for the forward pass and one that
 computes both input and weight gradients (one reorder of the incoming gradient).
 
-``FastConv2d`` *is* an ``nn.Conv2d`` (same arguments, same ``weight``/``bias`` parameters
+``NativeConv2d`` *is* an ``nn.Conv2d`` (same arguments, same ``weight``/``bias`` parameters
 and initialisation), so checkpoints are interchangeable and code that looks for
-``nn.Conv2d`` cells still finds it. Where the fast path cannot be used it behaves exactly
-like ``nn.Conv2d`` and logs one line saying why:
+``nn.Conv2d`` cells still finds it. Where the native kernel cannot be used it behaves
+exactly like ``nn.Conv2d`` and logs one line saying why:
 
 - the library is not built or does not load (no compiler or headers at install time),
-- ``FAST_CONV=0`` in the environment,
+- ``VGG_NATIVE_KERNELS=0`` (or the old ``FAST_CONV=0``) in the environment,
 - the device target is not CPU, or the mode is PyNative (the check is made when the cell
   is created: set the context first),
 - a configuration the kernels do not cover: stride or dilation other than 1, groups,
   NHWC, a dtype other than float32, asymmetric padding.
 
-``FastFeatures`` is the ``nn.SequentialCell`` that holds a VGG feature extractor built of
-FastConv2d cells and runs it on oneDNN's channel-blocked layout end to end, with one reorder
-back to NCHW at the end, so that no activation is reordered between layers. Inference
-(``set_train(False)``) folds each convolution's BatchNorm (moving statistics) and bias into
-one oneDNN convolution with a fused ReLU; training (when every convolution has a BatchNorm
-and no bias) chains convolution, BatchNorm fused with ReLU and max pooling, each with its
-gradient. Same cells, same parameter names: checkpoints are unchanged.
+``NativeFeatures`` is the ``nn.SequentialCell`` that holds a VGG feature extractor built of
+NativeConv2d cells and runs it on oneDNN's channel-blocked layout end to end, with one
+reorder back to NCHW at the end, so that no activation is reordered between layers.
+Inference (``set_train(False)``) folds each convolution's BatchNorm (moving statistics) and
+bias into one oneDNN convolution with a fused ReLU; training (when every convolution has a
+BatchNorm and no bias) chains convolution, BatchNorm fused with ReLU and max pooling, each
+with its gradient. Same cells, same parameter names: checkpoints are unchanged.
 
-ISA: ``ONEDNN_MAX_CPU_ISA`` is process-wide and read when MindSpore first runs oneDNN.
-When every convolution of the network is a FastConv2d on the fast path, leave AVX-512 on
-(``preferred_onednn_isa()`` returns ``"ALL"``); stock NCHW convolutions need ``"AVX2"``.
+ISA: when every convolution of the network is a NativeConv2d on the native path, oneDNN
+may use AVX-512 (see ``src.native.isa``); stock NCHW convolutions need the AVX2 cap.
 """
 import logging
-import os
 
 import mindspore as ms
 from mindspore import nn, ops
 
-from src.ops import (LIB_PATH, block_size, bn_workspace_bytes, library_status,  # noqa: F401
-                     onednn_version, preferred_onednn_isa)
+from src.native import LIB_PATH, block_size, bn_workspace_bytes, env_mode, library_status
 
-__all__ = ["FastConv2d", "FastFeatures", "fast_conv_available", "fast_conv_status", "preferred_onednn_isa",
-           "onednn_version"]
+__all__ = ["NativeConv2d", "NativeFeatures", "native_conv_available", "native_conv_status"]
 
 logger = logging.getLogger(__name__)
 _reported = set()
@@ -49,29 +47,29 @@ _reported = set()
 def _report_once(reason):
     if reason not in _reported:
         _reported.add(reason)
-        logger.warning("FastConv2d falls back to the stock nn.Conv2d kernel: %s", reason)
+        logger.warning("NativeConv2d falls back to the stock nn.Conv2d kernel: %s", reason)
 
 
-def fast_conv_status():
-    """(available, reason): whether FastConv2d cells created now take the fast path."""
+def native_conv_status():
+    """(available, reason): whether NativeConv2d cells created now take the native path."""
     usable, reason = library_status()
     if not usable:
         return False, reason
     target = ms.get_context("device_target")
     if target != "CPU":
-        return False, f"device target is {target}, the fast kernels are CPU-only"
+        return False, f"device target is {target}, the native kernels are CPU-only"
     if ms.get_context("mode") != ms.GRAPH_MODE:
-        return False, "PyNative mode (the fast kernels are used in graph mode only)"
+        return False, "PyNative mode (the native kernels are used in graph mode only)"
     return True, ""
 
 
-def fast_conv_available():
-    """True when FastConv2d cells created now use the oneDNN custom operators."""
-    return fast_conv_status()[0]
+def native_conv_available():
+    """True when NativeConv2d cells created now use the oneDNN custom operators."""
+    return native_conv_status()[0]
 
 
 def _config_reason(conv):
-    """Why this cell's configuration is outside the fast kernels, or ''."""
+    """Why this cell's configuration is outside the native kernels, or ''."""
     if tuple(conv.stride) != (1, 1):
         return f"stride {conv.stride} (only 1 is supported)"
     if tuple(conv.dilation) != (1, 1):
@@ -122,7 +120,7 @@ def _make_ops(totals):
     return fwd
 
 
-class FastConv2d(nn.Conv2d):
+class NativeConv2d(nn.Conv2d):
     """``nn.Conv2d`` computed by oneDNN's direct convolution on CPU in graph mode.
 
     Same arguments and parameters as ``mindspore.nn.Conv2d`` (``weight`` of shape
@@ -144,32 +142,25 @@ class FastConv2d(nn.Conv2d):
         if not fast:
             reason = "fast=False"
         else:
-            available, reason = fast_conv_status()
+            available, reason = native_conv_status()
             if available:
                 reason = _config_reason(self)
         self.uses_fast_path = not reason
         if reason:
             if fast:
                 _report_once(reason)
-            self.fast_conv = None
+            self.native_conv = None
         else:
-            self.fast_conv = _make_ops(_pad_totals(self))
+            self.native_conv = _make_ops(_pad_totals(self))
 
     def construct(self, x):
         if self.uses_fast_path:
-            output = self.fast_conv(x, self.weight)
+            output = self.native_conv(x, self.weight)
         else:
             output = self.conv2d(x, self.weight)
         if self.has_bias:
             output = self.bias_add(output, self.bias)
         return output
-
-
-CHAIN_ENV = "FAST_CONV_CHAIN"  # FAST_CONV_CHAIN=0: FastFeatures runs its cells one by one
-
-
-def chain_disabled():
-    return os.environ.get(CHAIN_ENV, "1").strip().lower() in ("0", "false", "no", "off")
 
 
 def _same_shape(*args):
@@ -191,7 +182,7 @@ def _pool_shape(x):
 
 
 def _blocked_ops():
-    """Custom operators of the blocked inference chain (see FastFeatures):
+    """Custom operators of the blocked inference chain (see NativeFeatures):
     (first convolution, later convolutions, max pool, unblock)."""
     return (_custom("FastConvInferPlain", _conv_shape), _custom("FastConvInferBlocked", _conv_shape),
             _custom("FastMaxPool2Blocked", _pool_shape), _unblock_op())
@@ -247,7 +238,7 @@ def _blocked_train_ops():
 
 def _inference_plan(layers):
     """((conv index, BatchNorm index or -1, pool follows), ...) when `layers` is a chain of
-    [FastConv2d on the fast path, optional BatchNorm2d, ReLU, optional 2x2 MaxPool2d] groups
+    [NativeConv2d on the native path, optional BatchNorm2d, ReLU, optional 2x2 MaxPool2d] groups
     that the blocked inference chain covers; else (None, reason)."""
     block = block_size()
     if not block:
@@ -255,8 +246,8 @@ def _inference_plan(layers):
     plan, i = [], 0
     while i < len(layers):
         conv = layers[i]
-        if not (isinstance(conv, FastConv2d) and conv.uses_fast_path):
-            return None, f"layer {i} is not a FastConv2d on the fast path"
+        if not (isinstance(conv, NativeConv2d) and conv.uses_fast_path):
+            return None, f"layer {i} is not a NativeConv2d on the native path"
         if tuple(conv.kernel_size) != (3, 3) or conv.pad_mode not in ("same", "pad") or (
                 conv.pad_mode == "pad" and conv.padding not in (1, (1, 1, 1, 1))):
             return None, f"layer {i}: only 3x3 convolutions with 'same' padding are chained"
@@ -292,7 +283,7 @@ def _training_chain_reason(layers, plan):
     return ""
 
 
-class FastFeatures(nn.SequentialCell):
+class NativeFeatures(nn.SequentialCell):
     """A VGG feature extractor (``nn.SequentialCell``) that runs on oneDNN's channel-blocked
     layout end to end, in inference and, when every convolution is followed by a BatchNorm,
     in training too.
@@ -302,13 +293,15 @@ class FastFeatures(nn.SequentialCell):
     layout; the moving statistics are updated as ``nn.BatchNorm2d`` updates them (momentum,
     unbiased variance). ``self.blocked_inference`` / ``self.blocked_training`` say whether
     each chain is used; otherwise the cells run one by one, as in a SequentialCell.
-    ``FAST_CONV_CHAIN=0`` turns both chains off (the per-layer FastConv2d path remains)."""
+    ``VGG_NATIVE_KERNELS=layers`` (or the old ``FAST_CONV_CHAIN=0``) turns both chains off
+    (the per-layer NativeConv2d path remains)."""
 
     def __init__(self, *args):
         super().__init__(*args)
         layers = list(self.cell_list)
-        if chain_disabled():
-            self.plan, reason = None, f"disabled by {CHAIN_ENV}=0"
+        mode, setting = env_mode()
+        if mode == "layers":
+            self.plan, reason = None, f"disabled by {setting}"
         else:
             self.plan, reason = _inference_plan(layers)
         self.blocked_inference = self.plan is not None
@@ -389,5 +382,3 @@ class FastFeatures(nn.SequentialCell):
                 x = self.pool(x)
         return self.unblock(x)
 
-
-FastConv2d.features_cell = FastFeatures  # what vgg.make_layers builds around FastConv2d cells

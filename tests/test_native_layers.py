@@ -1,9 +1,9 @@
-"""FastConv2d: the oneDNN custom-operator convolution and its fallback; FastFeatures, the
-blocked inference chain.
+"""NativeConv2d: the oneDNN custom-operator convolution and its fallback; NativeFeatures,
+the blocked inference and training chains.
 
 Forward outputs and gradients (input, weight, bias) must match the stock nn.Conv2d within
 float tolerance, on the fast path and on the fallback, and training losses must match on a
-fixed seed. The library is built by ``python -m src.ops.build``; the fast-path tests build
+fixed seed. The library is built by ``python -m src.native.build``; the fast-path tests build
 it if needed and skip (with the build's one-line reason) where it cannot be built.
 """
 import logging
@@ -15,14 +15,14 @@ import textwrap
 import numpy as np
 import pytest
 
-import src  # noqa: F401  (sets the process's oneDNN ISA choice before MindSpore runs)
 import mindspore as ms
 from mindspore import nn
 
-import src.ops as native
-from src import fast_conv
-from src.fast_conv import FastConv2d
-from src.ops import build as ops_build
+import src.native as native
+import src.native.layers as native_layers
+from src.native import build as native_build
+from src.native import isa
+from src.native.layers import NativeConv2d, NativeFeatures
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RTOL = 1e-4
@@ -31,9 +31,9 @@ RTOL = 1e-4
 @pytest.fixture(scope="module")
 def library():
     try:
-        path = ops_build.build()
-    except ops_build.BuildError as exc:
-        pytest.skip(f"fast convolution library not built: {exc}")
+        path = native_build.build()
+    except native_build.BuildError as exc:
+        pytest.skip(f"native kernel library not built: {exc}")
     native._load_result = None  # pick up a fresh build
     lib, reason = native.load_library()
     if lib is None:
@@ -43,7 +43,8 @@ def library():
 
 @pytest.fixture
 def graph_mode(monkeypatch):
-    monkeypatch.delenv("FAST_CONV", raising=False)
+    for name in ("VGG_NATIVE_KERNELS", "FAST_CONV", "FAST_CONV_CHAIN"):
+        monkeypatch.delenv(name, raising=False)
     old = ms.get_context("mode")
     ms.set_context(mode=ms.GRAPH_MODE, device_target="CPU")
     yield
@@ -106,7 +107,7 @@ CASES = [
 def test_forward_and_gradients_match_stock(library, graph_mode, cin, cout, pad_mode, padding, bias, shape):
     ms.set_seed(3)
     stock = nn.Conv2d(cin, cout, 3, pad_mode=pad_mode, padding=padding, has_bias=bias)
-    fast = FastConv2d(cin, cout, 3, pad_mode=pad_mode, padding=padding, has_bias=bias)
+    fast = NativeConv2d(cin, cout, 3, pad_mode=pad_mode, padding=padding, has_bias=bias)
     assert fast.uses_fast_path
     copy_params(fast, stock)
     x = ms.Tensor(np.random.default_rng(0).standard_normal(shape).astype(np.float32))
@@ -117,7 +118,7 @@ def test_kernel_size_5_and_1(library, graph_mode):
     x = ms.Tensor(np.random.default_rng(1).standard_normal((2, 8, 10, 10)).astype(np.float32))
     for k, pad_mode in ((5, "same"), (1, "valid")):
         stock = nn.Conv2d(8, 12, k, pad_mode=pad_mode, has_bias=True)
-        fast = FastConv2d(8, 12, k, pad_mode=pad_mode, has_bias=True)
+        fast = NativeConv2d(8, 12, k, pad_mode=pad_mode, has_bias=True)
         assert fast.uses_fast_path
         copy_params(fast, stock)
         assert_same_as_stock(fast, stock, x)
@@ -125,7 +126,7 @@ def test_kernel_size_5_and_1(library, graph_mode):
 
 def test_same_parameters_and_checkpoint_interchange(library, graph_mode, tmp_path):
     ms.set_seed(5)
-    fast = FastConv2d(4, 6, 3, pad_mode="pad", padding=1, has_bias=True)
+    fast = NativeConv2d(4, 6, 3, pad_mode="pad", padding=1, has_bias=True)
     ms.set_seed(5)
     stock = nn.Conv2d(4, 6, 3, pad_mode="pad", padding=1, has_bias=True)
     assert isinstance(fast, nn.Conv2d)
@@ -154,26 +155,26 @@ def test_train_steps_match_stock(library, graph_mode):
     x = ms.Tensor(rng.standard_normal((16, 3, 16, 16)).astype(np.float32))
     y = ms.Tensor(rng.integers(0, 10, 16).astype(np.int32))
     losses = {name: train_losses(net(cls), x, y, 0.01, 6)
-              for name, cls in (("stock", nn.Conv2d), ("fast", FastConv2d))}
+              for name, cls in (("stock", nn.Conv2d), ("fast", NativeConv2d))}
     assert losses["fast"][-1] < losses["fast"][0]
     np.testing.assert_allclose(losses["fast"], losses["stock"], rtol=RTOL)
 
 
 def test_fallback_when_disabled_gives_same_results(library, graph_mode, monkeypatch, caplog):
     ms.set_seed(11)
-    fast = FastConv2d(8, 8, 3, pad_mode="pad", padding=1, has_bias=True)
-    monkeypatch.setenv("FAST_CONV", "0")
-    fast_conv._reported.clear()
-    with caplog.at_level(logging.WARNING, logger="src.fast_conv"):
-        fallback = FastConv2d(8, 8, 3, pad_mode="pad", padding=1, has_bias=True)
+    fast = NativeConv2d(8, 8, 3, pad_mode="pad", padding=1, has_bias=True)
+    monkeypatch.setenv("VGG_NATIVE_KERNELS", "0")
+    native_layers._reported.clear()
+    with caplog.at_level(logging.WARNING, logger="src.native.layers"):
+        fallback = NativeConv2d(8, 8, 3, pad_mode="pad", padding=1, has_bias=True)
     assert fast.uses_fast_path and not fallback.uses_fast_path
-    monkeypatch.delenv("FAST_CONV")
-    assert not FastConv2d(8, 8, 3, fast=False).uses_fast_path  # asked for, so not logged
-    monkeypatch.setenv("FAST_CONV", "0")
-    assert not fast_conv.fast_conv_available()
-    assert native.preferred_onednn_isa() == "AVX2"
+    monkeypatch.delenv("VGG_NATIVE_KERNELS")
+    assert not NativeConv2d(8, 8, 3, fast=False).uses_fast_path  # asked for, so not logged
+    monkeypatch.setenv("VGG_NATIVE_KERNELS", "off")
+    assert not native_layers.native_conv_available()
+    assert isa.preferred_onednn_isa() == "AVX2"
     messages = [r.getMessage() for r in caplog.records]
-    assert len(messages) == 1 and "FAST_CONV=0" in messages[0] and "\n" not in messages[0]
+    assert len(messages) == 1 and "VGG_NATIVE_KERNELS=0" in messages[0] and "\n" not in messages[0]
     copy_params(fallback, fast)
     x = ms.Tensor(np.random.default_rng(4).standard_normal((2, 8, 6, 6)).astype(np.float32))
     y_f, dx_f, dw_f = value_and_grads(fast, x)
@@ -184,42 +185,84 @@ def test_fallback_when_disabled_gives_same_results(library, graph_mode, monkeypa
 
 
 def test_fallback_reasons(graph_mode, monkeypatch, caplog):
-    fast_conv._reported.clear()
+    native_layers._reported.clear()
     usable = native.library_status()[0]
-    with caplog.at_level(logging.WARNING, logger="src.fast_conv"):
+    with caplog.at_level(logging.WARNING, logger="src.native.layers"):
         # configurations outside the kernels (only when the library is usable)
         if usable:
-            assert not FastConv2d(4, 4, 3, stride=2).uses_fast_path
-            assert not FastConv2d(4, 4, 3, dilation=2).uses_fast_path
-            assert not FastConv2d(4, 4, 3, group=2).uses_fast_path
-            assert not FastConv2d(4, 4, 3, pad_mode="pad", padding=(2, 0, 1, 1)).uses_fast_path
+            assert not NativeConv2d(4, 4, 3, stride=2).uses_fast_path
+            assert not NativeConv2d(4, 4, 3, dilation=2).uses_fast_path
+            assert not NativeConv2d(4, 4, 3, group=2).uses_fast_path
+            assert not NativeConv2d(4, 4, 3, pad_mode="pad", padding=(2, 0, 1, 1)).uses_fast_path
         # PyNative mode
         ms.set_context(mode=ms.PYNATIVE_MODE)
-        cell = FastConv2d(4, 4, 3)
+        cell = NativeConv2d(4, 4, 3)
         assert not cell.uses_fast_path
         x = ms.Tensor(np.ones((1, 4, 5, 5), np.float32))
         assert cell(x).shape == (1, 4, 5, 5)
         ms.set_context(mode=ms.GRAPH_MODE)
         # library missing
-        monkeypatch.setattr(native, "LIB_PATH", "/nonexistent/libfastconv.so")
+        monkeypatch.setattr(native, "LIB_PATH", "/nonexistent/libvgg_native.so")
         monkeypatch.setattr(native, "_load_result", None)
-        assert not FastConv2d(4, 4, 3).uses_fast_path
-        assert native.preferred_onednn_isa() == "AVX2"
+        assert not NativeConv2d(4, 4, 3).uses_fast_path
+        assert isa.preferred_onednn_isa() == "AVX2"
     text = "\n".join(r.getMessage() for r in caplog.records)
-    assert "python -m src.ops.build" in text
+    assert "python -m src.native.build" in text
     if usable:
         assert "PyNative" in text and "stride" in text and "dilation" in text and "group" in text
 
 
 def test_preferred_isa_when_usable(library, monkeypatch):
-    monkeypatch.delenv("FAST_CONV", raising=False)
-    assert native.preferred_onednn_isa() == "ALL"
+    for name in ("VGG_NATIVE_KERNELS", "FAST_CONV"):
+        monkeypatch.delenv(name, raising=False)
+    assert isa.preferred_onednn_isa() == "ALL"
     assert native.onednn_version().startswith("3.")
 
 
+@pytest.mark.parametrize("env, mode", [
+    ({}, "on"), ({"VGG_NATIVE_KERNELS": "1"}, "on"), ({"VGG_NATIVE_KERNELS": "auto"}, "on"),
+    ({"VGG_NATIVE_KERNELS": "Off"}, "off"), ({"VGG_NATIVE_KERNELS": "layers"}, "layers"),
+    ({"FAST_CONV": "0"}, "off"), ({"FAST_CONV_CHAIN": "0"}, "layers"),  # the old names
+    ({"FAST_CONV": "1"}, "on"), ({"FAST_CONV": "0", "VGG_NATIVE_KERNELS": "on"}, "on"),
+])
+def test_environment_switch_and_its_old_names(env, mode, monkeypatch):
+    for name in ("VGG_NATIVE_KERNELS", "FAST_CONV", "FAST_CONV_CHAIN"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert native.env_mode()[0] == mode
+    if mode == "off":
+        assert native.library_status() == (False, f"disabled by {native.env_mode()[1]}")
+
+
+def test_environment_switch_rejects_unknown_values(monkeypatch):
+    from src.errors import UserError
+
+    monkeypatch.setenv("VGG_NATIVE_KERNELS", "chain")
+    with pytest.raises(UserError, match="VGG_NATIVE_KERNELS=chain"):
+        native.library_status()
+
+
+def test_isa_rule_keeps_the_users_choice(monkeypatch):
+    """Capped at AVX2 for stock convolutions, lifted when every convolution is native; a
+    value the user set before the first call stays as it is."""
+    monkeypatch.setattr(isa, "_chosen_by_user", None)
+    monkeypatch.delenv(isa.ISA_VAR, raising=False)
+    isa.cap_onednn_isa()
+    assert os.environ[isa.ISA_VAR] == "AVX2"
+    isa.lift_onednn_isa_cap()
+    isa.cap_onednn_isa()  # a later call keeps the lift
+    assert os.environ[isa.ISA_VAR] == "ALL"
+    monkeypatch.setattr(isa, "_chosen_by_user", None)
+    monkeypatch.setenv(isa.ISA_VAR, "SSE41")
+    isa.cap_onednn_isa()
+    isa.lift_onednn_isa_cap()
+    assert os.environ[isa.ISA_VAR] == "SSE41"
+
+
 def test_build_reports_missing_compiler_in_one_line(monkeypatch, capsys):
-    monkeypatch.setattr(ops_build.shutil, "which", lambda name: None)
-    assert ops_build.main(["--strict"]) == 1
+    monkeypatch.setattr(native_build.shutil, "which", lambda name: None)
+    assert native_build.main(["--strict"]) == 1
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "compiler" in err
 
@@ -232,20 +275,20 @@ def test_avx512_kernels_match_stock_in_fresh_process(library, tmp_path):
         import numpy as np, mindspore as ms
         from mindspore import nn
         ms.set_context(mode=ms.GRAPH_MODE, device_target="CPU")
-        from src.fast_conv import FastConv2d
-        from test_fast_conv import copy_params, value_and_grads, rel_err
+        from src.native.layers import NativeConv2d
+        from test_native_layers import copy_params, value_and_grads, rel_err
         for cin, cout, shape in ((3, 32, (4, 3, 12, 12)), (32, 48, (2, 32, 6, 6))):
             stock = nn.Conv2d(cin, cout, 3, pad_mode="pad", padding=1, has_bias=True)
-            fast = FastConv2d(cin, cout, 3, pad_mode="pad", padding=1, has_bias=True)
+            fast = NativeConv2d(cin, cout, 3, pad_mode="pad", padding=1, has_bias=True)
             assert fast.uses_fast_path
             copy_params(fast, stock)
             x = ms.Tensor(np.random.default_rng(0).standard_normal(shape).astype(np.float32))
             a, b = value_and_grads(fast, x), value_and_grads(stock, x)
             errs = [rel_err(a[0], b[0]), rel_err(a[1], b[1])] + [rel_err(p, q) for p, q in zip(a[2], b[2])]
             assert max(errs) < {RTOL}, errs
-        from src.fast_conv import FastFeatures
-        from test_fast_conv import feature_layers, randomise_batchnorm
-        fast = FastFeatures(feature_layers(FastConv2d, channels=(32, 64, 16)))
+        from src.native.layers import NativeFeatures
+        from test_native_layers import feature_layers, randomise_batchnorm
+        fast = NativeFeatures(feature_layers(NativeConv2d, channels=(32, 64, 16)))
         stock = nn.SequentialCell(feature_layers(nn.Conv2d, channels=(32, 64, 16)))
         assert fast.blocked_inference
         randomise_batchnorm(stock)
@@ -257,7 +300,8 @@ def test_avx512_kernels_match_stock_in_fresh_process(library, tmp_path):
         print("OK")
     """)
     env = dict(os.environ, ONEDNN_MAX_CPU_ISA="ALL", GLOG_v="3")
-    env.pop("FAST_CONV", None)
+    for name in ("VGG_NATIVE_KERNELS", "FAST_CONV", "FAST_CONV_CHAIN"):
+        env.pop(name, None)
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env,
                           cwd=str(tmp_path), timeout=600)
     assert proc.returncode == 0 and "OK" in proc.stdout, proc.stderr[-3000:]
@@ -295,7 +339,7 @@ def randomise_batchnorm(cell, seed=0):
 
 @pytest.mark.parametrize("batch_norm", [True, False])
 def test_blocked_inference_matches_stock(library, graph_mode, batch_norm):
-    fast = fast_conv.FastFeatures(feature_layers(FastConv2d, batch_norm))
+    fast = NativeFeatures(feature_layers(NativeConv2d, batch_norm))
     stock = nn.SequentialCell(feature_layers(nn.Conv2d, batch_norm))
     assert fast.blocked_inference
     assert not fast.blocked_training  # layer 1 has a bias and no BatchNorm: trains cell by cell
@@ -313,14 +357,14 @@ def test_blocked_inference_matches_stock(library, graph_mode, batch_norm):
 
 def test_blocked_inference_falls_back_outside_its_pattern(library, graph_mode, caplog):
     cases = {
-        "channels not a multiple of the block": feature_layers(FastConv2d, channels=(16, 20, 16)),
-        "no ReLU after a convolution": feature_layers(FastConv2d)[:2] + [nn.MaxPool2d(2, 2)],
+        "channels not a multiple of the block": feature_layers(NativeConv2d, channels=(16, 20, 16)),
+        "no ReLU after a convolution": feature_layers(NativeConv2d)[:2] + [nn.MaxPool2d(2, 2)],
         "a stock convolution": [nn.Conv2d(3, 16, 3), nn.ReLU()],
     }
     x = ms.Tensor(np.random.default_rng(3).standard_normal((2, 3, 8, 8)).astype(np.float32))
     for name, layers in cases.items():
-        with caplog.at_level(logging.INFO, logger="src.fast_conv"):
-            fast = fast_conv.FastFeatures(layers)
+        with caplog.at_level(logging.INFO, logger="src.native.layers"):
+            fast = NativeFeatures(layers)
         assert not fast.blocked_inference, name
         assert "blocked inference chain not used" in caplog.text
         stock = nn.SequentialCell([nn.Conv2d(c.in_channels, c.out_channels, 3, pad_mode=c.pad_mode,
@@ -335,9 +379,10 @@ def test_blocked_inference_falls_back_outside_its_pattern(library, graph_mode, c
 def test_vgg_uses_the_blocked_chain_with_unchanged_parameter_names(library, graph_mode):
     from src import vgg
 
-    fast = vgg.vgg11_bn(num_classes=10, image_size=(32, 32), conv_cell=FastConv2d)
+    fast = vgg.vgg11_bn(num_classes=10, image_size=(32, 32), conv_cell=NativeConv2d,
+                        features_cell=NativeFeatures)
     stock = vgg.vgg11_bn(num_classes=10, image_size=(32, 32))
-    assert isinstance(fast.features, fast_conv.FastFeatures) and fast.features.blocked_inference
+    assert isinstance(fast.features, NativeFeatures) and fast.features.blocked_inference
     assert [p.name for p in fast.get_parameters()] == [p.name for p in stock.get_parameters()]
     randomise_batchnorm(stock, seed=4)
     copy_params(fast, stock)
@@ -345,6 +390,24 @@ def test_vgg_uses_the_blocked_chain_with_unchanged_parameter_names(library, grap
     stock.set_train(False)
     x = ms.Tensor(np.random.default_rng(5).standard_normal((2, 3, 32, 32)).astype(np.float32))
     assert rel_err(fast(x).asnumpy(), stock(x).asnumpy()) < RTOL
+
+
+def test_factory_passes_the_native_chain_with_the_native_convolution(library, graph_mode,
+                                                                    monkeypatch):
+    from model_utils.config import get_config
+    from src.factory import build_network
+
+    monkeypatch.setenv(isa.ISA_VAR, os.environ.get(isa.ISA_VAR, "AVX2"))  # restored after
+    config = get_config([f"--config_path={os.path.join(ROOT, 'cifar10_config.yaml')}",
+                         "--arch=vgg11", "--image_size=32,32", "--device_target=CPU",
+                         "--context_mode=graph", "--native_kernels=auto"])
+    native_net = build_network(config, "CPU")
+    assert type(native_net.features) is NativeFeatures and native_net.features.blocked_inference
+    convs = [c for c in native_net.features.cell_list if isinstance(c, nn.Conv2d)]
+    assert len(convs) == 8 and all(type(c) is NativeConv2d for c in convs)
+    stock = build_network(config.replace(native_kernels="off"), "CPU")
+    assert type(stock.features) is nn.SequentialCell
+    assert all(type(c) is nn.Conv2d for c in stock.features.cell_list if isinstance(c, nn.Conv2d))
 
 
 def small_bn_net(conv_cls, features_cls):
@@ -359,7 +422,7 @@ def small_bn_net(conv_cls, features_cls):
 def test_blocked_training_matches_stock(library, graph_mode):
     """Losses, gradients (through the updated weights) and the BatchNorm moving statistics
     of the blocked training chain follow the stock cells step for step."""
-    fast = small_bn_net(FastConv2d, fast_conv.FastFeatures)
+    fast = small_bn_net(NativeConv2d, NativeFeatures)
     stock = small_bn_net(nn.Conv2d, nn.SequentialCell)
     assert fast[0].blocked_inference and fast[0].blocked_training
     randomise_batchnorm(stock, seed=6)
@@ -378,24 +441,26 @@ def test_blocked_training_matches_stock(library, graph_mode):
     assert rel_err(fast(x).asnumpy(), stock(x).asnumpy()) < RTOL
 
 
-def test_chain_can_be_turned_off(library, graph_mode, monkeypatch):
-    monkeypatch.setenv("FAST_CONV_CHAIN", "0")
-    features = small_bn_net(FastConv2d, fast_conv.FastFeatures)[0]
+@pytest.mark.parametrize("name, value", [("VGG_NATIVE_KERNELS", "layers"),
+                                         ("FAST_CONV_CHAIN", "0")])  # the old name
+def test_chain_can_be_turned_off(library, graph_mode, monkeypatch, name, value):
+    monkeypatch.setenv(name, value)
+    features = small_bn_net(NativeConv2d, NativeFeatures)[0]
     assert not features.blocked_inference and not features.blocked_training
-    assert all(c.uses_fast_path for c in features.cell_list if isinstance(c, FastConv2d))
+    assert all(c.uses_fast_path for c in features.cell_list if isinstance(c, NativeConv2d))
 
 
 def test_chain_avoids_reference_kernels_on_small_images(library, graph_mode):
     """With 8-channel blocks (this process caps oneDNN at AVX2), backward weights on 2x2
     images has no fast kernel for the blocked layout; the chain then lets oneDNN pick the
     layout and reorders, instead of running its reference kernel (100x slower)."""
-    layers = [FastConv2d(3, 16, 3), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2, 2),
-              FastConv2d(16, 512, 3), nn.BatchNorm2d(512), nn.ReLU(),
-              FastConv2d(512, 512, 3), nn.BatchNorm2d(512), nn.ReLU()]
+    chain = [NativeConv2d(3, 16, 3), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2, 2),
+             NativeConv2d(16, 512, 3), nn.BatchNorm2d(512), nn.ReLU(),
+             NativeConv2d(512, 512, 3), nn.BatchNorm2d(512), nn.ReLU()]
     stock_layers = [nn.Conv2d(3, 16, 3), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2, 2),
                     nn.Conv2d(16, 512, 3), nn.BatchNorm2d(512), nn.ReLU(),
                     nn.Conv2d(512, 512, 3), nn.BatchNorm2d(512), nn.ReLU()]
-    fast = nn.SequentialCell([fast_conv.FastFeatures(layers), nn.Flatten(), nn.Dense(512 * 4, 3)])
+    fast = nn.SequentialCell([NativeFeatures(chain), nn.Flatten(), nn.Dense(512 * 4, 3)])
     stock = nn.SequentialCell([nn.SequentialCell(stock_layers), nn.Flatten(), nn.Dense(512 * 4, 3)])
     assert fast[0].blocked_training
     copy_params(fast, stock)

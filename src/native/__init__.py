@@ -1,0 +1,121 @@
+"""The project's native oneDNN kernels for CPU: where the library is, whether it loads and
+whether the user allows it. ``python -m src.native.build`` builds it from ``csrc/``;
+``src.native.layers`` (convolution cell, blocked VGG chain) and ``src.native.optimizer``
+(fused momentum) run it; ``src.native.isa`` holds the oneDNN instruction-set rule.
+
+This package imports no MindSpore, so that the ISA can be chosen before MindSpore first
+runs oneDNN.
+
+Environment override (the config key ``native_kernels`` chooses otherwise), read when a
+cell or optimizer is created:
+
+    VGG_NATIVE_KERNELS=1|on    everything the config allows (the default; also auto)
+    VGG_NATIVE_KERNELS=layers  no blocked chain: per-layer native convolutions and the
+                               fused optimizer only (to tell a chain problem from a
+                               convolution problem)
+    VGG_NATIVE_KERNELS=0|off   MindSpore's own kernels everywhere
+
+When it is unset, the old names still count: ``FAST_CONV=0`` means off and
+``FAST_CONV_CHAIN=0`` means layers.
+"""
+import ctypes
+import os
+
+from src.errors import UserError
+
+LIB_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_build", "libvgg_native.so")
+ENV = "VGG_NATIVE_KERNELS"
+OLD_ENVS = (("FAST_CONV", "off"), ("FAST_CONV_CHAIN", "layers"))  # "=0" meant this mode
+ON_WORDS = ("1", "true", "yes", "on", "auto")
+OFF_WORDS = ("0", "false", "no", "off")
+SYMBOLS = ("FastConvFwd", "FastConvBwd", "FastConvOneDnnVersion", "FastConvInferPlain",
+           "FastConvInferBlocked", "FastMaxPool2Blocked", "FastUnblock", "FastBlockSize",
+           "FastBnWorkspaceBytes", "FastMomentumUpdate", "FastReferenceKernels")
+
+_load_result = None  # (ctypes.CDLL or None, reason or "")
+
+
+def env_mode():
+    """("on" | "layers" | "off", the setting that chose it, "" for the default) from
+    VGG_NATIVE_KERNELS, else from the old FAST_CONV / FAST_CONV_CHAIN."""
+    raw = os.environ.get(ENV, "").strip()
+    value = raw.lower()
+    if value in ON_WORDS:
+        return "on", ""
+    if value in OFF_WORDS:
+        return "off", f"{ENV}={raw}"
+    if value == "layers":
+        return "layers", f"{ENV}={raw}"
+    if value:
+        raise UserError(f"{ENV}={raw} is not understood; use 1 (or on), layers, or 0 (or off)")
+    for name, mode in OLD_ENVS:
+        old = os.environ.get(name, "").strip()
+        if old.lower() in OFF_WORDS:
+            return mode, f"{name}={old}"
+    return "on", ""
+
+
+def load_library():
+    """Loads the built library once. Returns (library or None, one-line reason if None)."""
+    global _load_result
+    if _load_result is None:
+        if not os.path.isfile(LIB_PATH):
+            _load_result = (None, f"{LIB_PATH} is not built (run: python -m src.native.build)")
+        else:
+            try:
+                lib = ctypes.CDLL(LIB_PATH)
+                for symbol in SYMBOLS:
+                    getattr(lib, symbol)
+                lib.FastConvOneDnnVersion.restype = ctypes.c_char_p
+                lib.FastBlockSize.restype = ctypes.c_int
+                lib.FastBnWorkspaceBytes.restype = ctypes.c_int64
+                lib.FastBnWorkspaceBytes.argtypes = [ctypes.c_int64] * 4
+                _load_result = (lib, "")
+            except (OSError, AttributeError) as exc:
+                text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                _load_result = (None, f"cannot load {LIB_PATH}: {text} "
+                                      "(rebuild: python -m src.native.build --force)")
+    return _load_result
+
+
+def library_status():
+    """(usable, reason): whether the library is built, loadable and not turned off."""
+    mode, setting = env_mode()
+    if mode == "off":
+        return False, f"disabled by {setting}"
+    lib, reason = load_library()
+    return lib is not None, reason
+
+
+def onednn_version():
+    """Version of the oneDNN the library runs on ("3.10.1"), or None."""
+    lib, _ = load_library()
+    return lib.FastConvOneDnnVersion().decode() if lib is not None else None
+
+
+def block_size():
+    """Channel block (16 with AVX-512, 8 with AVX2) of the layout the blocked inference
+    chain passes between layers, or 0 when the library is unusable or the CPU has neither.
+    Fixes oneDNN's ISA for the process: call it after ONEDNN_MAX_CPU_ISA is settled."""
+    usable, _ = library_status()
+    return int(load_library()[0].FastBlockSize()) if usable else 0
+
+
+def reference_kernels():
+    """How many oneDNN primitives the library has built on reference (slow) kernels."""
+    lib, reason = load_library()
+    if lib is None:
+        raise RuntimeError(reason)
+    return int(lib.FastReferenceKernels())
+
+
+def bn_workspace_bytes(shape):
+    """Bytes of the ReLU workspace the fused BatchNorm + ReLU kernel keeps for an
+    (N, C, H, W) input (oneDNN decides it: about one bit per element)."""
+    lib, reason = load_library()
+    if lib is None:
+        raise RuntimeError(reason)
+    size = int(lib.FastBnWorkspaceBytes(*(int(d) for d in shape)))
+    if size < 0:
+        raise RuntimeError(f"no fused BatchNorm + ReLU for shape {tuple(shape)}")
+    return size

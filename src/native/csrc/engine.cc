@@ -1,0 +1,119 @@
+// The engine's set-up and the plumbing every kernel shares: the arena, operand binding
+// (reorders between MindSpore's plain tensors and the primitives' layouts), scratchpads.
+#include "engine.h"
+
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <new>
+#include <stdexcept>
+
+namespace vgg_native {
+
+bool Verbose() {
+  static const bool v = [] {
+    for (const char *name : {"VGG_NATIVE_VERBOSE", "FAST_CONV_VERBOSE"}) {
+      const char *env = std::getenv(name);
+      if (env != nullptr && env[0] != '\0') return env[0] != '0';
+    }
+    return false;
+  }();
+  return v;
+}
+
+bool IsReference(const char *impl) { return std::strncmp(impl, "ref", 3) == 0; }
+
+std::pair<tag, int64_t> BlockedActivationTag() {
+  const unsigned isa = static_cast<unsigned>(dnnl_get_effective_cpu_isa());
+  if ((isa & dnnl_cpu_isa_avx512_core) == dnnl_cpu_isa_avx512_core) return {tag::nChw16c, 16};
+  if ((isa & dnnl_cpu_isa_avx2) == dnnl_cpu_isa_avx2) return {tag::nChw8c, 8};
+  return {tag::any, 1};
+}
+
+void *Arena::Get(int slot, size_t bytes) {
+  Buf &b = bufs_[slot];
+  if (bytes > b.size) {
+    std::free(b.ptr);
+    size_t rounded = (bytes + 4095) / 4096 * 4096;
+    b.ptr = std::aligned_alloc(64, rounded);
+    b.size = b.ptr ? rounded : 0;
+    if (!b.ptr) throw std::bad_alloc();
+  }
+  return b.ptr;
+}
+
+Operand OperandFor(const dnnl::engine &eng, const memory::desc &outer, const memory::desc &inner,
+                   bool in, bool out) {
+  Operand op;
+  op.plain = outer;
+  op.inner = inner;
+  op.needs_reorder = !(outer == inner);
+  if (op.needs_reorder) {
+    if (in) op.to_inner = dnnl::reorder(dnnl::reorder::primitive_desc(eng, outer, eng, inner));
+    if (out) op.to_plain = dnnl::reorder(dnnl::reorder::primitive_desc(eng, inner, eng, outer));
+  }
+  return op;
+}
+
+Operand MakeOperand(const dnnl::engine &eng, const memory::dims &dims, tag plain_tag,
+                    const memory::desc &inner, bool in, bool out) {
+  return OperandFor(eng, memory::desc(dims, dt::f32, plain_tag), inner, in, out);
+}
+
+Engine &Engine::Get() {
+  static Engine *instance = new Engine();  // never destroyed: worker threads outlive exit
+  return *instance;
+}
+
+Engine::Engine()
+    : eng_(dnnl::engine::kind::cpu, 0),
+      nthreads_(DefaultThreads()),
+      pool_(nthreads_),
+      stream_(dnnl::threadpool_interop::make_stream(eng_, &pool_)) {}
+
+void Engine::ParallelFor(int n, const std::function<void(int)> &fn) {
+  pool_.parallel_for(n, [&](int i, int) { fn(i); });
+}
+
+int Engine::BlockSize() {
+  const auto b = BlockedActivationTag();
+  return b.first == tag::any ? 0 : static_cast<int>(b.second);
+}
+
+memory Engine::Bind(const Operand &op, float *plain_ptr, int slot, bool reorder_in) {
+  if (!op.needs_reorder) return memory(op.plain, eng_, plain_ptr);
+  memory inner(op.inner, eng_, arena_.Get(slot, op.inner.get_size()));
+  if (reorder_in) {
+    memory plain(op.plain, eng_, plain_ptr);
+    op.to_inner.execute(stream_, plain, inner);
+  }
+  return inner;
+}
+
+void Engine::Finish(const Operand &op, memory inner, float *plain_ptr) {
+  if (!op.needs_reorder) return;
+  memory plain(op.plain, eng_, plain_ptr);
+  op.to_plain.execute(stream_, inner, plain);
+}
+
+memory Engine::Scratch(size_t bytes) {
+  const memory::desc desc({static_cast<memory::dim>(bytes)}, dt::u8, tag::x);
+  return memory(desc, eng_, arena_.Get(kScratch, bytes ? bytes : 64));
+}
+
+memory::desc Engine::BlockedDesc(const memory::dims &dims) const {
+  const auto b = BlockedActivationTag();
+  if (b.first == tag::any || dims[1] % b.second != 0)
+    throw std::runtime_error("channel count not a multiple of the activation block");
+  return memory::desc(dims, dt::f32, b.first);
+}
+
+void Engine::Describe(const char *what, const ConvShape &s, const char *impl) {
+  if (IsReference(impl)) ++reference_kernels_;
+  if (!Verbose()) return;
+  std::fprintf(stderr, "vgg_native: %s n%ld c%ld h%ld w%ld o%ld k%ldx%ld pad%ld,%ld -> %s\n", what,
+               (long)s.n, (long)s.c, (long)s.h, (long)s.w, (long)s.o, (long)s.kh, (long)s.kw,
+               (long)s.pt, (long)s.pl, impl);
+}
+
+}  // namespace vgg_native

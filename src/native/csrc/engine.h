@@ -1,0 +1,251 @@
+// The engine behind every exported kernel: one oneDNN CPU engine and stream on the
+// project's thread pool, the primitives ("plans") it has built, cached per shape, and a
+// grow-only arena for the buffers of reordered operands.
+//
+// Calls are serialised by one mutex (each call already uses every core through the thread
+// pool given to the oneDNN stream). Primitives run on the layouts oneDNN prefers
+// (format_tag::any, or the channel-blocked nChw16c / nChw8c where that is faster); plain
+// NCHW/OIHW tensors are reordered in and out around them.
+//
+// Definitions: engine.cc (set-up, operand binding), conv.cc (convolutions), chain.cc
+// (BatchNorm + ReLU, pooling and layout changes of the blocked chain).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <tuple>
+#include <utility>
+
+#include "oneapi/dnnl/dnnl.hpp"
+#include "oneapi/dnnl/dnnl_threadpool.hpp"
+#include "thread_pool.h"
+
+namespace vgg_native {
+
+using dnnl::memory;
+using tag = dnnl::memory::format_tag;
+using dt = dnnl::memory::data_type;
+
+// VGG_NATIVE_VERBOSE=1 (old name FAST_CONV_VERBOSE): print on stderr the implementation
+// oneDNN picks for each primitive.
+bool Verbose();
+
+// Whether oneDNN picked its reference (unoptimised) implementation.
+bool IsReference(const char *impl);
+
+// Channel-blocked activation layout matching the SIMD width oneDNN runs with (16 floats
+// for AVX-512, 8 for AVX2), or `any` where there is none.
+std::pair<tag, int64_t> BlockedActivationTag();
+
+// ---------------------------------------------------------------------------------------
+// Grow-only 64-byte aligned buffers, one per role. Used only under the engine's mutex.
+
+enum Slot { kSrc = 0, kWei, kDst, kDiffDst, kDiffSrc, kDiffWei, kScratch, kNumSlots };
+
+class Arena {
+ public:
+  void *Get(int slot, size_t bytes);
+
+ private:
+  struct Buf {
+    void *ptr = nullptr;
+    size_t size = 0;
+  };
+  Buf bufs_[kNumSlots];
+};
+
+// ---------------------------------------------------------------------------------------
+// Shapes and cached plans.
+
+struct ConvShape {
+  int64_t n, c, h, w, o, kh, kw, oh, ow;
+  int64_t pt, pb, pl, pr;
+  bool operator<(const ConvShape &r) const {
+    return std::tie(n, c, h, w, o, kh, kw, oh, ow, pt, pb, pl, pr) <
+           std::tie(r.n, r.c, r.h, r.w, r.o, r.kh, r.kw, r.oh, r.ow, r.pt, r.pb, r.pl, r.pr);
+  }
+  memory::dims Src() const { return {n, c, h, w}; }
+  memory::dims Wei() const { return {o, c, kh, kw}; }
+  memory::dims Dst() const { return {n, o, oh, ow}; }
+  memory::dims Strides() const { return {1, 1}; }
+  memory::dims PadL() const { return {pt, pl}; }
+  memory::dims PadR() const { return {pb, pr}; }
+};
+
+// A tensor that MindSpore gives in plain layout and a primitive wants in `inner` layout.
+struct Operand {
+  memory::desc plain, inner;
+  bool needs_reorder = false;
+  dnnl::reorder to_inner, to_plain;  // only the direction(s) used are created
+};
+
+// An operand whose tensor is in layout `outer` and whose primitive wants `inner`.
+Operand OperandFor(const dnnl::engine &eng, const memory::desc &outer, const memory::desc &inner,
+                   bool in, bool out);
+Operand MakeOperand(const dnnl::engine &eng, const memory::dims &dims, tag plain_tag,
+                    const memory::desc &inner, bool in, bool out);
+
+struct FwdPlan {
+  dnnl::convolution_forward prim;
+  Operand src, wei, dst;
+  size_t scratch_bytes = 0;
+};
+
+struct BwdPlan {
+  dnnl::convolution_backward_data data_prim;
+  dnnl::convolution_backward_weights weights_prim;
+  Operand diff_dst_d, diff_dst_w;  // for backward data / backward weights
+  bool shared_diff_dst = false;    // both want the same layout: one reorder
+  Operand wei, diff_src, src, diff_wei;
+  size_t scratch_bytes = 0;
+};
+
+struct InferPlan {
+  dnnl::convolution_forward prim;
+  Operand src, dst;
+  memory::desc wei_plain, wei_inner, chan;
+  dnnl::reorder wei_reorder;  // plain -> inner, scaled per output channel
+  size_t scratch_bytes = 0;
+};
+
+struct TrainConvPlan {
+  dnnl::convolution_forward fwd;
+  dnnl::convolution_backward_data bwd_data;  // blocked input only
+  dnnl::convolution_backward_weights bwd_weights;
+  // Operands: "plain" is the layout of the MindSpore tensor (blocked activations, NCHW for
+  // the network input, OIHW weights), "inner" the primitive's; they differ only where the
+  // preferred blocked layout would have landed on a reference kernel.
+  Operand src_f, wei_f, dst_f;                // forward
+  Operand ddst_d, wei_d, dsrc_d;              // backward data
+  Operand src_w, ddst_w, diff_wei;            // backward weights
+  size_t scratch_bytes = 0;
+};
+
+struct BnPlan {
+  dnnl::batch_normalization_forward fwd;
+  dnnl::batch_normalization_backward bwd;
+  memory::desc data, chan, ws;
+  size_t scratch_bytes = 0;
+};
+
+struct TrainPoolPlan {
+  dnnl::pooling_forward fwd;
+  dnnl::pooling_backward bwd;
+  memory::desc src, dst, ws;
+  size_t scratch_bytes = 0;
+};
+
+struct PoolPlan {
+  dnnl::pooling_forward prim;
+  memory::desc src, dst;
+  size_t scratch_bytes = 0;
+};
+
+struct UnblockPlan {
+  dnnl::reorder prim, to_blocked;
+  memory::desc blocked, plain;
+};
+
+// ---------------------------------------------------------------------------------------
+
+class Engine {
+ public:
+  static Engine &Get();
+
+  std::mutex &Mutex() { return mu_; }
+
+  // Primitives built on a reference (unoptimised) kernel so far: a test keeps this at 0.
+  int ReferenceKernels() const { return reference_kernels_; }
+
+  // Runs fn(i) for i in [0, n) on the engine's threads.
+  void ParallelFor(int n, const std::function<void(int)> &fn);
+
+  // Channel block of the blocked layout (16 with AVX-512, 8 with AVX2), 0 if none.
+  static int BlockSize();
+
+  // ---- per-layer convolution on plain NCHW (conv.cc)
+  void Forward(const ConvShape &s, const float *x, const float *w, float *y);
+  void Backward(const ConvShape &s, const float *dy, const float *x, const float *w, float *dx,
+                float *dw);
+
+  // ---- convolutions of the blocked chain (conv.cc); y blocked, x plain or blocked
+  void TrainConvFwd(const ConvShape &s, bool x_blocked, const float *x, const float *w, float *y);
+  void TrainConvBwd(const ConvShape &s, bool x_blocked, const float *dy, const float *x,
+                    const float *w, float *dx, float *dw);
+  // y = relu(conv(x, w * scale[o]) + shift)
+  void Infer(const ConvShape &s, bool x_blocked, const float *x, const float *w, const float *scale,
+             const float *shift, float *y);
+
+  // ---- BatchNorm + ReLU, pooling and layout changes of the blocked chain (chain.cc)
+  void BnReluFwd(const memory::dims &dims, float eps, const float *y, const float *gamma,
+                 const float *beta, float *z, float *mean, float *var, uint8_t *ws);
+  void BnReluBwd(const memory::dims &dims, float eps, const float *dz, const uint8_t *ws,
+                 const float *y, const float *gamma, const float *mean, const float *var,
+                 float *dy, float *dgamma, float *dbeta);
+  // Bytes of the ReLU workspace FastBnReluTrain returns for an (N, C, H, W) input.
+  size_t BnWorkspaceBytes(const memory::dims &dims);
+  void MaxPool2Fwd(const memory::dims &src_dims, const float *x, float *y, uint8_t *ws);
+  void MaxPool2Bwd(const memory::dims &src_dims, const float *dy, const uint8_t *ws, float *dx);
+  // 2x2 stride-2 max pooling on blocked activations (inference).
+  void MaxPool2(const memory::dims &src_dims, const float *x, float *y);
+  void Block(const memory::dims &dims, const float *x, float *y);    // plain NCHW -> blocked
+  void Unblock(const memory::dims &dims, const float *x, float *y);  // blocked -> plain NCHW
+
+ private:
+  Engine();
+
+  // Memory holding the operand in the primitive's layout; reorders the plain input in.
+  memory Bind(const Operand &op, float *plain_ptr, int slot, bool reorder_in);
+  memory BindOut(const Operand &op, float *plain_ptr, int slot) {
+    return Bind(op, plain_ptr, slot, false);
+  }
+  // Reorders a result computed in the primitive's layout out to the plain tensor.
+  void Finish(const Operand &op, memory inner, float *plain_ptr);
+  memory Scratch(size_t bytes);
+  memory::desc BlockedDesc(const memory::dims &dims) const;
+  // Counts reference kernels; with Verbose(), prints the implementation oneDNN picked.
+  void Describe(const char *what, const ConvShape &s, const char *impl);
+
+  // Builds make(src, dst) with the preferred layouts; where that lands on a reference
+  // kernel (for instance backward weights on 2x2 images with AVX2 blocks), with `any`.
+  template <typename Make>
+  auto Preferring(const memory::desc &src, const memory::desc &dst, const memory::desc &any_src,
+                  const memory::desc &any_dst, Make make) -> decltype(make(src, dst)) {
+    auto pd = make(src, dst);
+    if (!IsReference(pd.impl_info_str())) return pd;
+    auto other = make(any_src, any_dst);
+    return IsReference(other.impl_info_str()) ? pd : other;
+  }
+
+  // Plans, built on first use of a shape.
+  FwdPlan &FwdFor(const ConvShape &s);
+  BwdPlan &BwdFor(const ConvShape &s);
+  TrainConvPlan &TrainConvFor(const ConvShape &s, bool x_blocked);
+  InferPlan &InferFor(const ConvShape &s, bool x_blocked);
+  BnPlan &BnFor(const memory::dims &dims, float eps);
+  TrainPoolPlan &TrainPoolFor(const memory::dims &src_dims);
+  PoolPlan &PoolFor(const memory::dims &src_dims);
+  UnblockPlan &UnblockFor(const memory::dims &dims);
+
+  std::mutex mu_;
+  dnnl::engine eng_;
+  int nthreads_;
+  ThreadPool pool_;
+  dnnl::stream stream_;
+  Arena arena_;
+  std::map<ConvShape, std::unique_ptr<FwdPlan>> fwd_;
+  std::map<ConvShape, std::unique_ptr<BwdPlan>> bwd_;
+  std::map<ConvShape, std::unique_ptr<InferPlan>> infer_plain_, infer_blocked_;
+  std::map<memory::dims, std::unique_ptr<PoolPlan>> pools_;
+  std::map<memory::dims, std::unique_ptr<UnblockPlan>> unblock_;
+  std::map<ConvShape, std::unique_ptr<TrainConvPlan>> train_plain_, train_blocked_;
+  int reference_kernels_ = 0;
+  std::map<std::pair<memory::dims, float>, std::unique_ptr<BnPlan>> bns_;
+  std::map<memory::dims, std::unique_ptr<TrainPoolPlan>> train_pools_;
+};
+
+}  // namespace vgg_native

@@ -1,0 +1,348 @@
+// The kernels MindSpore calls: extern "C" functions with the "aot" signature of
+// mindspore.ops.Custom, each checking its arguments and calling the engine. Shapes are
+// NCHW; "blocked" tensors keep their NCHW shape for MindSpore, but their bytes are in
+// oneDNN's nChw16c / nChw8c layout (see FastBlockSize).
+//
+// Per-layer convolution (FastConv2d):
+//   FastConvFwd : inputs  x (N,C,H,W), w (O,C,KH,KW)          -> y (N,O,OH,OW)
+//   FastConvBwd : inputs  dy (N,O,OH,OW), x (N,C,H,W), w     -> dx (N,C,H,W), dw (O,C,KH,KW)
+// Inference chain:
+//   FastConvInferPlain   : x (N,C,H,W) plain, w, scale (O), shift (O) -> y blocked
+//   FastConvInferBlocked : x blocked,         w, scale (O), shift (O) -> y blocked
+//                          y = relu(conv(x, w) * scale + shift): BatchNorm (moving
+//                          statistics) and bias folded into the weights and a bias
+//   FastMaxPool2Blocked  : x blocked (N,C,H,W) -> y blocked (N,C,H/2,W/2), 2x2 stride 2
+//   FastUnblock          : x blocked -> y plain NCHW
+// Training chain on the same blocked layout:
+//   FastConvTrainFwdPlain / FastConvTrainFwdBlocked : x, w -> y blocked
+//   FastConvTrainBwdPlain / FastConvTrainBwdBlocked : dy, x, w -> dx, dw
+//                          (plain x is the network input: its dx is returned as zeros)
+//   FastBnReluTrain      : y, gamma, beta, eps (1) -> z = relu(bn(y)), batch mean, biased var,
+//                          ReLU workspace (uint8, FastBnWorkspaceBytes(N, C, H, W) bytes)
+//   FastBnReluBwd        : dz, workspace, y, gamma, mean, var, eps -> dy, dgamma, dbeta
+//   FastMaxPool2Train    : x -> y, workspace (uint8, y's shape)
+//   FastMaxPool2Bwd      : dy, workspace -> dx
+//   FastBlock            : x plain NCHW -> y blocked (the gradient of FastUnblock)
+// Diagnostics: FastBlockSize, FastBnWorkspaceBytes, FastReferenceKernels,
+// FastConvOneDnnVersion. The optimizer kernel is in optimizer.cc.
+//
+// Stride is 1, so the padding follows from the shapes: total = OH - H + KH - 1, with
+// top = total / 2 and bottom = total - top (MindSpore's 'same', 'pad' and 'valid' all fit).
+#include <algorithm>
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+#include "kernel_args.h"
+
+using vgg_native::AllRank4F32;
+using vgg_native::ConvShape;
+using vgg_native::Dims4;
+using vgg_native::Engine;
+using vgg_native::Fail;
+using vgg_native::Guarded;
+using vgg_native::IsF32;
+using vgg_native::IsU8;
+
+namespace {
+
+// x (N,C,H,W), w (O,C,KH,KW), y (N,O,OH,OW) -> shape with stride-1 padding, or false.
+bool ShapeFrom(const int64_t *x, const int64_t *w, const int64_t *y, ConvShape *s) {
+  if (w[1] != x[1] || y[0] != x[0] || y[1] != w[0]) return false;
+  *s = ConvShape{x[0], x[1], x[2], x[3], w[0], w[2], w[3], y[2], y[3], 0, 0, 0, 0};
+  int64_t th = s->oh - s->h + s->kh - 1, tw = s->ow - s->w + s->kw - 1;
+  if (th < 0 || tw < 0) return false;
+  s->pt = th / 2;
+  s->pb = th - s->pt;
+  s->pl = tw / 2;
+  s->pr = tw - s->pl;
+  return s->n > 0 && s->c > 0 && s->h > 0 && s->w > 0 && s->o > 0 && s->oh > 0 && s->ow > 0;
+}
+
+}  // namespace
+
+// y = conv(x, w)
+VGG_NATIVE_EXPORT int FastConvFwd(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
+                                   void *stream, void *extra) {
+  if (nparam != 3 || !AllRank4F32(nparam, ndims, dtypes)) {
+    Fail("FastConvFwd", "expects x, w, y as 4-D float32 tensors");
+    return 1;
+  }
+  ConvShape s;
+  if (!ShapeFrom(shapes[0], shapes[1], shapes[2], &s)) {
+    Fail("FastConvFwd", "inconsistent shapes (only stride 1, one group, no dilation)");
+    return 1;
+  }
+  return Guarded("FastConvFwd", [&](Engine &e) {
+    e.Forward(s, static_cast<const float *>(params[0]), static_cast<const float *>(params[1]),
+              static_cast<float *>(params[2]));
+  });
+}
+
+// dx, dw = conv_backward(dy, x, w)
+VGG_NATIVE_EXPORT int FastConvBwd(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
+                                   void *stream, void *extra) {
+  if (nparam != 5 || !AllRank4F32(nparam, ndims, dtypes)) {
+    Fail("FastConvBwd", "expects dy, x, w, dx, dw as 4-D float32 tensors");
+    return 1;
+  }
+  ConvShape s;
+  if (!ShapeFrom(shapes[1], shapes[2], shapes[0], &s)) {
+    Fail("FastConvBwd", "inconsistent shapes (only stride 1, one group, no dilation)");
+    return 1;
+  }
+  return Guarded("FastConvBwd", [&](Engine &e) {
+    e.Backward(s, static_cast<const float *>(params[0]), static_cast<const float *>(params[1]),
+               static_cast<const float *>(params[2]), static_cast<float *>(params[3]),
+               static_cast<float *>(params[4]));
+  });
+}
+
+namespace {
+
+// x, w, scale, shift, y: y = relu(conv(x, w * scale) + shift), y blocked.
+int InferKernel(const char *name, bool x_blocked, int nparam, void **params, int *ndims,
+                int64_t **shapes, const char **dtypes) {
+  if (nparam != 5 || ndims[0] != 4 || ndims[1] != 4 || ndims[2] != 1 || ndims[3] != 1 || ndims[4] != 4) {
+    Fail(name, "expects x, w (4-D), scale, shift (1-D), y (4-D)");
+    return 1;
+  }
+  for (int i = 0; i < nparam; ++i)
+    if (!IsF32(dtypes[i])) {
+      Fail(name, "expects float32 tensors");
+      return 1;
+    }
+  ConvShape s;
+  if (!ShapeFrom(shapes[0], shapes[1], shapes[4], &s) || shapes[2][0] != s.o || shapes[3][0] != s.o) {
+    Fail(name, "inconsistent shapes (only stride 1, one group, no dilation)");
+    return 1;
+  }
+  return Guarded(name, [&](Engine &e) {
+    e.Infer(s, x_blocked, static_cast<const float *>(params[0]), static_cast<const float *>(params[1]),
+            static_cast<const float *>(params[2]), static_cast<const float *>(params[3]),
+            static_cast<float *>(params[4]));
+  });
+}
+
+}  // namespace
+
+VGG_NATIVE_EXPORT int FastConvInferPlain(int nparam, void **params, int *ndims, int64_t **shapes,
+                                          const char **dtypes, void *stream, void *extra) {
+  return InferKernel("FastConvInferPlain", false, nparam, params, ndims, shapes, dtypes);
+}
+
+VGG_NATIVE_EXPORT int FastConvInferBlocked(int nparam, void **params, int *ndims, int64_t **shapes,
+                                            const char **dtypes, void *stream, void *extra) {
+  return InferKernel("FastConvInferBlocked", true, nparam, params, ndims, shapes, dtypes);
+}
+
+// y = maxpool2x2(x), both blocked.
+VGG_NATIVE_EXPORT int FastMaxPool2Blocked(int nparam, void **params, int *ndims, int64_t **shapes,
+                                           const char **dtypes, void *stream, void *extra) {
+  if (nparam != 2 || !AllRank4F32(nparam, ndims, dtypes)) {
+    Fail("FastMaxPool2Blocked", "expects x, y as 4-D float32 tensors");
+    return 1;
+  }
+  const int64_t *x = shapes[0], *y = shapes[1];
+  if (y[0] != x[0] || y[1] != x[1] || x[2] != 2 * y[2] || x[3] != 2 * y[3] || y[2] < 1 || y[3] < 1) {
+    Fail("FastMaxPool2Blocked", "expects even H, W and y = (N, C, H/2, W/2)");
+    return 1;
+  }
+  return Guarded("FastMaxPool2Blocked", [&](Engine &e) {
+    e.MaxPool2(Dims4(x), static_cast<const float *>(params[0]), static_cast<float *>(params[1]));
+  });
+}
+
+// y (plain NCHW) = x (blocked), same shape.
+VGG_NATIVE_EXPORT int FastUnblock(int nparam, void **params, int *ndims, int64_t **shapes,
+                                   const char **dtypes, void *stream, void *extra) {
+  if (nparam != 2 || !AllRank4F32(nparam, ndims, dtypes) ||
+      !std::equal(shapes[0], shapes[0] + 4, shapes[1])) {
+    Fail("FastUnblock", "expects x, y as 4-D float32 tensors of one shape");
+    return 1;
+  }
+  return Guarded("FastUnblock", [&](Engine &e) {
+    e.Unblock(Dims4(shapes[0]), static_cast<const float *>(params[0]), static_cast<float *>(params[1]));
+  });
+}
+
+namespace {
+
+int TrainFwdKernel(const char *name, bool x_blocked, int nparam, void **params, int *ndims,
+                   int64_t **shapes, const char **dtypes) {
+  ConvShape s;
+  if (nparam != 3 || !AllRank4F32(nparam, ndims, dtypes) || !ShapeFrom(shapes[0], shapes[1], shapes[2], &s)) {
+    Fail(name, "expects x, w, y as consistent 4-D float32 tensors");
+    return 1;
+  }
+  return Guarded(name, [&](Engine &e) {
+    e.TrainConvFwd(s, x_blocked, static_cast<const float *>(params[0]), static_cast<const float *>(params[1]),
+                   static_cast<float *>(params[2]));
+  });
+}
+
+int TrainBwdKernel(const char *name, bool x_blocked, int nparam, void **params, int *ndims,
+                   int64_t **shapes, const char **dtypes) {
+  ConvShape s;
+  if (nparam != 5 || !AllRank4F32(nparam, ndims, dtypes) || !ShapeFrom(shapes[1], shapes[2], shapes[0], &s)) {
+    Fail(name, "expects dy, x, w, dx, dw as consistent 4-D float32 tensors");
+    return 1;
+  }
+  return Guarded(name, [&](Engine &e) {
+    e.TrainConvBwd(s, x_blocked, static_cast<const float *>(params[0]), static_cast<const float *>(params[1]),
+                   static_cast<const float *>(params[2]), static_cast<float *>(params[3]),
+                   static_cast<float *>(params[4]));
+  });
+}
+
+// The per-channel vectors of the batch-norm kernels: 1-D float32 of C elements.
+bool ChannelVectors(const int *ndims, int64_t **shapes, const char **dtypes, int first, int count, int64_t c) {
+  for (int i = first; i < first + count; ++i)
+    if (ndims[i] != 1 || shapes[i][0] != c || !IsF32(dtypes[i])) return false;
+  return true;
+}
+
+}  // namespace
+
+VGG_NATIVE_EXPORT int FastConvTrainFwdPlain(int nparam, void **params, int *ndims, int64_t **shapes,
+                                             const char **dtypes, void *stream, void *extra) {
+  return TrainFwdKernel("FastConvTrainFwdPlain", false, nparam, params, ndims, shapes, dtypes);
+}
+
+VGG_NATIVE_EXPORT int FastConvTrainFwdBlocked(int nparam, void **params, int *ndims, int64_t **shapes,
+                                               const char **dtypes, void *stream, void *extra) {
+  return TrainFwdKernel("FastConvTrainFwdBlocked", true, nparam, params, ndims, shapes, dtypes);
+}
+
+VGG_NATIVE_EXPORT int FastConvTrainBwdPlain(int nparam, void **params, int *ndims, int64_t **shapes,
+                                             const char **dtypes, void *stream, void *extra) {
+  return TrainBwdKernel("FastConvTrainBwdPlain", false, nparam, params, ndims, shapes, dtypes);
+}
+
+VGG_NATIVE_EXPORT int FastConvTrainBwdBlocked(int nparam, void **params, int *ndims, int64_t **shapes,
+                                               const char **dtypes, void *stream, void *extra) {
+  return TrainBwdKernel("FastConvTrainBwdBlocked", true, nparam, params, ndims, shapes, dtypes);
+}
+
+// y, gamma, beta, eps -> z, mean, var, workspace
+VGG_NATIVE_EXPORT int FastBnReluTrain(int nparam, void **params, int *ndims, int64_t **shapes,
+                                       const char **dtypes, void *stream, void *extra) {
+  const char *name = "FastBnReluTrain";
+  if (nparam != 8 || ndims[0] != 4 || ndims[4] != 4 || !IsF32(dtypes[0]) || !IsF32(dtypes[4]) ||
+      !std::equal(shapes[0], shapes[0] + 4, shapes[4]) || !ChannelVectors(ndims, shapes, dtypes, 1, 2, shapes[0][1]) ||
+      !ChannelVectors(ndims, shapes, dtypes, 3, 1, 1) || !ChannelVectors(ndims, shapes, dtypes, 5, 2, shapes[0][1]) ||
+      ndims[7] != 1 || !IsU8(dtypes[7])) {
+    Fail(name, "expects y (4-D), gamma, beta (C), eps (1), z (y's shape), mean, var (C) float32, workspace uint8");
+    return 1;
+  }
+  const float eps = *static_cast<const float *>(params[3]);
+  return Guarded(name, [&](Engine &e) {
+    if (static_cast<size_t>(shapes[7][0]) != e.BnWorkspaceBytes(Dims4(shapes[0])))
+      throw std::runtime_error("workspace size differs from FastBnWorkspaceBytes");
+    e.BnReluFwd(Dims4(shapes[0]), eps, static_cast<const float *>(params[0]), static_cast<const float *>(params[1]),
+                static_cast<const float *>(params[2]), static_cast<float *>(params[4]),
+                static_cast<float *>(params[5]), static_cast<float *>(params[6]), static_cast<uint8_t *>(params[7]));
+  });
+}
+
+// dz, workspace, y, gamma, mean, var, eps -> dy, dgamma, dbeta
+VGG_NATIVE_EXPORT int FastBnReluBwd(int nparam, void **params, int *ndims, int64_t **shapes,
+                                     const char **dtypes, void *stream, void *extra) {
+  const char *name = "FastBnReluBwd";
+  bool ok = nparam == 10 && ndims[1] == 1 && IsU8(dtypes[1]);
+  for (int i : {0, 2, 7})
+    ok = ok && ndims[i] == 4 && IsF32(dtypes[i]) && std::equal(shapes[0], shapes[0] + 4, shapes[i]);
+  ok = ok && ChannelVectors(ndims, shapes, dtypes, 3, 3, shapes[0][1]) &&
+       ChannelVectors(ndims, shapes, dtypes, 6, 1, 1) && ChannelVectors(ndims, shapes, dtypes, 8, 2, shapes[0][1]);
+  if (!ok) {
+    Fail(name, "expects dz (4-D), workspace (uint8), y (4-D), gamma, mean, var (C), eps (1), dy (4-D), dgamma, dbeta (C)");
+    return 1;
+  }
+  const float eps = *static_cast<const float *>(params[6]);
+  return Guarded(name, [&](Engine &e) {
+    e.BnReluBwd(Dims4(shapes[0]), eps, static_cast<const float *>(params[0]), static_cast<const uint8_t *>(params[1]),
+                static_cast<const float *>(params[2]), static_cast<const float *>(params[3]),
+                static_cast<const float *>(params[4]), static_cast<const float *>(params[5]),
+                static_cast<float *>(params[7]), static_cast<float *>(params[8]), static_cast<float *>(params[9]));
+  });
+}
+
+// Number of oneDNN primitives the library built on reference kernels (0 when all is fast).
+VGG_NATIVE_EXPORT int FastReferenceKernels() {
+  int count = 0;
+  Guarded("FastReferenceKernels", [&](Engine &e) { count = e.ReferenceKernels(); });
+  return count;
+}
+
+// Bytes of FastBnReluTrain's workspace for an (n, c, h, w) input; -1 on error.
+VGG_NATIVE_EXPORT int64_t FastBnWorkspaceBytes(int64_t n, int64_t c, int64_t h, int64_t w) {
+  size_t bytes = 0;
+  int status = Guarded("FastBnWorkspaceBytes", [&](Engine &e) { bytes = e.BnWorkspaceBytes({n, c, h, w}); });
+  return status == 0 ? static_cast<int64_t>(bytes) : -1;
+}
+
+// x -> y, workspace
+VGG_NATIVE_EXPORT int FastMaxPool2Train(int nparam, void **params, int *ndims, int64_t **shapes,
+                                         const char **dtypes, void *stream, void *extra) {
+  const char *name = "FastMaxPool2Train";
+  if (nparam != 3 || ndims[0] != 4 || ndims[1] != 4 || ndims[2] != 4 || !IsF32(dtypes[0]) ||
+      !IsF32(dtypes[1]) || !IsU8(dtypes[2])) {
+    Fail(name, "expects x, y (4-D float32), workspace (4-D uint8)");
+    return 1;
+  }
+  const int64_t *x = shapes[0], *y = shapes[1];
+  if (y[0] != x[0] || y[1] != x[1] || x[2] != 2 * y[2] || x[3] != 2 * y[3] || y[2] < 1 || y[3] < 1 ||
+      !std::equal(y, y + 4, shapes[2])) {
+    Fail(name, "expects even H, W and y, workspace = (N, C, H/2, W/2)");
+    return 1;
+  }
+  return Guarded(name, [&](Engine &e) {
+    e.MaxPool2Fwd(Dims4(x), static_cast<const float *>(params[0]), static_cast<float *>(params[1]),
+                  static_cast<uint8_t *>(params[2]));
+  });
+}
+
+// dy, workspace -> dx
+VGG_NATIVE_EXPORT int FastMaxPool2Bwd(int nparam, void **params, int *ndims, int64_t **shapes,
+                                       const char **dtypes, void *stream, void *extra) {
+  const char *name = "FastMaxPool2Bwd";
+  if (nparam != 3 || ndims[0] != 4 || ndims[1] != 4 || ndims[2] != 4 || !IsF32(dtypes[0]) ||
+      !IsU8(dtypes[1]) || !IsF32(dtypes[2])) {
+    Fail(name, "expects dy (4-D float32), workspace (4-D uint8), dx (4-D float32)");
+    return 1;
+  }
+  const int64_t *dy = shapes[0], *dx = shapes[2];
+  if (dy[0] != dx[0] || dy[1] != dx[1] || dx[2] != 2 * dy[2] || dx[3] != 2 * dy[3] ||
+      !std::equal(dy, dy + 4, shapes[1])) {
+    Fail(name, "expects dx = (N, C, 2H, 2W) for dy, workspace = (N, C, H, W)");
+    return 1;
+  }
+  return Guarded(name, [&](Engine &e) {
+    e.MaxPool2Bwd(Dims4(dx), static_cast<const float *>(params[0]), static_cast<const uint8_t *>(params[1]),
+                  static_cast<float *>(params[2]));
+  });
+}
+
+// y (blocked) = x (plain NCHW), same shape.
+VGG_NATIVE_EXPORT int FastBlock(int nparam, void **params, int *ndims, int64_t **shapes,
+                                 const char **dtypes, void *stream, void *extra) {
+  if (nparam != 2 || !AllRank4F32(nparam, ndims, dtypes) || !std::equal(shapes[0], shapes[0] + 4, shapes[1])) {
+    Fail("FastBlock", "expects x, y as 4-D float32 tensors of one shape");
+    return 1;
+  }
+  return Guarded("FastBlock", [&](Engine &e) {
+    e.Block(Dims4(shapes[0]), static_cast<const float *>(params[0]), static_cast<float *>(params[1]));
+  });
+}
+
+// Channel block of the layout the inference chain passes between layers; 0 if none.
+VGG_NATIVE_EXPORT int FastBlockSize() { return Engine::BlockSize(); }
+   
+   // Version of the oneDNN actually loaded, for diagnostics: "3.10.1".
+   VGG_NATIVE_EXPORT const char *FastConvOneDnnVersion() {
+  static std::string v = [] {
+    const dnnl_version_t *ver = dnnl_version();
+    return std::to_string(ver->major) + "." + std::to_string(ver->minor) + "." + std::to_string(ver->patch);
+  }();
+  return v.c_str();
+}

@@ -7,12 +7,10 @@ import sys
 
 import yaml
 
-from model_utils.schema import KEYS, SCHEMA
+from model_utils.schema import KEYS, OLD_NAMES, SCHEMA
+from src.cli import FALSE_WORDS, TRUE_WORDS
 from src.errors import UserError
 from src.lr_schedule import PER_STEP
-
-TRUE_WORDS = {"true", "1", "yes"}
-FALSE_WORDS = {"false", "0", "no"}
 
 
 class Config:
@@ -44,6 +42,7 @@ class Config:
         """A new Config with some values changed and validated (the original stays as it is)."""
         values = dict(self._values)
         for key, value in changes.items():
+            key = OLD_NAMES.get(key, key)
             _check_known(key, "override")
             values[key] = _coerce(key, value, "override")
         _check_choices(values, self._choices)
@@ -52,6 +51,19 @@ class Config:
 
     def __repr__(self):
         return "Config(" + ", ".join(f"{k}={v!r}" for k, v in self._values.items()) + ")"
+
+
+def _current_names(part, where):
+    """A YAML part with renamed keys under their current names (schema Key.old_names), so
+    that configs written before a rename, saved run configs among them, still load."""
+    renamed, given_as = {}, {}
+    for key, value in part.items():
+        name = OLD_NAMES.get(str(key), key)
+        if name in renamed:
+            raise UserError(f"config keys '{given_as[name]}' and '{key}' in {where} are one key "
+                            f"(old and current name); keep '{name}'")
+        renamed[name], given_as[name] = value, key
+    return renamed
 
 
 def _nearest_hint(key):
@@ -229,8 +241,8 @@ def load_yaml(path):
         raise UserError(f"config file {path} must hold up to three YAML mappings "
                         "(values, then '---' help, then '---' choices)")
     parts += [{}] * (3 - len(parts))
-    values, help_text, choices = parts
     where = os.path.basename(path)
+    values, help_text, choices = (_current_names(part, where) for part in parts)
     for key in list(values) + list(help_text) + list(choices):
         _check_known(str(key), where)
     for key in values:
@@ -259,7 +271,7 @@ def _split_argv(argv):
             i += 1
         else:
             key, value = body, "True"
-        pairs.append((key, value))
+        pairs.append((OLD_NAMES.get(key, key), value))
         i += 1
     return pairs
 

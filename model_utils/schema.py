@@ -22,6 +22,10 @@ def fraction(value):
     return None if 0 <= value < 1 else "it must be in [0, 1)"
 
 
+def probability(value):
+    return None if 0 <= value <= 1 else "it must be in [0, 1]"
+
+
 def smoothing_factor(value):
     return not_negative(value) or (None if value < 1 else "it must be < 1")
 
@@ -38,13 +42,15 @@ def increasing(values):
 
 @dataclass(frozen=True)
 class Key:
-    """One config key. `item` is the element type of a list key."""
+    """One config key. `item` is the element type of a list key; `old_names` are names the
+    key had before, still accepted (YAML, saved configs, command line) and read as `name`."""
     name: str
     type: type
     help: str
     choices: tuple = ()
     check: Optional[Callable] = None
     item: type = str
+    old_names: tuple = ()
 
 
 KEYS = (
@@ -90,9 +96,11 @@ KEYS = (
     Key("image_size", list,
         "Network input height,width (multiples of 32); images are resized to it",
         check=vgg_image_size, item=int),
-    Key("fast_conv", str,
-        "CPU convolutions through the project's oneDNN kernels: auto (when built), on, off",
-        choices=("auto", "on", "off")),
+    Key("native_kernels", str,
+        "CPU graph mode through the project's native oneDNN kernels (convolution, "
+        "BatchNorm+ReLU, pooling, optimizer): auto (when built), on, off; the environment "
+        "variable VGG_NATIVE_KERNELS=0 turns them off (old key name: fast_conv)",
+        choices=("auto", "on", "off"), old_names=("fast_conv",)),
 
     # optimisation
     Key("lr", float,
@@ -135,6 +143,7 @@ KEYS = (
     Key("batch_size", int, "Images per step and device", check=at_least_1),
     Key("max_epoch", int, "Number of training epochs", check=at_least_1),
     Key("momentum", float, "SGD momentum", check=not_negative),
+    Key("nesterov", bool, "Nesterov momentum (on CPU it replaces the native optimizer kernel)"),
     Key("weight_decay", float,
         "Weight decay of convolution and dense weights (not BatchNorm, not biases)",
         check=not_negative),
@@ -146,6 +155,31 @@ KEYS = (
         choices=("O0", "O2", "O3")),
     Key("label_smooth", bool, "Use label smoothing"),
     Key("label_smooth_factor", float, "Label smoothing factor", check=smoothing_factor),
+
+    # training toolbox
+    Key("clip_grad_norm", float,
+        "Clip the global L2 norm of all gradients (after loss-scale unscaling and averaging "
+        "over devices and accumulation steps) to this value (0: off)",
+        check=not_negative),
+    Key("accumulate_steps", int,
+        "Batches whose gradients are summed into one optimizer step: global batch = "
+        "batch_size x accumulate_steps x devices; the schedule counts optimizer steps",
+        check=at_least_1),
+    Key("ema_decay", float,
+        "Exponential moving average of the weights (BatchNorm statistics included) with this "
+        "decay per optimizer step, e.g. 0.999; evaluated, saved as ema.* and <arch>-ema.ckpt "
+        "(0: off)",
+        check=fraction),
+    Key("ema_warmup", bool,
+        "Ramp the EMA decay up as min(ema_decay, (1 + n) / (10 + n)) after n updates"),
+    Key("mixup_alpha", float, "Mixup: Beta(alpha, alpha) mixing of batch pairs (0: off)",
+        check=not_negative),
+    Key("cutmix_alpha", float, "CutMix: Beta(alpha, alpha) box pasting between batch pairs "
+        "(0: off)", check=not_negative),
+    Key("mix_prob", float, "Probability that a batch is mixed when mixup or CutMix is on",
+        check=probability),
+    Key("mix_switch_prob", float,
+        "Probability of CutMix instead of mixup when both are on", check=probability),
 
     # data
     Key("dataset", str, "Dataset layout", choices=("cifar10", "imagenet2012")),
@@ -159,10 +193,20 @@ KEYS = (
     Key("num_workers", int, "Data loading workers (0: from the number of cores)",
         check=not_negative),
     Key("skip_corrupt", bool, "Skip and count corrupt images instead of stopping"),
+    Key("auto_augment", str,
+        "Training augmentation policy after crop and flip: none, randaugment (2 ops, "
+        "magnitude 9), trivialaugment (TrivialAugmentWide) or autoaugment (the dataset's "
+        "policy)",
+        choices=("none", "randaugment", "trivialaugment", "autoaugment")),
+    Key("random_erasing", float,
+        "Probability of erasing one random rectangle of a training image (0: off)",
+        check=probability),
 
     # distributed
     Key("is_distributed", bool, "Data-parallel training over all launched processes"),
     Key("is_save_on_master", bool, "Only rank 0 writes checkpoints"),
+    Key("sync_bn", bool,
+        "BatchNorm statistics over all devices of a distributed job (GPU/Ascend; not on CPU)"),
 
     # checkpoints, resume, logging
     Key("pre_trained", str,
@@ -179,6 +223,8 @@ KEYS = (
     Key("log_interval", int, "Steps between progress lines", check=at_least_1),
     Key("eval_interval", int, "Evaluate every this many epochs during training (0: never)",
         check=not_negative),
+    Key("eval_flip_tta", bool,
+        "Evaluation: average the softmax of each image and its horizontal flip"),
 
     # export and inference
     Key("ckpt_file", str, "Export: checkpoint to export"),
@@ -190,3 +236,4 @@ KEYS = (
 )
 
 SCHEMA = {key.name: key for key in KEYS}
+OLD_NAMES = {old: key.name for key in KEYS for old in key.old_names}

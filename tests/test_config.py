@@ -181,6 +181,25 @@ def test_resolved_config_round_trips(tmp_path):
     assert choices == {key.name: list(key.choices) for key in KEYS if key.choices}
 
 
+def test_a_renamed_key_is_read_under_its_old_name(tmp_path):
+    """native_kernels was called fast_conv: command lines, overrides and the YAMLs of older
+    runs (their saved config.yaml, the config stored in their checkpoints) still work."""
+    config = get_config([f"--config_path={CIFAR}", "--fast_conv=off"])
+    assert config.native_kernels == "off" and "fast_conv" not in config
+    assert config.replace(fast_conv="on").native_kernels == "on"
+    saved = save_config(config, str(tmp_path / "run"))
+    with open(saved, encoding="utf-8") as handle:
+        text = handle.read()
+    assert text.count("\nnative_kernels:") == 3  # values, help and choices
+    old = tmp_path / "old_config.yaml"
+    old.write_text(text.replace("\nnative_kernels:", "\nfast_conv:"), encoding="utf-8")
+    assert get_config([f"--config_path={old}"]).to_dict() == config.to_dict()
+    assert get_config([f"--config_path={old}", "--native_kernels=auto"]).native_kernels == "auto"
+    both = _write_yaml(tmp_path, {"fast_conv": "off", "native_kernels": "on"})
+    with pytest.raises(UserError, match="'fast_conv' and 'native_kernels' in c.yaml are one key"):
+        load_yaml(both)
+
+
 def test_help_lists_every_key(capsys):
     with pytest.raises(SystemExit) as info:
         get_config([f"--config_path={CIFAR}", "--help"])

@@ -14,8 +14,6 @@ import os
 import sys
 from collections.abc import Mapping
 
-
-import src  # noqa: F401  (sets the oneDNN ISA cap before MindSpore loads)
 from src import checkpoint as ckpt
 from src.cli import run_entry
 from src.errors import UserError

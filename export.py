@@ -4,7 +4,7 @@ python export.py --config_path=cifar10_config.yaml --ckpt_file=CKPT --file_name=
 
 The graph takes export_batch_size x 3 x image_size float32 images, normalised as in eval.py,
 and returns logits. ONNX files leave the batch axis free (input `image`, output `logits`).
-The network is always built from MindSpore's own operators (no fast_conv custom kernels) in
+The network is always built from MindSpore's own operators (no native custom kernels) in
 inference mode, so the file runs wherever MindSpore or onnxruntime does. AIR is written by
 MindSpore only on Ascend.
 """
@@ -13,10 +13,10 @@ import shutil
 
 import numpy as np
 
-import src  # noqa: F401  (sets the oneDNN ISA cap before MindSpore loads)
+from model_utils.entry import run_with_config
 from src import checkpoint as ckpt
 from src.class_names import CLASS_NAMES_FILE, find_class_names, read_class_names
-from src.cli import run_entry, run_with_config
+from src.cli import run_entry
 from src.errors import UserError
 from src.factory import build_network
 from src.runtime import setup_runtime
@@ -42,7 +42,7 @@ def check_request(config):
 
 def inference_network(config, device_target):
     """The config's network with the checkpoint's weights, stock operators, eval mode."""
-    net = build_network(config.replace(fast_conv="off"), device_target)
+    net = build_network(config.replace(native_kernels="off"), device_target)
     ckpt.load_weights(net, ckpt.read_checkpoint(config.ckpt_file), config.ckpt_file)
     net.set_train(False)
     return net

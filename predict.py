@@ -20,7 +20,6 @@ import tempfile
 
 import numpy as np
 
-import src  # noqa: F401  (sets the oneDNN ISA cap before MindSpore loads)
 from src.class_names import CLASS_NAMES_FILE, find_class_names, read_class_names
 from src.cli import run_entry
 from src.errors import UserError
@@ -90,7 +89,7 @@ def network_config(entries, path, config_path=None, image_size=None):
     from model_utils.config import get_config
     from src import checkpoint as ckpt
 
-    overrides = ["--fast_conv=off"]  # stock operators: the same on every device
+    overrides = ["--native_kernels=off"]  # stock operators: the same on every device
     if image_size:
         overrides.append(f"--image_size={image_size[0]},{image_size[1]}")
     stored = ckpt.checkpoint_meta(entries).get("config_yaml")

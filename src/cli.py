@@ -1,12 +1,18 @@
-"""Runs an entry point so that a user's mistake ends in one line and a non-zero exit."""
+"""Runs an entry point so that a user's mistake ends in one line and a non-zero exit, after
+the process-wide oneDNN setting (src/native/isa.py)."""
 import os
 import sys
 import traceback
 
 from src.errors import UserError
+from src.native.isa import cap_onednn_isa
 
-# Attribute that run_with_config sets on an exception: the parsed config's `debug` value.
+# Attribute that model_utils.entry.run_with_config sets on an exception: the parsed config's
+# `debug` value.
 CONFIG_DEBUG = "vgg_config_debug"
+# How a boolean is spelled on the command line and in YAML (model_utils/config.py too).
+TRUE_WORDS = {"true", "1", "yes"}
+FALSE_WORDS = {"false", "0", "no"}
 
 
 def _debug_requested(argv, err):
@@ -21,8 +27,6 @@ def _debug_requested(argv, err):
 
 def _debug_in_argv(argv):
     """The last `--debug[=| ]VALUE` (a bare `--debug` is true), in the loader's spellings."""
-    from model_utils.config import TRUE_WORDS
-
     value = None
     for i, arg in enumerate(argv):
         if arg.startswith("--debug="):
@@ -37,8 +41,11 @@ def run_entry(main, argv=None):
     """Call main(); UserError and unexpected failures become `error: ...` on stderr, exit 1.
 
     `debug: True` in the config (or --debug=True, or VGG_DEBUG=1) shows the full traceback.
+    Before main, oneDNN's instruction set is capped for MindSpore's convolutions (it must be
+    set before MindSpore first runs oneDNN; a user's own ONEDNN_MAX_CPU_ISA is kept).
     """
     argv = sys.argv[1:] if argv is None else argv
+    cap_onednn_isa()
     try:
         main()
     except UserError as err:
@@ -60,22 +67,6 @@ def run_entry(main, argv=None):
         print(f"error: {type(err).__name__}: {first} (run with --debug=True for the traceback)",
               file=sys.stderr)
         sys.exit(1)
-
-
-def run_with_config(work, default_config="cifar10_config.yaml", argv=None):
-    """Parse the YAML config and command line, then run work(config): inside the ModelArts
-    adapter (copy data in, outputs out) when enable_modelarts is set, directly otherwise."""
-    from model_utils.config import get_config
-
-    config = get_config(argv, default_config=default_config)
-    try:
-        if config.enable_modelarts:
-            from model_utils.moxing_adapter import run_on_modelarts
-            return run_on_modelarts(config, work)
-        return work(config)
-    except Exception as err:
-        setattr(err, CONFIG_DEBUG, bool(config.get("debug", False)))
-        raise
 
 
 def _user_error_inside(err):

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import yaml
 
+from model_utils import entry
 from src import cli
 from src.errors import UserError
 
@@ -128,7 +129,7 @@ def test_debug_spellings(yaml_debug, args, env, shown, tmp_path, monkeypatch, ca
     monkeypatch.setenv("VGG_DEBUG", env)
     argv = [f"--config_path={yaml_with(tmp_path, debug=yaml_debug)}"] + args
     with pytest.raises(SystemExit):
-        cli.run_entry(lambda: cli.run_with_config(failing_work, argv=argv), argv=argv)
+        cli.run_entry(lambda: entry.run_with_config(failing_work, argv=argv), argv=argv)
     err = capsys.readouterr().err
     assert ("Traceback" in err) == shown and err.rstrip().endswith("error: bad data")
 
@@ -139,6 +140,6 @@ def test_debug_on_the_command_line_when_the_config_cannot_be_read(args, shown, c
     monkeypatch.delenv("VGG_DEBUG", raising=False)
     argv = ["--config_path=nowhere.yaml"] + args
     with pytest.raises(SystemExit):
-        cli.run_entry(lambda: cli.run_with_config(failing_work, argv=argv), argv=argv)
+        cli.run_entry(lambda: entry.run_with_config(failing_work, argv=argv), argv=argv)
     err = capsys.readouterr().err
     assert ("Traceback" in err) == shown and "config file not found" in err

@@ -24,7 +24,7 @@ TRAIN_ARGS = NET_ARGS + ["--max_epoch=1", f"--batch_size={BATCH}", "--log_interv
                         "--eval_interval=0"]
 # MindSpore's own convolution compiles faster than the project's oneDNN cells: used by the
 # runs that check the launch machinery rather than the training result
-QUICK = ["--fast_conv=off"]
+QUICK = ["--native_kernels=off"]
 JOB_TIMEOUT = 240  # seconds; a hung job fails the test instead of the CI run
 
 

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import src  # noqa: F401
 from src import checkpoint as ckpt
 from src.progress import read_metrics
 

@@ -44,7 +44,6 @@ tolerance.
 import numpy as np
 import pytest
 
-import src  # noqa: F401  (the CPU oneDNN setting, before MindSpore starts)
 from model_utils.config import get_config
 
 SEED = 7
@@ -166,11 +165,11 @@ def _reference(path):
                          ids=[f"{p}-{a}-{s}" for p, a, s in CASES])
 def test_loss_scale_leaves_parameters_and_momenta_unchanged(path, amp_level, scale):
     if path == "FusedMomentum":
-        from src.ops import library_status
+        from src.native import library_status
 
         built, why = library_status()
         if not built:
-            pytest.skip(f"native library not built ({why}); python -m src.ops.build")
+            pytest.skip(f"native library not built ({why}); python -m src.native.build")
     ref_params, ref_moments = _reference(path)
     params, moments = _train(path, amp_level, scale)
     assert params.keys() == ref_params.keys() and moments.keys() == ref_moments.keys()
@@ -189,7 +188,7 @@ def test_the_paths_agree_at_loss_scale_1():
     fused add, the native kernel round differently in the last bit) and three steps at this
     learning rate carry that to about 5e-6 of a tensor's largest element; hence a tolerance
     of 1e-4 of it, still far below what a wrong weight decay does."""
-    from src.ops import library_status
+    from src.native import library_status
 
     paths = ["DecayedMomentum"] + (["FusedMomentum"] if library_status()[0] else [])
     want_params, want_moments = _reference("Momentum")

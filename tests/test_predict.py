@@ -12,7 +12,6 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-import src  # noqa: E402,F401  (oneDNN ISA cap before MindSpore loads)
 import mindspore as ms  # noqa: E402
 
 import predict  # noqa: E402
@@ -37,7 +36,7 @@ def run(tmp_path_factory):
     root = tmp_path_factory.mktemp("predict")
     config = get_config(["--config_path=cifar10_config.yaml", "--arch=vgg11",
                          "--batch_norm=True", "--num_classes=3", f"--image_size={SIZE},{SIZE}",
-                         "--fast_conv=off", "--device_target=CPU"])
+                         "--native_kernels=off", "--device_target=CPU"])
     net = build_network(config)
     net.set_train(False)
     # larger head weights: logits of order 1, so probabilities differ clearly between classes

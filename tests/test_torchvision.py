@@ -15,7 +15,6 @@ torch = pytest.importorskip("torch")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-import src  # noqa: E402,F401  (oneDNN ISA cap before MindSpore loads)
 import mindspore as ms  # noqa: E402
 
 import convert_torchvision  # noqa: E402

@@ -8,10 +8,10 @@ A folder is evaluated checkpoint by checkpoint in epoch order and the best one i
 """
 import os
 
-import src  # noqa: F401  (sets the oneDNN ISA cap before MindSpore loads)
+from model_utils.entry import run_with_config
 from src import checkpoint as ckpt
 from src.class_names import find_class_names, read_class_names
-from src.cli import run_entry, run_with_config
+from src.cli import run_entry
 from src.errors import UserError
 from src.evaluation import allreduce_counts, evaluate
 from src.factory import build_dataset, build_network, model_name
@@ -85,7 +85,7 @@ def evaluate_checkpoints(config, runtime, paths):
         if index == 0:
             warm_up(net, dataset)
             dataset = build_dataset(config, training=False, runtime=runtime)
-        local = evaluate(net, dataset)
+        local = evaluate(net, dataset, flip_tta=config.get("eval_flip_tta", False))
         counts = allreduce_counts(local, runtime.group_size)
         results.append((path, counts))
         report(config, runtime, counts, local, path, class_names_for(config, path))
@@ -96,7 +96,8 @@ def evaluate_onnx_file(config, runtime, path):
     from src.onnx_eval import evaluate_onnx, load_onnx_model
 
     model = load_onnx_model(path, config.image_size)
-    local = evaluate_onnx(model, build_dataset(config, training=False, runtime=runtime))
+    local = evaluate_onnx(model, build_dataset(config, training=False, runtime=runtime),
+                          flip_tta=config.get("eval_flip_tta", False))
     counts = allreduce_counts(local, runtime.group_size)
     report(config, runtime, counts, local, path, class_names_for(config, path))
     return [(path, counts)]

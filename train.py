@@ -8,15 +8,16 @@ import signal
 # must be in place before MindSpore starts its threads, which inherit it.
 signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
 
-import src  # noqa: E402,F401  (sets the oneDNN ISA cap before MindSpore loads)
 from model_utils.config import save_config  # noqa: E402
+from model_utils.entry import run_with_config  # noqa: E402
 from src import checkpoint as ckpt
-from src.cli import run_entry, run_with_config
+from src.cli import run_entry
 from src.errors import UserError
 from src.factory import build_dataset, build_network, model_name
 from src.profiling import StepProfiler
 from src.progress import setup_logger
 from src.runtime import setup_runtime
+from src.sync_bn import apply_sync_bn
 from src.trainer import RunPaths, Trainer
 
 
@@ -136,7 +137,7 @@ def train(config):
         return profiler.wrap(dataset) if profiler else dataset
 
     eval_fn = make_eval_fn(config, runtime)
-    net = build_network(config, runtime.device_target)
+    net = apply_sync_bn(build_network(config, runtime.device_target), config, runtime, log)
     if config.pre_trained:
         load_pretrained(net, config, log)
     trainer = Trainer(config, runtime, net, make_dataset, steps_per_epoch, paths, log,
@@ -146,7 +147,7 @@ def train(config):
         trainer.resume_from(resume)
     if runtime.is_master:
         save_config(config, paths.run_dir)
-    remaining = config.max_epoch * steps_per_epoch - trainer.position.global_step
+    remaining = config.max_epoch * trainer.steps_per_epoch - trainer.position.global_step
     with profiler.recording(remaining) if profiler else contextlib.nullcontext():
         trainer.train()
     log.info("training finished; checkpoints in %s", paths.ckpt_dir)

@@ -21,6 +21,7 @@ import threading
 
 import numpy as np
 
+from src.augment import SeededPolicy, erase_rectangles, policy_op
 from src.errors import UserError
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)  # RGB, 0-1 scale
@@ -161,7 +162,8 @@ class Cifar10Batches:
     PAD = 4
 
     def __init__(self, images, labels, indices, *, batch_size, training, image_size=(32, 32),
-                 seed=1, epoch=0, num_shards=1, shard_id=0, drop_remainder=None, start_step=0):
+                 seed=1, epoch=0, num_shards=1, shard_id=0, drop_remainder=None, start_step=0,
+                 auto_augment="none", random_erasing=0.0):
         self.images, self.labels, self.indices = images, labels, np.asarray(indices)
         self.batch_size, self.training = int(batch_size), bool(training)
         self.key = [int(seed), int(epoch), int(num_shards), int(shard_id)]
@@ -173,6 +175,9 @@ class Cifar10Batches:
         std = np.array(CIFAR10_STD, np.float32) * 255
         self.scale = (1 / std).reshape(1, 3, 1, 1)
         self.shift = (-mean / std).reshape(1, 3, 1, 1)
+        policy = policy_op(auto_augment, "cifar10") if training else None
+        self.policy = SeededPolicy(policy) if policy is not None else None
+        self.erasing = float(random_erasing) if training else 0.0
         height, width = int(image_size[0]), int(image_size[1])
         self.resize = None
         if (height, width) != (32, 32):
@@ -189,9 +194,14 @@ class Cifar10Batches:
         batch = self.images[picked]
         if self.training:
             batch = self._crop_and_flip(batch, np.random.default_rng(self.key + [step]))
+        if self.policy is not None:  # generators of their own: crop and flip stay as they were
+            seeds = np.random.default_rng(self.key + [step, 1]).integers(0, 2 ** 31, len(batch))
+            batch = self.policy(batch, seeds)
         out = batch.astype(np.float32)
         out *= self.scale
         out += self.shift
+        if self.erasing:
+            erase_rectangles(out, self.erasing, np.random.default_rng(self.key + [step, 2]))
         if self.resize is not None:
             rows, cols = self.resize
             # Bilinear resize as matrix products; einsum turns them into large GEMMs
@@ -217,7 +227,8 @@ class Cifar10Batches:
 
 
 def _cifar10_dataset(data_dir, *, batch_size, training, image_size, num_classes, num_shards,
-                     shard_id, workers, seed, epoch, start_step, drop_remainder):
+                     shard_id, workers, seed, epoch, start_step, drop_remainder, auto_augment,
+                     random_erasing):
     import mindspore.dataset as ds
     files = cifar10_files(data_dir, training)
     images, labels = _read_cifar10_chw(files, num_classes)
@@ -226,7 +237,8 @@ def _cifar10_dataset(data_dir, *, batch_size, training, image_size, num_classes,
     _check_enough(len(indices), batch_size, drop_remainder, num_shards, os.path.dirname(files[0]))
     source = Cifar10Batches(images, labels, indices, batch_size=batch_size, training=training,
                             image_size=image_size, seed=seed, epoch=epoch, num_shards=num_shards,
-                            shard_id=shard_id, drop_remainder=drop_remainder, start_step=start_step)
+                            shard_id=shard_id, drop_remainder=drop_remainder, start_step=start_step,
+                            auto_augment=auto_augment, random_erasing=random_erasing)
     # Threads, not processes: the NumPy work releases the GIL and nothing gets pickled.
     return ds.GeneratorDataset(source, column_names=["image", "label"], shuffle=False,
                                num_parallel_workers=workers, python_multiprocessing=False)
@@ -365,15 +377,19 @@ class ImageFiles:
             return np.asarray(image.convert("RGB"))
 
 
-def imagenet_transforms(training, image_size):
-    """MindSpore vision ops after decoding: uint8 HWC RGB -> normalised float32 CHW."""
+def imagenet_transforms(training, image_size, auto_augment="none", random_erasing=0.0):
+    """MindSpore vision ops after decoding: uint8 HWC RGB -> normalised float32 CHW; training
+    adds the auto_augment policy after the flip and random erasing at the end."""
     import mindspore.dataset.vision as vision
     size = (int(image_size[0]), int(image_size[1]))
     normalize = vision.Normalize(mean=[m * 255 for m in IMAGENET_MEAN],
                                  std=[s * 255 for s in IMAGENET_STD])
     if training:
-        return [vision.RandomResizedCrop(size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)),
-                vision.RandomHorizontalFlip(prob=0.5), normalize, vision.HWC2CHW()]
+        policy = policy_op(auto_augment, "imagenet2012")
+        return ([vision.RandomResizedCrop(size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)),
+                 vision.RandomHorizontalFlip(prob=0.5)] + ([policy] if policy else []) +
+                [normalize, vision.HWC2CHW()] +
+                ([vision.RandomErasing(prob=random_erasing)] if random_erasing else []))
     # Pillow's bilinear resize (antialiased when it shrinks), as in torchvision's evaluation
     # transform: MindSpore's Resize on arrays does not antialias (up to ~20 grey levels off).
     short_side = int(round(256 * min(size) / 224))
@@ -384,7 +400,7 @@ def imagenet_transforms(training, image_size):
 
 def _imagenet_dataset(data_dir, *, batch_size, training, image_size, num_classes, num_shards,
                       shard_id, workers, seed, epoch, start_step, list_file, skip_corrupt,
-                      drop_remainder):
+                      drop_remainder, auto_augment, random_erasing):
     import mindspore.dataset as ds
     samples, where = _imagenet_samples(data_dir, training, list_file, num_classes)
     indices = shard_indices(len(samples), training=training, seed=seed, epoch=epoch,
@@ -395,8 +411,8 @@ def _imagenet_dataset(data_dir, *, batch_size, training, image_size, num_classes
     source = ImageFiles(samples, indices[start_step * batch_size:num_batches * batch_size], skip_corrupt)
     data = ds.GeneratorDataset(source, column_names=["image", "label"], shuffle=False,
                                num_parallel_workers=workers, python_multiprocessing=False)
-    data = data.map(imagenet_transforms(training, image_size), input_columns="image",
-                    num_parallel_workers=workers)
+    data = data.map(imagenet_transforms(training, image_size, auto_augment, random_erasing),
+                    input_columns="image", num_parallel_workers=workers)
     data = data.batch(batch_size, drop_remainder=drop_remainder)
     data.skipped_files = source.skipped  # read after an epoch to report the count
     return data
@@ -422,7 +438,8 @@ def pipeline_user_error(error):
 
 def create_dataset(name, data_dir, *, batch_size, training, image_size=(32, 32), num_classes=10,
                    num_shards=1, shard_id=0, num_parallel_workers=None, seed=1, epoch=0,
-                   start_step=0, list_file=None, skip_corrupt=False, drop_remainder=None):
+                   start_step=0, list_file=None, skip_corrupt=False, drop_remainder=None,
+                   auto_augment="none", random_erasing=0.0):
     """One epoch of `name` ('cifar10' | 'imagenet2012') as a batched mindspore Dataset.
 
     Columns ('image', 'label'): image float32 NCHW normalised, label int32 of shape (B,).
@@ -431,7 +448,8 @@ def create_dataset(name, data_dir, *, batch_size, training, image_size=(32, 32),
     CIFAR-10 order and augmentation are a pure function of (seed, epoch, num_shards,
     shard_id): build a new dataset per epoch. start_step skips that many batches of the
     epoch; get_dataset_size() is the number of batches left. ImageNet datasets carry
-    `skipped_files` (corrupt images replaced when skip_corrupt=True).
+    `skipped_files` (corrupt images replaced when skip_corrupt=True). auto_augment and
+    random_erasing (src/augment.py) apply to training only.
     """
     _check_common(name, data_dir, batch_size, num_shards, shard_id)
     if drop_remainder is None:
@@ -439,7 +457,8 @@ def create_dataset(name, data_dir, *, batch_size, training, image_size=(32, 32),
     options = dict(batch_size=int(batch_size), training=bool(training), image_size=tuple(image_size),
                    num_classes=int(num_classes), num_shards=int(num_shards), shard_id=int(shard_id),
                    workers=default_workers(num_parallel_workers), seed=seed, epoch=epoch,
-                   start_step=int(start_step), drop_remainder=bool(drop_remainder))
+                   start_step=int(start_step), drop_remainder=bool(drop_remainder),
+                   auto_augment=auto_augment, random_erasing=float(random_erasing))
     if name == "cifar10":
         return _cifar10_dataset(data_dir, **options)
     return _imagenet_dataset(data_dir, list_file=list_file, skip_corrupt=skip_corrupt, **options)

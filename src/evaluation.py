@@ -53,15 +53,36 @@ def count_hits(logits, labels):
     return top1, top5
 
 
-def evaluate(net, dataset):
-    """Run `net` in inference mode over every batch of `dataset` (columns image, label)."""
+def softmax(logits):
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return shifted / shifted.sum(axis=1, keepdims=True)
+
+
+def flip_tta_scores(predict, images):
+    """Flip test-time augmentation: the mean of the softmax of the images (N,C,H,W) and of
+    their horizontal mirror images. Probabilities rather than logits, so that neither view
+    outvotes the other by the scale of its logits; per image, so sharded evaluation adds up
+    to the single-process result exactly."""
+    mirrored = np.ascontiguousarray(images[..., ::-1])
+    return (softmax(predict(images)) + softmax(predict(mirrored))) / 2
+
+
+def evaluate(net, dataset, flip_tta=False):
+    """Run `net` in inference mode over every batch of `dataset` (columns image, label);
+    with flip_tta the scores are flip_tta_scores."""
+    import mindspore as ms
+
     was_training = net.training
     net.set_train(False)
     counts = EvalCounts()
     start = time.perf_counter()
     try:
         for image, label in dataset.create_tuple_iterator(num_epochs=1):
-            counts.add_batch(net(image).asnumpy(), label.asnumpy())
+            if flip_tta:
+                scores = flip_tta_scores(lambda x: net(ms.Tensor(x)).asnumpy(), image.asnumpy())
+            else:
+                scores = net(image).asnumpy()
+            counts.add_batch(scores, label.asnumpy())
     finally:
         net.set_train(was_training)
     counts.seconds = time.perf_counter() - start

@@ -1,9 +1,9 @@
 """Turns a Config into the objects the entry points need (network, datasets), so that the
 network and the data code never see the config itself."""
 import logging
-import os
 
 from src import vgg
+from src.native.isa import lift_onednn_isa_cap
 
 log = logging.getLogger("vgg")
 
@@ -25,43 +25,34 @@ def model_name(config):
     return config.arch + ("_bn" if config.batch_norm else "")
 
 
-def conv_cell_for(config, device_target):
-    """The convolution cell to use: the project's oneDNN kernels on CPU graph mode when they
-    are built and allowed (fast_conv auto/on), MindSpore's own otherwise."""
+def layer_cells_for(config, device_target):
+    """Builder arguments `conv_cell` and `features_cell`: the native cells of
+    src/native/layers.py on CPU graph mode when the kernels are built and allowed
+    (native_kernels auto/on), MindSpore's own otherwise."""
     from mindspore import nn
 
-    if config.fast_conv == "off" or device_target != "CPU" or config.context_mode != "graph":
-        return nn.Conv2d
+    stock = {"conv_cell": nn.Conv2d, "features_cell": nn.SequentialCell}
+    if config.native_kernels == "off" or device_target != "CPU" or config.context_mode != "graph":
+        return stock
     try:
-        from src import fast_conv
+        from src.native import layers
     except ImportError:
-        return nn.Conv2d
-    available, reason = fast_conv.fast_conv_status()
+        return stock
+    available, reason = layers.native_conv_status()
     if available:
-        _lift_isa_cap()
-        return fast_conv.FastConv2d
-    if config.fast_conv == "on":
-        log.warning("fast_conv=on but the oneDNN kernels are not usable (%s); "
+        # every convolution is native: oneDNN reads the ISA when the network first runs
+        lift_onednn_isa_cap()
+        return {"conv_cell": layers.NativeConv2d, "features_cell": layers.NativeFeatures}
+    if config.native_kernels == "on":
+        log.warning("native_kernels=on but the oneDNN kernels are not usable (%s); "
                     "using MindSpore's Conv2d", reason)
-    return nn.Conv2d
-
-
-def _lift_isa_cap():
-    """Every convolution now runs through the project's kernels, so the AVX2 cap that keeps
-    stock convolutions off oneDNN's reference kernel is no longer needed and only slows the
-    other oneDNN kernels (pooling among them). oneDNN reads the variable when it first runs,
-    which is after the network is built; a user's own setting is kept."""
-    import src
-
-    if not src.ISA_CHOSEN_BY_USER:
-        os.environ["ONEDNN_MAX_CPU_ISA"] = "ALL"
+    return stock
 
 
 def build_network(config, device_target="CPU", num_classes=None):
     """The VGG variant the config describes."""
     builder = getattr(vgg, model_name(config))
-    return builder(conv_cell=conv_cell_for(config, device_target),
-                   **network_kwargs(config, num_classes))
+    return builder(**layer_cells_for(config, device_target), **network_kwargs(config, num_classes))
 
 
 def build_dataset(config, training, runtime=None, epoch=0, start_step=0, batch_size=None,
@@ -78,4 +69,5 @@ def build_dataset(config, training, runtime=None, epoch=0, start_step=0, batch_s
         num_classes=config.num_classes, num_shards=group_size, shard_id=rank,
         num_parallel_workers=config.num_workers or None, seed=config.seed, epoch=epoch,
         start_step=start_step, list_file=config.data_list or None,
-        skip_corrupt=config.skip_corrupt)
+        skip_corrupt=config.skip_corrupt, auto_augment=config.get("auto_augment", "none"),
+        random_erasing=config.get("random_erasing", 0.0))

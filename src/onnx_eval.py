@@ -16,7 +16,7 @@ import time
 import numpy as np
 
 from src.errors import UserError
-from src.evaluation import EvalCounts
+from src.evaluation import EvalCounts, flip_tta_scores
 
 
 def load_onnx_model(path, image_size):
@@ -49,12 +49,16 @@ def predict(model, images):
     return np.concatenate(outputs)
 
 
-def evaluate_onnx(model, dataset):
-    """Top-1/top-5 counts of `model` over every batch of `dataset` (columns image, label)."""
+def evaluate_onnx(model, dataset, flip_tta=False):
+    """Top-1/top-5 counts of `model` over every batch of `dataset` (columns image, label);
+    with flip_tta the scores are evaluation.flip_tta_scores."""
     counts = EvalCounts()
     start = time.perf_counter()
     for images, labels in dataset.create_tuple_iterator(num_epochs=1, output_numpy=True):
-        logits = predict(model, images)
-        counts.add_batch(logits, labels)
+        if flip_tta:
+            scores = flip_tta_scores(lambda x: predict(model, x), images)
+        else:
+            scores = predict(model, images)
+        counts.add_batch(scores, labels)
     counts.seconds = time.perf_counter() - start
     return counts

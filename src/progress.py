@@ -5,7 +5,8 @@ import os
 import sys
 import time
 
-METRIC_FIELDS = ("epoch", "global_step", "loss", "lr", "images_per_sec", "eval_top1", "eval_top5")
+METRIC_FIELDS = ("epoch", "global_step", "loss", "lr", "images_per_sec", "eval_top1", "eval_top5",
+                 "ema_top1", "ema_top5")
 
 
 def setup_logger(run_dir, rank, name="vgg", file_stem="train"):
@@ -102,6 +103,9 @@ def plot_metrics(csv_path, png_path):
         epochs = [int(r["epoch"]) for r in evals]
         axes[2].plot(epochs, [100 * float(r["eval_top1"]) for r in evals], "o-", label="top-1")
         axes[2].plot(epochs, [100 * float(r["eval_top5"]) for r in evals], "s--", label="top-5")
+        if any(r.get("ema_top1") for r in evals):
+            axes[2].plot(epochs, [100 * float(r["ema_top1"] or "nan") for r in evals], "^:",
+                         label="EMA top-1")
         axes[2].set(title="evaluation accuracy", xlabel="epoch", ylabel="%")
         axes[2].legend()
     for axis in axes:

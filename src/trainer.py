@@ -1,5 +1,6 @@
 """Training: optimiser and train step from a config, and an epoch loop that checkpoints,
 resumes exactly, logs progress and stops cleanly on a bad loss or Ctrl-C."""
+import logging
 import math
 import os
 import signal
@@ -12,6 +13,7 @@ from src import checkpoint as ckpt
 from src.errors import UserError
 from src.evaluation import allreduce_counts, evaluate
 from src.lr_schedule import learning_rates
+from src.mixing import mixer_from_config
 from src.progress import MetricsCSV, StepTimer, format_duration, plot_metrics
 
 
@@ -66,55 +68,49 @@ def _decayed_momentum_class():
     return DecayedMomentum
 
 
-def _fused_momentum_class():
-    """Momentum SGD with weight decay as one native kernel (``FastMomentumUpdate``) that
-    updates every weight and accumulator in place in a single pass over memory, on the
-    engine's threads: about 23 ms a step for VGG16's 34 M parameters on 2 CPU cores
-    against about 90 ms for nn.Momentum's weight decay and update. Same update as
-    nn.Momentum (accum = momentum * accum + g + wd * w; w -= lr * accum), same state
-    (``moments.*``), so checkpoints and resumes are unchanged.
+def _nesterov_momentum_class():
+    """DecayedMomentum with the Nesterov update, PyTorch's SGD(nesterov=True) without
+    dampening: ``accum = momentum * accum + g; w -= lr * (g + momentum * accum)``.
 
-    The kernel takes every gradient, so it runs after the whole backward pass, which is
-    the last reader of the weights in a step. It is given the gradients after scale_grad
-    has divided them by the loss scale, so its weight decay needs no compensation."""
-    import mindspore as ms
-    from mindspore import nn, ops
+    Written out in MindSpore ops because MindSpore 2.10's CPU ApplyMomentum ignores its
+    use_nesterov flag (measured: the same update with and without it), and the native
+    FastMomentumUpdate kernel has no Nesterov form. Same state (``moments.*``) and the same
+    loss-scale-aware weight decay as DecayedMomentum."""
+    from mindspore import ops
 
-    from src.ops import LIB_PATH
+    update = ops.MultitypeFuncGraph("nesterov_update")
 
-    class FusedMomentum(nn.Momentum):
-        def __init__(self, params, learning_rate, momentum, loss_scale, decay_by_name):
-            super().__init__(params, learning_rate=learning_rate, momentum=momentum,
-                             loss_scale=loss_scale)
-            self.decays = ms.Tensor([decay_by_name[p.name] for p in self._parameters], ms.float32)
-            self.momentum_value = ms.Tensor([momentum], ms.float32)
-            self.count = len(self._parameters)
-            self.update = ops.Custom(f"{LIB_PATH}:FastMomentumUpdate",
-                                     out_shape=lambda *shapes: [1],
-                                     out_dtype=lambda *dtypes: ms.float32, func_type="aot")
+    @update.register("Tensor", "Tensor", "Tensor", "Tensor", "Tensor")
+    def _update(momentum, lr, gradient, weight, accum):
+        accum_new = ops.assign(accum, accum * momentum + gradient)
+        return ops.assign(weight, weight - lr * (gradient + momentum * accum_new))
 
+    class NesterovMomentum(_decayed_momentum_class()):
         def construct(self, gradients):
-            gradients = self.scale_grad(gradients)
+            gradients = self.scale_grad(self.decay_weight(gradients))
             lr = self.get_lr()
             self.assignadd(self.global_step, self.global_step_increase_tensor)
             if self.is_group_lr:
-                rates = lr
-            else:
-                rates = (lr,) * self.count
-            return self.update(*self._parameters, *self.moments, *gradients, *rates,
-                               self.decays, self.momentum_value)
+                return self.hyper_map(ops.partial(update, self.momentum), lr, gradients,
+                                      self.params, self.moments)
+            return self.hyper_map(ops.partial(update, self.momentum, lr), gradients,
+                                  self.params, self.moments)
+
+    return NesterovMomentum
+
+
+def _fused_momentum_class():
+    """The native optimizer (src/native/optimizer.py), imported when it is chosen."""
+    from src.native.optimizer import FusedMomentum
 
     return FusedMomentum
 
 
 def _fused_optimizer_usable(config, device_target):
-    """The native optimizer kernel runs on CPU in graph mode with the project's library
-    built and allowed (the same switches as the fast convolutions)."""
-    if device_target != "CPU" or config.fast_conv == "off" or config.context_mode != "graph":
-        return False
-    from src.ops import library_status
+    """Whether the config and this process allow the native optimizer kernel."""
+    from src.native.optimizer import fused_momentum_usable
 
-    return library_status()[0]
+    return fused_momentum_usable(device_target, config.context_mode, config.native_kernels)
 
 
 def build_optimizer(net, config, lr_per_step, loss_scale, device_target="CPU"):
@@ -129,10 +125,17 @@ def build_optimizer(net, config, lr_per_step, loss_scale, device_target="CPU"):
     if not groups:
         raise UserError("nothing to train: every parameter is frozen")
     groups.append({"order_params": net.trainable_params()})
-    cls = (_fused_momentum_class() if _fused_optimizer_usable(config, device_target)
-           else _decayed_momentum_class())
-    return cls(groups, ms.Tensor(lr_per_step, ms.float32), config.momentum, loss_scale,
-               decay_by_name)
+    rates = ms.Tensor(lr_per_step, ms.float32)
+    fused = _fused_optimizer_usable(config, device_target)
+    if config.get("nesterov", False):
+        if fused:
+            logging.getLogger("vgg").info(
+                "optimizer: Nesterov momentum in MindSpore ops instead of the native "
+                "FastMomentumUpdate kernel, which has no Nesterov form")
+        cls = _nesterov_momentum_class()
+    else:
+        cls = _fused_momentum_class() if fused else _decayed_momentum_class()
+    return cls(groups, rates, config.momentum, loss_scale, decay_by_name)
 
 
 def uses_dropout(net):
@@ -149,7 +152,9 @@ class DropoutMasks:
 
     MindSpore's Dropout kernels keep their random state inside the compiled graph, where a
     checkpoint cannot reach it; masks made here from the step number make a resumed run
-    draw exactly the masks the uninterrupted run would have drawn.
+    draw exactly the masks the uninterrupted run would have drawn. With gradient
+    accumulation the step is the batch (micro-batch) count, so each batch of an
+    accumulation window draws its own masks.
     """
 
     def __init__(self, seed, rank, p=0.5, width=4096):
@@ -261,11 +266,11 @@ def compose_train_step(net, config, lr_per_step, device_target, amp_level, scale
     built with loss_scale 1. Either way weight decay must end up added to unscaled gradients
     (see _decayed_momentum_class).
 
+    clip_grad_norm and accumulate_steps replace these cells with those of src/train_steps.py.
+
     amp_dtype: see mixed_precision. make_optimizer: ``(net, config, lr_per_step,
     loss_scale, device_target) -> optimizer``, build_optimizer when None.
     """
-    from mindspore import nn
-
     make_optimizer = make_optimizer or build_optimizer
     masked_dropout = uses_dropout(net)  # asked of the VGG itself, before any AMP wrapper
     if amp_level != "O0":
@@ -276,16 +281,38 @@ def compose_train_step(net, config, lr_per_step, device_target, amp_level, scale
         net = getattr(wrapped, "_backbone", wrapped) if masked_dropout else wrapped
     smoothing = config.label_smooth_factor if config.label_smooth else 0.0
     with_loss = create_loss_cell(net, smoothing, masked_dropout)
-    if scale_type == "dynamic":
-        optimizer = make_optimizer(net, config, lr_per_step, 1.0, device_target)
-        update = nn.DynamicLossScaleUpdateCell(loss_scale_value=config.loss_scale,
-                                               scale_factor=2, scale_window=2000)
-        step = nn.TrainOneStepWithLossScaleCell(with_loss, optimizer, scale_sense=update)
-    else:
-        optimizer = make_optimizer(net, config, lr_per_step, config.loss_scale, device_target)
-        step = nn.TrainOneStepCell(with_loss, optimizer, sens=config.loss_scale)
+    def optimizer_for(loss_scale):
+        return make_optimizer(net, config, lr_per_step, loss_scale, device_target)
+
+    step = _step_cell(with_loss, optimizer_for, config, scale_type)
     step.set_train(True)
     return step
+
+
+def _step_cell(with_loss, make_optimizer, config, scale_type):
+    """The loss-scale / clipping / accumulation cell around the loss cell (src/train_steps.py);
+    MindSpore's own cells when clip_grad_norm and accumulate_steps are off.
+    make_optimizer: ``loss_scale -> optimizer`` (1 where the cell unscales the gradients
+    itself)."""
+    from mindspore import nn
+
+    from src import train_steps
+
+    max_norm, steps = config.get("clip_grad_norm", 0.0), config.get("accumulate_steps", 1)
+    dynamic = scale_type == "dynamic"
+    scale = nn.DynamicLossScaleUpdateCell(loss_scale_value=config.loss_scale, scale_factor=2,
+                                          scale_window=2000) if dynamic else config.loss_scale
+    if steps > 1:
+        return train_steps.AccumulatingTrainStep(with_loss, make_optimizer(1.0), scale, steps,
+                                                 max_norm)
+    if dynamic and max_norm:
+        return train_steps.ClippedLossScaleTrainStep(with_loss, make_optimizer(1.0), scale,
+                                                     max_norm)
+    if dynamic:
+        return nn.TrainOneStepWithLossScaleCell(with_loss, make_optimizer(1.0), scale_sense=scale)
+    if max_norm:
+        return train_steps.ClippedTrainStep(with_loss, make_optimizer(scale), scale, max_norm)
+    return nn.TrainOneStepCell(with_loss, make_optimizer(scale), sens=scale)
 
 
 @dataclass
@@ -308,8 +335,12 @@ class RunPaths:
         return os.path.join(self.ckpt_dir, "metrics.csv")
 
 
-def resume_position(entries, path, steps_per_epoch):
+def resume_position(entries, path, steps_per_epoch, accumulate_steps=1):
     meta = ckpt.checkpoint_meta(entries)
+    if meta.get("accumulate_steps", 1) != accumulate_steps:
+        raise UserError(f"checkpoint {path} was made with accumulate_steps="
+                        f"{meta['accumulate_steps']}, this run has {accumulate_steps}; resume "
+                        "with the same accumulate_steps")
     if "global_step" not in meta:
         raise UserError(f"checkpoint {path} has no training position (epoch/step); use it "
                         "with --pre_trained instead of --resume")
@@ -351,6 +382,37 @@ class StopRequest:
             raise KeyboardInterrupt
 
 
+def usable_batches(batches, accumulate_steps):
+    """Batches of an epoch that training uses: whole accumulation windows only (the last
+    batches of an epoch that cannot fill one are skipped, like a partial batch)."""
+    usable = batches - batches % accumulate_steps
+    if usable < 1:
+        raise UserError(f"accumulate_steps: {accumulate_steps} is more than the {batches} "
+                        "batches of an epoch; lower accumulate_steps or batch_size")
+    return usable
+
+
+def ema_from_config(config, net):
+    """A WeightEMA of net when ema_decay is set, else None."""
+    if not config.get("ema_decay", 0.0):
+        return None
+    from src.ema import WeightEMA
+
+    return WeightEMA(net, config.ema_decay, config.get("ema_warmup", False))
+
+
+def training_state(train_step, ema):
+    """The cell a training checkpoint holds: the train step (network, optimizer, loss scale,
+    accumulated gradients) and, with EMA, the averages (``ema.*``)."""
+    if ema is None:
+        return train_step
+    from mindspore import nn
+
+    state = nn.Cell(auto_prefix=False)
+    state.train_step, state.ema = train_step, ema
+    return state
+
+
 class Trainer:
     """Runs the epochs of one training job."""
 
@@ -360,15 +422,22 @@ class Trainer:
         self.runtime = runtime
         self.net = net
         self.make_dataset = make_dataset
-        self.steps_per_epoch = steps_per_epoch
+        # batches per epoch (micro-batches with gradient accumulation): positions, dropout
+        # masks and mixing count these; the schedule counts optimizer steps
+        self.accumulate = config.get("accumulate_steps", 1)
+        self.steps_per_epoch = usable_batches(steps_per_epoch, self.accumulate)
         self.paths = paths
         self.log = log
         self.config_yaml = config_yaml
         self.eval_dataset_fn = eval_dataset_fn
-        self.lr = learning_rates(config, steps_per_epoch)
+        self.lr = learning_rates(config, self.steps_per_epoch // self.accumulate)
         self.train_step = build_train_step(net, config, self.lr, runtime.device_target, log)
         self.dropout_masks = DropoutMasks(config.seed, runtime.rank) if uses_dropout(net) \
             else None
+        self.mixer = mixer_from_config(config, runtime.rank)
+        self.ema = ema_from_config(config, net)
+        self.state = training_state(self.train_step, self.ema)
+        self.window_losses = []
         self.position = Position()
         self.best_acc = -1.0
         self.last_checkpoint = None
@@ -382,10 +451,15 @@ class Trainer:
         step = position.step_in_epoch or self.steps_per_epoch
         path = os.path.join(self.paths.ckpt_dir,
                             ckpt.checkpoint_name(self.paths.prefix, epoch_1based, step))
-        ckpt.save_checkpoint(self.train_step, path, {
+        ckpt.save_checkpoint(self.state, path, {
             "epoch": position.epoch, "step_in_epoch": position.step_in_epoch,
             "global_step": position.global_step, "steps_per_epoch": self.steps_per_epoch,
-            "arch": self.paths.prefix, "config_yaml": self.config_yaml})
+            "accumulate_steps": self.accumulate, "arch": self.paths.prefix,
+            "config_yaml": self.config_yaml})
+        if self.ema is not None:  # the averaged weights alone, for eval.py and export.py
+            ckpt.save_checkpoint(self.ema.weights_only(), self._weights_path("ema"), {
+                "epoch": position.epoch, "global_step": position.global_step,
+                "arch": self.paths.prefix, "config_yaml": self.config_yaml})
         ckpt.prune_checkpoints(self.paths.ckpt_dir, self.config.keep_checkpoint_max)
         self.last_checkpoint = path
         self.log.info("saved checkpoint %s (%s)", path, reason)
@@ -393,15 +467,21 @@ class Trainer:
 
     def resume_from(self, path):
         entries = ckpt.read_checkpoint(path)
-        self.position = resume_position(entries, path, self.steps_per_epoch)
-        restore_train_state(self.train_step, entries, path)
+        self.position = resume_position(entries, path, self.steps_per_epoch, self.accumulate)
+        restore_train_state(self.state, entries, path)
         self.last_checkpoint = path
         self.log.info("resumed from %s at epoch %d, step %d (global step %d, lr %.6f)", path,
                       self.position.epoch + 1, self.position.step_in_epoch,
                       self.position.global_step, self._lr_at(self.position.global_step))
 
     def _lr_at(self, global_step):
-        return float(self.lr[min(global_step, len(self.lr) - 1)])
+        """The rate of the optimizer step that batch number global_step belongs to."""
+        index = global_step // self.accumulate
+        return float(self.lr[min(index, len(self.lr) - 1)])
+
+    def _weights_path(self, kind):
+        """<run folder>/<arch>-<kind>.ckpt: weights-only files (best, ema)."""
+        return os.path.join(self.paths.ckpt_dir, f"{self.paths.prefix}-{kind}.ckpt")
 
     # --- the loop ----------------------------------------------------------------------
     def train(self):
@@ -412,6 +492,11 @@ class Trainer:
         self.log.info("training %s: %d epochs x %d steps, batch %d x %d device(s)",
                       self.paths.prefix, config.max_epoch, self.steps_per_epoch,
                       config.batch_size, self.runtime.group_size)
+        if self.accumulate > 1:
+            self.log.info("gradient accumulation: %d batches per optimizer step, %d images per "
+                          "optimizer step, %d optimizer steps per epoch", self.accumulate,
+                          config.batch_size * self.accumulate * self.runtime.group_size,
+                          self.steps_per_epoch // self.accumulate)
         loss = float("nan")
         try:
             while pos.epoch < config.max_epoch:
@@ -439,13 +524,7 @@ class Trainer:
         steps_this_run = 0
         loss = float("nan")
         for image, label in dataset.create_tuple_iterator(num_epochs=1):
-            if self.dropout_masks:
-                masks = self.dropout_masks(pos.global_step, image.shape[0])
-                output = self.train_step(image, label, *masks)
-            else:
-                output = self.train_step(image, label)
-            loss_tensor = output[0] if isinstance(output, tuple) else output
-            loss = float(loss_tensor.asnumpy())
+            loss = self._train_batch(image, label, pos.global_step)
             pos.step_in_epoch += 1
             pos.global_step += 1
             steps_this_run += 1
@@ -461,6 +540,8 @@ class Trainer:
                     pos.step_in_epoch == self.steps_per_epoch:
                 self._log_progress(pos, loss, timer, total_steps, metrics)
             self.stop.check()
+            if pos.step_in_epoch == self.steps_per_epoch:
+                break  # batches that cannot fill an accumulation window are left out
         if pos.step_in_epoch != self.steps_per_epoch:
             raise UserError(f"epoch {pos.epoch + 1} delivered {pos.step_in_epoch} batches, "
                             f"expected {self.steps_per_epoch}; the dataset changed during "
@@ -476,6 +557,35 @@ class Trainer:
                       1000 * seconds / max(steps_this_run, 1))
         return loss
 
+    def _train_batch(self, image, label, global_step):
+        """One batch; at the end of an accumulation window (every batch without accumulation)
+        also the optimizer step and the EMA update. Returns the mean loss of the window's
+        batches so far: the loss of the optimizer step once the window is complete."""
+        output = self.train_step(*self._batch_inputs(image, label, global_step))
+        loss, overflow = (output[0], output[1]) if isinstance(output, tuple) else (output, None)
+        self.window_losses.append(float(loss.asnumpy()))
+        mean = float(np.mean(self.window_losses))
+        if (global_step + 1) % self.accumulate == 0:
+            if self.accumulate > 1:
+                overflow = self.train_step.apply_update()
+            skipped = overflow is not None and bool(overflow.asnumpy())  # dynamic loss scale
+            if self.ema is not None and not skipped:
+                self.ema()
+            self.window_losses = []
+        return mean
+
+    def _batch_inputs(self, image, label, global_step):
+        """(image, label[, mask1, mask2]) for the train step: mixed on the host with soft
+        labels when mixup or CutMix is on, with this step's dropout masks."""
+        if self.mixer is not None:
+            import mindspore as ms
+
+            mixed, targets = self.mixer(image.asnumpy(), label.asnumpy(), global_step)
+            image, label = ms.Tensor(mixed), ms.Tensor(targets)
+        if self.dropout_masks is None:
+            return image, label
+        return (image, label, *self.dropout_masks(global_step, image.shape[0]))
+
     def _log_progress(self, pos, loss, timer, total_steps, metrics):
         lr = self._lr_at(pos.global_step - 1)
         per_step, images_per_sec, eta = timer.report(total_steps - pos.global_step)
@@ -488,22 +598,39 @@ class Trainer:
                         loss=f"{loss:.6f}", lr=f"{lr:.8f}",
                         images_per_sec=f"{images_per_sec:.1f}")
 
+    def _eval_counts(self):
+        local = evaluate(self.net, self.eval_dataset_fn(),
+                         flip_tta=self.config.get("eval_flip_tta", False))
+        return allreduce_counts(local, self.runtime.group_size)
+
     def _evaluate(self, pos, metrics):
-        counts = allreduce_counts(evaluate(self.net, self.eval_dataset_fn()),
-                                  self.runtime.group_size)
+        """Evaluate the weights, and the EMA weights when on; the best checkpoint is chosen
+        on (and holds) the EMA weights when they are on."""
+        counts = self._eval_counts()
         self.log.info("eval after epoch %d: top1 %.4f top5 %.4f (%d images, %.1f img/s)",
                       pos.epoch, counts.acc, counts.acc5, counts.total,
                       counts.images_per_second)
+        row = {"eval_top1": f"{counts.acc:.6f}", "eval_top5": f"{counts.acc5:.6f}"}
+        chosen = counts
+        if self.ema is not None:
+            with self.ema.applied():
+                chosen = self._eval_counts()
+            self.log.info("eval (EMA) after epoch %d: top1 %.4f top5 %.4f", pos.epoch,
+                          chosen.acc, chosen.acc5)
+            row.update(ema_top1=f"{chosen.acc:.6f}", ema_top5=f"{chosen.acc5:.6f}")
         if metrics is not None:
-            metrics.add(epoch=pos.epoch, global_step=pos.global_step,
-                        eval_top1=f"{counts.acc:.6f}", eval_top5=f"{counts.acc5:.6f}")
-        if counts.acc > self.best_acc and self.paths.writes_checkpoints:
-            self.best_acc = counts.acc
-            best = os.path.join(self.paths.ckpt_dir, f"{self.paths.prefix}-best.ckpt")
-            ckpt.save_checkpoint(self.net, best, {"epoch": pos.epoch,
-                                                  "global_step": pos.global_step,
-                                                  "arch": self.paths.prefix,
-                                                  "config_yaml": self.config_yaml})
-            self.log.info("new best top1 %.4f: %s", counts.acc, best)
+            metrics.add(epoch=pos.epoch, global_step=pos.global_step, **row)
+        if chosen.acc > self.best_acc and self.paths.writes_checkpoints:
+            self._save_best(pos, chosen.acc)
         return counts
 
+    def _save_best(self, pos, acc):
+        """<arch>-best.ckpt: the weights that scored best (the averages when EMA is on)."""
+        self.best_acc = acc
+        best = self._weights_path("best")
+        weights = self.net if self.ema is None else self.ema.weights_only()
+        ckpt.save_checkpoint(weights, best, {"epoch": pos.epoch, "global_step": pos.global_step,
+                                             "arch": self.paths.prefix,
+                                             "config_yaml": self.config_yaml})
+        self.log.info("new best top1 %.4f%s: %s", acc, " (EMA weights)" if self.ema else "",
+                      best)

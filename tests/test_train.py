@@ -9,7 +9,6 @@ import sys
 import numpy as np
 import pytest
 
-import src  # noqa: F401
 from model_utils.config import get_config
 from src import checkpoint as ckpt
 from src import lr_schedule

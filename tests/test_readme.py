@@ -21,16 +21,16 @@ import readme_commands  # noqa: E402  (path set just above)
 from readme_commands import final_accuracy, fresh_copy, quick_start_commands, run_commands  # noqa: E402
 
 QUICK_START_ACCURACY = 0.9  # the README's quick start: about 95 % on the 359 held-out digits
-VENDORED = os.path.join("src", "ops", "third_party", "onednn")
-NO_COMPILER = re.compile(r"src\.ops\.build: cannot build the native kernels \((.+)\); "
+VENDORED = os.path.join("src", "native", "csrc", "third_party", "onednn")
+NO_COMPILER = re.compile(r"src\.native\.build: cannot build the native kernels \((.+)\); "
                          r"training will use MindSpore's own kernels")
 
 
 def require_compiler():
-    from src.ops import build as ops_build
+    from src.native import build as native_build
     try:
-        return ops_build.find_compiler()
-    except ops_build.BuildError as exc:
+        return native_build.find_compiler()
+    except native_build.BuildError as exc:
         pytest.skip(f"{exc} (the quick start without one is tested below)")
 
 
@@ -51,7 +51,7 @@ def test_quick_start_has_setup_main_job_and_tests():
     for command in tests[1:]:
         assert command in ci, f".ci/run does not run the README's `{command}`"
     # CI fails when the native kernels do not build; the README's command goes on without
-    assert "python -m src.ops.build --strict" in ci
+    assert "python -m src.native.build --strict" in ci
 
 
 def test_fresh_copy_has_no_build_outputs(tmp_path):
@@ -72,9 +72,9 @@ def test_quick_start_main_job_runs_in_a_fresh_copy(tmp_path):
     steps = run_commands(main_job, cwd=copy, timeout=1800)
     assert len(steps) == len(main_job) and steps[-1].returncode == 0, failed(steps)
     # the native kernels were compiled in the copy, not taken from this checkout
-    built = os.path.join(copy, "src", "ops", "_build", "libfastconv.so")
-    build_step = next(s for s in steps if "src.ops.build" in s.command)
-    assert f"src.ops.build: {built}" in build_step.stdout, build_step.stderr
+    built = os.path.join(copy, "src", "native", "_build", "libvgg_native.so")
+    build_step = next(s for s in steps if "src.native.build" in s.command)
+    assert f"src.native.build: {built}" in build_step.stdout, build_step.stderr
     accuracy = final_accuracy(steps[-1].stdout)
     assert accuracy is not None, steps[-1].stdout[-2000:]
     assert accuracy >= QUICK_START_ACCURACY, steps[-1].stdout[-2000:]
@@ -92,9 +92,9 @@ BUILD_UNDER_AUDIT = textwrap.dedent("""
         elif event.startswith(("socket.", "urllib.", "http.")):
             network.append(event)
     sys.addaudithook(audit)
-    sys.argv = ["src.ops.build", "--strict", "--verbose"]
+    sys.argv = ["src.native.build", "--strict", "--verbose"]
     try:
-        runpy.run_module("src.ops.build", run_name="__main__", alter_sys=True)
+        runpy.run_module("src.native.build", run_name="__main__", alter_sys=True)
         code = 0
     except SystemExit as exc:
         code = exc.code
@@ -104,7 +104,7 @@ BUILD_UNDER_AUDIT = textwrap.dedent("""
 
 def test_build_needs_only_a_compiler_and_the_vendored_headers(tmp_path):
     cxx = require_compiler()
-    with open(os.path.join(REPO, "src", "ops", "build.py"), encoding="utf-8") as handle:
+    with open(os.path.join(REPO, "src", "native", "build.py"), encoding="utf-8") as handle:
         source = handle.read()
     # no download path left: no pip, no URL, no archive handling
     assert not re.search(r"[\"']pip[\"']|[\"']download[\"']|urllib|requests|https?:|socket|zipfile",
@@ -120,10 +120,16 @@ def test_build_needs_only_a_compiler_and_the_vendored_headers(tmp_path):
     compile_args = audit["calls"][0]
     include = compile_args[compile_args.index("-I") + 1]
     assert include == os.path.join(copy, VENDORED, "include")
-    assert os.path.join(copy, "src", "ops", "onednn_conv.cc") in compile_args
+    # one translation unit that includes every source of the copy's csrc/
+    unity = os.path.join(copy, "src", "native", "_build", "all_sources.cc")
+    assert unity in compile_args
+    with open(unity, encoding="utf-8") as handle:
+        included = re.findall(r'^#include "(.+)"$', handle.read(), flags=re.M)
+    csrc = os.path.join(copy, "src", "native", "csrc")
+    assert included == sorted(os.path.join(csrc, f) for f in os.listdir(csrc) if f.endswith(".cc"))
     # the library loads on MindSpore's oneDNN and exports every kernel
     check = subprocess.run([sys.executable, "-c",
-                            "import src.ops as o; lib, why = o.load_library(); "
+                            "import src.native as o; lib, why = o.load_library(); "
                             "print(why or 'oneDNN ' + o.onednn_version())"],
                            cwd=copy, capture_output=True, text=True, timeout=120)
     assert check.stdout.startswith("oneDNN 3."), check.stdout + check.stderr
@@ -137,8 +143,9 @@ def test_vendored_headers_are_exactly_those_the_kernels_include():
     cxx = require_compiler()
     root = os.path.join(REPO, VENDORED)
     include = os.path.join(root, "include")
-    result = subprocess.run([cxx, "-std=c++17", "-fsyntax-only", "-H", "-I", include,
-                             os.path.join(REPO, "src", "ops", "onednn_conv.cc")],
+    csrc = os.path.join(REPO, "src", "native", "csrc")
+    sources = sorted(os.path.join(csrc, f) for f in os.listdir(csrc) if f.endswith(".cc"))
+    result = subprocess.run([cxx, "-std=c++17", "-fsyntax-only", "-H", "-I", include, *sources],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     used = {os.path.relpath(line.lstrip(". "), include) for line in result.stderr.splitlines()
@@ -162,12 +169,12 @@ def test_quick_start_without_a_compiler_reaches_training(tmp_path):
     steps = run_commands(main_job, cwd=copy, env=env, extra={"train.py": ["--max_epoch=1"]},
                          timeout=1800)
     assert len(steps) == len(main_job) and steps[-1].returncode == 0, failed(steps)
-    build_step = next(s for s in steps if "src.ops.build" in s.command)
+    build_step = next(s for s in steps if "src.native.build" in s.command)
     assert build_step.stdout == ""
     lines = build_step.stderr.splitlines()
     assert len(lines) == 1 and NO_COMPILER.fullmatch(lines[0]), build_step.stderr
     assert "no-such-compiler is not an executable program" in lines[0]
-    assert not os.path.exists(os.path.join(copy, "src", "ops", "_build", "libfastconv.so"))
+    assert not os.path.exists(os.path.join(copy, "src", "native", "_build", "libvgg_native.so"))
     train = next(s for s in steps if s.command.startswith("python train.py"))
     assert re.search(r"epoch: 1 step: \d+, loss is \d", train.stdout), train.stdout[-2000:]
     assert final_accuracy(steps[-1].stdout) is not None, steps[-1].stdout[-2000:]

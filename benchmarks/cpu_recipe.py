@@ -1,0 +1,121 @@
+"""The CPU recipe (cifar10_cpu_config.yaml) on real CIFAR-10, scored on a held-out split.
+
+    python benchmarks/cpu_recipe.py --cifar_dir DATA --epochs 2 [--holdout 5000] [--work runs/cpu_recipe]
+
+DATA holds `cifar-10-batches-bin/data_batch_*.bin` with the 50,000 real training images (e.g.
+written by `python ../shared/data/make_cifar10_bin.py DATA`). The last --holdout records become
+the evaluation split (never trained on); the rest is trained on with exactly the README's two
+commands:
+
+    python train.py --config_path=cifar10_cpu_config.yaml --data_dir=SPLIT --max_epoch=N
+    python eval.py --config_path=cifar10_cpu_config.yaml --data_dir=SPLIT --pre_trained=LAST
+
+Writes benchmarks/results/cifar10_cpu_<N>ep.json (held-out top-1, wall times, images/s, the
+commands, the machine's CPU flags) and the run's metrics.csv and metrics.png beside it.
+"""
+import argparse
+import glob
+import json
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+from real_cifar10 import split_holdout  # noqa: E402
+
+CONFIG = "cifar10_cpu_config.yaml"
+FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
+
+
+def cpu_description():
+    model, flags = platform.processor() or "unknown", set()
+    if os.path.exists("/proc/cpuinfo"):
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith("model name") and model in ("", "unknown", "x86_64"):
+                    model = line.split(":", 1)[1].strip()
+                elif line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+    return {"model": model, "cores": os.cpu_count(),
+            "flags": {name: name in flags for name in FLAGS}}
+
+
+def run(command, log_path):
+    start = time.perf_counter()
+    with open(log_path, "w", encoding="utf-8") as log:
+        result = subprocess.run(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+    seconds = time.perf_counter() - start
+    with open(log_path, encoding="utf-8") as log:
+        text = log.read()
+    if result.returncode != 0:
+        sys.exit(f"error: {' '.join(command)} failed (exit {result.returncode}), see {log_path}")
+    return text, seconds
+
+
+def shown(command):
+    return " ".join(["python"] + command[1:])
+
+
+def summarise(args, data, n_train, run_dir, train, evaluation):
+    (train_log, train_s), (eval_log, eval_s), last = train, evaluation[:2], evaluation[2]
+    speeds = [float(s) for s in re.findall(r"\| ([0-9.]+) img/s", train_log)]
+    epoch_s = [float(s) for s in re.findall(r"epoch time: ([0-9.]+) s", train_log)]
+    in_training = [float(a) for a in re.findall(r"eval after epoch \d+: top1 ([0-9.]+)", train_log)]
+    return {
+        "what": f"{CONFIG} on real CIFAR-10: {n_train} training images, the last "
+                f"{args.holdout} of the 50,000 held out (never trained on)",
+        "epochs": args.epochs, "train_images": n_train, "holdout_images": args.holdout,
+        "holdout_top1": float(re.search(r"result: \{'acc': ([0-9.]+)\}", eval_log).group(1)),
+        "holdout_top1_after_each_epoch": in_training,
+        "train_wall_seconds": round(train_s, 1), "eval_wall_seconds": round(eval_s, 1),
+        "epoch_seconds": epoch_s,
+        "train_images_per_second_median": round(statistics.median(speeds), 1) if speeds else None,
+        "checkpoint": os.path.basename(last), "machine": cpu_description(),
+        "load_average_at_end": [round(v, 2) for v in os.getloadavg()],
+        "commands": [args.train_command, args.eval_command],
+        "data": data, "run_dir": run_dir,
+    }
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cifar_dir", required=True)
+    parser.add_argument("--epochs", type=int, required=True)
+    parser.add_argument("--holdout", type=int, default=5000)
+    parser.add_argument("--work", default="runs/cpu_recipe")
+    parser.add_argument("--out_dir", default=os.path.join(HERE, "results"))
+    args = parser.parse_args()
+    work = os.path.abspath(args.work)
+    data, n_train = split_holdout(args.cifar_dir, work, args.holdout)
+    run_dir = os.path.join(work, f"ep{args.epochs}")
+    common = [f"--config_path={CONFIG}", f"--data_dir={data}"]
+    train_cmd = [sys.executable, "train.py", *common, f"--max_epoch={args.epochs}",
+                 f"--ckpt_path={run_dir}"]
+    args.train_command = shown(train_cmd)
+    train = run(train_cmd, os.path.join(work, f"train_ep{args.epochs}.log"))
+    last = max(glob.glob(os.path.join(run_dir, "vgg16_bn-*_*.ckpt")), key=os.path.getmtime)
+    eval_cmd = [sys.executable, "eval.py", *common, f"--pre_trained={last}"]
+    args.eval_command = shown(eval_cmd)
+    evaluation = run(eval_cmd, os.path.join(work, f"eval_ep{args.epochs}.log")) + (last,)
+    summary = summarise(args, data, n_train, run_dir, train, evaluation)
+    name = f"cifar10_cpu_{args.epochs}ep"
+    os.makedirs(args.out_dir, exist_ok=True)
+    for suffix in ("csv", "png"):
+        source = os.path.join(run_dir, f"metrics.{suffix}")
+        if os.path.exists(source):
+            shutil.copyfile(source, os.path.join(args.out_dir, f"{name}_metrics.{suffix}"))
+    with open(os.path.join(args.out_dir, f"{name}.json"), "w", encoding="utf-8") as handle:
+        json.dump(summary, handle, indent=2)
+    print(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    main()

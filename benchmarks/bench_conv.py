@@ -1,17 +1,17 @@
-"""Training-step time of a VGG16-BN stack: stock nn.Conv2d against FastConv2d.
+"""Training-step time of a VGG16-BN stack: stock nn.Conv2d against the project's NativeConv2d.
 
     python benchmarks/bench_conv.py [--batch 64] [--image 32] [--steps 5] [--rounds 3]
 
 Each measurement runs in a fresh process, because ONEDNN_MAX_CPU_ISA is process-wide and
 read once: the stock convolution runs with the AVX2 cap (MindSpore's NCHW convolution
-falls to a reference kernel under AVX-512), FastConv2d with no cap. Rounds alternate
+falls to a reference kernel under AVX-512), NativeConv2d with no cap. Rounds alternate
 stock and fast back to back, so that load from other processes hits both alike; the
 report gives per-round and median milliseconds per step (after warm-up), the speed-up,
 and the losses of both after the same steps from the same seed and data.
 
-The network: 13 3x3 convolutions (64,64,M,128,128,M,256x3,M,512x3,M,512x3,M), each with
-BatchNorm and ReLU, then 512*s*s -> 4096 -> 4096 -> 10 dense layers; softmax cross-entropy;
-Momentum SGD (lr 0.01, momentum 0.9); graph mode, float32.
+The network: the 13 3x3 convolutions of src/vgg.py's VGG16 row (64,64,M,128,128,M,256x3,M,
+512x3,M,512x3,M), each with BatchNorm and ReLU, then 512*s*s -> 4096 -> 4096 -> 10 dense
+layers; softmax cross-entropy; Momentum SGD (lr 0.01, momentum 0.9); graph mode, float32.
 """
 import argparse
 import json
@@ -21,15 +21,17 @@ import subprocess
 import sys
 import time
 
+import native_kernels
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CFG16 = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]
 
 
 def build_net(conv_cls, image, num_classes=10):
     from mindspore import nn
+    from src.vgg import LAYER_TABLE
 
     layers, cin = [], 3
-    for v in CFG16:
+    for v in LAYER_TABLE["vgg16"]:
         if v == "M":
             layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
         else:
@@ -52,12 +54,10 @@ def worker(args):
 
     ms.set_context(mode=ms.GRAPH_MODE, device_target="CPU")
     if args.worker == "fast":
-        from src.fast_conv import FastConv2d, fast_conv_status
-        ok, reason = fast_conv_status()
-        if not ok:
+        conv_cls, reason = native_kernels.native_conv_cell()
+        if conv_cls is None:
             print(json.dumps({"error": f"fast path unavailable: {reason}"}))
             return 1
-        conv_cls = FastConv2d
     else:
         conv_cls = nn.Conv2d
 
@@ -71,36 +71,42 @@ def worker(args):
     rng = np.random.default_rng(0)
     batches = [(ms.Tensor(rng.standard_normal((args.batch, 3, args.image, args.image), dtype=np.float32)),
                 ms.Tensor(rng.integers(0, 10, args.batch).astype(np.int32))) for _ in range(2)]
+    result = time_steps(step, batches, args.warmup, args.steps)
+    result.update({"mode": args.worker, "process_s": time.perf_counter() - t_start,
+                   "isa": os.environ.get("ONEDNN_MAX_CPU_ISA")})
+    print(json.dumps(result))
+    return 0
 
+
+def time_steps(step, batches, warmup, steps):
+    """Wall and CPU milliseconds of each timed step (after the compiling first one and the
+    warm-up) and every loss."""
     losses, times, cpu_times = [], [], []
     t0 = time.perf_counter()
     losses.append(float(step(*batches[0]).asnumpy()))  # compiles
     first_step_s = time.perf_counter() - t0
-    for i in range(args.warmup + args.steps):
+    for i in range(warmup + steps):
         t0, c0 = time.perf_counter(), time.process_time()
         out = step(*batches[(i + 1) % 2])
         value = float(out.asnumpy())
         dt, dc = time.perf_counter() - t0, time.process_time() - c0
         losses.append(value)
-        if i >= args.warmup:
+        if i >= warmup:
             times.append(dt * 1000.0)
             cpu_times.append(dc * 1000.0)
-    print(json.dumps({"mode": args.worker, "ms_per_step": statistics.median(times), "times_ms": times,
-                      "cpu_ms_per_step": statistics.median(cpu_times),
-                      "losses": losses, "first_step_s": first_step_s,
-                      "process_s": time.perf_counter() - t_start,
-                      "isa": os.environ.get("ONEDNN_MAX_CPU_ISA")}))
-    return 0
+    return {"ms_per_step": statistics.median(times), "times_ms": times,
+            "cpu_ms_per_step": statistics.median(cpu_times), "losses": losses,
+            "first_step_s": first_step_s}
 
 
 def run_child(mode, args):
     env = dict(os.environ)
     if mode == "fast":
         env["ONEDNN_MAX_CPU_ISA"] = "ALL"
-        env.pop("FAST_CONV", None)
+        native_kernels.with_native_kernels(env)
     else:
         env["ONEDNN_MAX_CPU_ISA"] = "AVX2"
-        env["FAST_CONV"] = "0"
+        native_kernels.with_stock_kernels(env)
     env["GLOG_v"] = env.get("GLOG_v", "3")
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", mode, "--batch", str(args.batch),
            "--image", str(args.image), "--steps", str(args.steps), "--warmup", str(args.warmup)]
@@ -151,7 +157,7 @@ def main():
     print(f"losses after {len(ls)} steps: stock {ls[-1]:.6f}, fast {lf[-1]:.6f}; relative difference "
           f"per step: {' '.join(f'{r:.0e}' for r in rels)}")
     print("(random data and labels at lr 0.01 amplify rounding differences step by step; the same "
-          "growth shows between FastConv2d under AVX2 and under AVX-512)")
+          "growth shows between NativeConv2d under AVX2 and under AVX-512)")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"batch": args.batch, "image": args.image, "stock_ms": stock, "fast_ms": fast,

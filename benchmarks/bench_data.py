@@ -20,27 +20,20 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from src import dataset as D  # noqa: E402  (path set just above)
-
-MAKE_CIFAR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data",
-                          "make_cifar10_bin.py")
+import cifar_bin  # noqa: E402  (path set just above)
+from src import dataset as D  # noqa: E402
 
 
 def cifar_data(work):
+    """(root of 50,000 CIFAR-10 training records, what they are): cached from an earlier run,
+    the real images where make_cifar10_bin.py is there, else random records."""
     root = os.path.join(work, "cifar")
-    folder = os.path.join(root, D.CIFAR10_TRAIN_DIR)
-    if os.path.isdir(folder):
+    if os.path.isdir(os.path.join(root, D.CIFAR10_TRAIN_DIR)):
         return root, "cached"
-    if os.path.isfile(MAKE_CIFAR):
-        subprocess.run([sys.executable, MAKE_CIFAR, root], check=True)
+    if os.path.isfile(cifar_bin.MAKE_CIFAR):
+        subprocess.run([sys.executable, cifar_bin.MAKE_CIFAR, root], check=True)
         return root, "real (make_cifar10_bin.py)"
-    os.makedirs(folder)
-    rng = np.random.default_rng(0)
-    for i in range(1, 6):
-        records = rng.integers(0, 256, (10000, D.CIFAR10_RECORD_BYTES), dtype=np.uint8)
-        records[:, 0] %= 10
-        records.tofile(os.path.join(folder, f"data_batch_{i}.bin"))
-    return root, "generated"
+    return cifar_bin.write_random_training_set(root, 10000, files=5), "generated"
 
 
 def images_per_second(data):

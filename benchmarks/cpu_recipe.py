@@ -17,46 +17,17 @@ import argparse
 import glob
 import json
 import os
-import platform
 import re
 import shutil
 import statistics
-import subprocess
 import sys
-import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
-from real_cifar10 import split_holdout  # noqa: E402
+import machine  # noqa: E402  (path set just above)
+from real_cifar10 import run, split_holdout  # noqa: E402
 
 CONFIG = "cifar10_cpu_config.yaml"
-FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
-
-
-def cpu_description():
-    model, flags = platform.processor() or "unknown", set()
-    if os.path.exists("/proc/cpuinfo"):
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            for line in handle:
-                if line.startswith("model name") and model in ("", "unknown", "x86_64"):
-                    model = line.split(":", 1)[1].strip()
-                elif line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-    return {"model": model, "cores": os.cpu_count(),
-            "flags": {name: name in flags for name in FLAGS}}
-
-
-def run(command, log_path):
-    start = time.perf_counter()
-    with open(log_path, "w", encoding="utf-8") as log:
-        result = subprocess.run(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
-    seconds = time.perf_counter() - start
-    with open(log_path, encoding="utf-8") as log:
-        text = log.read()
-    if result.returncode != 0:
-        sys.exit(f"error: {' '.join(command)} failed (exit {result.returncode}), see {log_path}")
-    return text, seconds
 
 
 def shown(command):
@@ -77,8 +48,8 @@ def summarise(args, data, n_train, run_dir, train, evaluation):
         "train_wall_seconds": round(train_s, 1), "eval_wall_seconds": round(eval_s, 1),
         "epoch_seconds": epoch_s,
         "train_images_per_second_median": round(statistics.median(speeds), 1) if speeds else None,
-        "checkpoint": os.path.basename(last), "machine": cpu_description(),
-        "load_average_at_end": [round(v, 2) for v in os.getloadavg()],
+        "checkpoint": os.path.basename(last), "machine": machine.cpu_summary(),
+        "load_average_at_end": machine.load_average(2),
         "commands": [args.train_command, args.eval_command],
         "data": data, "run_dir": run_dir,
     }

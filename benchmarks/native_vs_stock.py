@@ -16,10 +16,12 @@ Every run is `train.py` then `eval.py` with cifar10_config.yaml (VGG16-BN, batch
 momentum 0.9, weight decay 5e-4; the classifier's dropout off by default, which learns
 faster in so short a run) and the `step` schedule: linear warmup lr_init -> lr_max over the
 first epoch, then lr_max * (1 - progress)^2 down to 0 by the last step. The defaults (2,048
-images, 3 epochs: 96 steps) fit five runs in about 45 minutes on 2 shared cores. With fast_conv=auto the network runs on the project's native kernels (convolutions,
-BatchNorm+ReLU, pooling, fused optimiser; oneDNN ISA uncapped); with fast_conv=off on stock
-MindSpore (ISA capped at AVX2 by the repository, as train.py does). ONEDNN_MAX_CPU_ISA is
-removed from the children's environment so that the repository makes that choice itself.
+images, 3 epochs: 96 steps) fit five runs in about 45 minutes on 2 shared cores. With
+native_kernels=auto the network runs on the project's native kernels (convolutions,
+BatchNorm+ReLU, pooling, fused optimiser; oneDNN ISA uncapped); with native_kernels=off on
+stock MindSpore (ISA capped at AVX2 by the repository, as train.py does); each run records
+its setting as `fast_conv`. ONEDNN_MAX_CPU_ISA is removed from the children's environment so
+that the repository makes that choice itself.
 
 Per run: the final training loss (mean of the last --tail logged step losses, metrics.csv
 with log_interval=1) and the held-out top-1 (eval.py's `result: {'acc': ...}`).
@@ -34,7 +36,6 @@ import csv
 import glob
 import json
 import os
-import platform
 import re
 import statistics
 import sys
@@ -44,10 +45,13 @@ import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
-sys.path.insert(0, HERE)
-from real_cifar10 import RECORD, run, split_holdout  # noqa: E402
+sys.path[:0] = [HERE, REPO]  # the benchmarks' helpers, the repository's modules
+import cifar_bin  # noqa: E402  (path set just above)
+import machine  # noqa: E402
+import native_kernels  # noqa: E402
+from real_cifar10 import run, split_holdout  # noqa: E402
 
-SHARED = "/work/shared/data"
+SHARED = cifar_bin.SHARED_DATA
 SPREAD_SIGMAS = 3.0
 RULE = ("native agrees with stock when, for both final_loss and holdout_top1, every native seed "
         f"lies within stock mean +- {SPREAD_SIGMAS:g} x stock std (sample std, ddof=1, over the "
@@ -56,35 +60,19 @@ CPU_FLAGS = ("avx2", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "avx51
              "amx_tile", "amx_bf16")
 
 
-def cpu_info():
-    model, flags = platform.processor(), set()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            for line in handle:
-                if line.startswith("model name") and model in ("", platform.processor()):
-                    model = line.split(":", 1)[1].strip()
-                elif line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    break
-    except OSError:
-        pass
-    return {"model": model, "flags": {f: f in flags for f in CPU_FLAGS},
-            "cores": len(os.sched_getaffinity(0))}
-
-
 def prepare_data(args, work):
     cifar_dir = args.cifar_dir
     if not cifar_dir:
         cifar_dir = os.path.join(work, "cifar10")
         if not glob.glob(os.path.join(cifar_dir, "cifar-10-batches-bin", "data_batch_*.bin")):
-            run([sys.executable, os.path.join(SHARED, "make_cifar10_bin.py"), cifar_dir],
+            run([sys.executable, cifar_bin.MAKE_CIFAR, cifar_dir],
                 os.path.join(work, "make_cifar10_bin.log"))
     data, n_rest = split_holdout(cifar_dir, work, args.holdout)
     train_file = os.path.join(data, "cifar-10-batches-bin", "data_batch_1.bin")
     if args.train_images > n_rest:
         sys.exit(f"error: --train_images {args.train_images} exceeds the {n_rest} non-held-out images")
-    records = np.fromfile(train_file, dtype=np.uint8).reshape(-1, RECORD)
-    records[:args.train_images].tofile(train_file)
+    records = cifar_bin.read_records([train_file])
+    cifar_bin.write_records(train_file, records[:args.train_images])
     labels = np.bincount(records[:args.train_images, 0], minlength=10).tolist()
     return data, labels
 
@@ -103,7 +91,8 @@ def one_run(kind, seed, args, data, work):
     os.makedirs(out, exist_ok=True)
     fast = "auto" if kind == "native" else "off"
     common = ["--config_path=cifar10_config.yaml", "--device_target=CPU", "--image_size=32,32",
-              f"--data_dir={data}", f"--ckpt_path={out}", f"--fast_conv={fast}", f"--seed={seed}"]
+              f"--data_dir={data}", f"--ckpt_path={out}", native_kernels.config_option(fast),
+              f"--seed={seed}"]
     train_cmd = [sys.executable, "train.py", *common, f"--max_epoch={args.epochs}",
                  "--lr_scheduler=step", f"--lr_init={args.lr_init}", f"--lr_max={args.lr_max}",
                  f"--warmup_epochs={args.warmup_epochs}", "--log_interval=1",
@@ -146,7 +135,7 @@ def compare(native, stock, key):
             "native": per_seed, "agree": all(p["within_band"] for p in per_seed)}
 
 
-def main():
+def parse_args():
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cifar_dir", default="")
@@ -166,39 +155,57 @@ def main():
     parser.add_argument("--reuse", action="store_true",
                         help="take finished runs (same kind and seed) from an existing --out "
                              "report instead of training them again, e.g. after an interruption")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def run_order(native_seeds, stock_seeds):
+    """(kind, seed) pairs interleaved, so machine load drifts affect both sides alike."""
+    order = []
+    for i in range(max(len(native_seeds), len(stock_seeds))):
+        if i < len(native_seeds):
+            order.append(("native", native_seeds[i]))
+        if i < len(stock_seeds):
+            order.append(("stock", stock_seeds[i]))
+    return order
+
+
+def previous_report(args):
+    """The existing --out report when --reuse asks for its runs, else None."""
+    if not (args.reuse and os.path.isfile(args.out)):
+        return None
+    with open(args.out, encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+def reused_run(result, work, tail):
+    """A finished run taken from the previous report, its final-loss noise added if missing."""
+    metrics = os.path.join(work, "runs", f"{result['kind']}_seed{result['seed']}", "metrics.csv")
+    if "final_loss_sem" not in result and os.path.isfile(metrics):
+        result["final_loss_sem"] = round(final_loss(metrics, tail)[1], 5)
+    return result
+
+
+def main():
+    args = parse_args()
     os.environ.pop("ONEDNN_MAX_CPU_ISA", None)  # the repository chooses, as for a user
     work = os.path.abspath(args.work)
     os.makedirs(work, exist_ok=True)
     start = time.perf_counter()
     data, class_counts = prepare_data(args, work)
-    order = []  # interleaved, so machine load drifts affect both sides alike
-    for i in range(max(len(args.native_seeds), len(args.stock_seeds))):
-        if i < len(args.native_seeds):
-            order.append(("native", args.native_seeds[i]))
-        if i < len(args.stock_seeds):
-            order.append(("stock", args.stock_seeds[i]))
-    done, previous = {}, None
-    if args.reuse and os.path.isfile(args.out):
-        with open(args.out, encoding="utf-8") as handle:
-            previous = json.load(handle)
-        done = {(r["kind"], r["seed"]): r for r in previous["runs"]}
+    order = run_order(args.native_seeds, args.stock_seeds)
+    previous = previous_report(args)
+    done = {(r["kind"], r["seed"]): r for r in previous["runs"]} if previous else {}
     results = []
     for kind, seed in order:
         if (kind, seed) in done:
-            result = done[(kind, seed)]
-            metrics = os.path.join(work, "runs", f"{kind}_seed{seed}", "metrics.csv")
-            if "final_loss_sem" not in result and os.path.isfile(metrics):
-                result["final_loss_sem"] = round(final_loss(metrics, args.tail)[1], 5)
-            results.append(result)
+            results.append(reused_run(done[(kind, seed)], work, args.tail))
         else:
             results.append(one_run(kind, seed, args, data, work))
         write_report(args, results, class_counts, start, len(order), previous)
     return write_report(args, results, class_counts, start, len(order), previous)
 
 
-def write_report(args, results, class_counts, start, planned, previous=None):
-    """Writes the JSON (after every run, so a cut-short run keeps what it measured)."""
+def comparison_and_verdict(results, planned):
     native = [r for r in results if r["kind"] == "native"]
     stock = [r for r in results if r["kind"] == "stock"]
     comparison, verdict = {}, f"incomplete ({len(results)} of {planned} runs)"
@@ -207,24 +214,34 @@ def write_report(args, results, class_counts, start, planned, previous=None):
                       "holdout_top1": compare(native, stock, "holdout_top1")}
     if len(results) == planned and comparison:
         verdict = "agree" if all(c["agree"] for c in comparison.values()) else "differ"
+    return comparison, verdict
+
+
+def recipe(args, class_counts):
+    """The report's data and schedule entries."""
     steps_per_epoch = args.train_images // 64
-    with open("/proc/loadavg", encoding="utf-8") as handle:
-        load = handle.read().split()[:3]
+    data = {"source": os.path.join(SHARED, "cifar10-train-jpg.tar.gz"),
+            "prepared_by": f"python {cifar_bin.MAKE_CIFAR} "
+                           f"{args.cifar_dir or os.path.join(args.work, 'cifar10')}",
+            "train_images": args.train_images, "train_class_counts": class_counts,
+            "holdout_images": args.holdout,
+            "holdout": "last records of the shuffled 50,000 training images, never trained on"}
+    schedule = {"epochs": args.epochs, "steps_per_epoch": steps_per_epoch,
+                "total_steps": steps_per_epoch * args.epochs, "lr_scheduler": "step",
+                "lr_init": args.lr_init, "lr_max": args.lr_max,
+                "warmup_epochs": args.warmup_epochs, "has_dropout": args.dropout,
+                "final_loss": f"mean of the last {args.tail} logged step losses"}
+    return {"data": data, "schedule": schedule}
+
+
+def write_report(args, results, class_counts, start, planned, previous=None):
+    """Writes the JSON (after every run, so a cut-short run keeps what it measured)."""
+    comparison, verdict = comparison_and_verdict(results, planned)
     report = {
         "what": "VGG16-BN at 32x32, batch 64, real CIFAR-10: native kernels (fast_conv=auto) "
                 "vs stock MindSpore (fast_conv=off), same recipe, several seeds",
         "command": " ".join(["python", "benchmarks/native_vs_stock.py"] + sys.argv[1:]),
-        "data": {"source": os.path.join(SHARED, "cifar10-train-jpg.tar.gz"),
-                 "prepared_by": f"python {os.path.join(SHARED, 'make_cifar10_bin.py')} "
-                                f"{args.cifar_dir or os.path.join(args.work, 'cifar10')}",
-                 "train_images": args.train_images, "train_class_counts": class_counts,
-                 "holdout_images": args.holdout,
-                 "holdout": "last records of the shuffled 50,000 training images, never trained on"},
-        "schedule": {"epochs": args.epochs, "steps_per_epoch": steps_per_epoch,
-                     "total_steps": steps_per_epoch * args.epochs, "lr_scheduler": "step",
-                     "lr_init": args.lr_init, "lr_max": args.lr_max,
-                     "warmup_epochs": args.warmup_epochs, "has_dropout": args.dropout,
-                     "final_loss": f"mean of the last {args.tail} logged step losses"},
+        **recipe(args, class_counts),
         "runs": results, "comparison": comparison, "rule": RULE, "verdict": verdict,
         "final_loss_noise": {
             "stock_seed_std": comparison.get("final_loss", {}).get("stock_std"),
@@ -233,7 +250,7 @@ def write_report(args, results, class_counts, start, planned, previous=None):
             "note": "final_loss_sem: standard error of the mean of the last step losses of one "
                     "run (batch-to-batch noise); a stock seed std below it means the stock "
                     "seeds happen to lie closer together than one run's own measurement noise"},
-        "cpu": cpu_info(), "load_average_at_end": load,
+        "cpu": machine.cpu_summary(CPU_FLAGS), "load_average_at_end": machine.load_average(2),
         "total_wall_s": round(time.perf_counter() - start, 1),
     }
     if previous is not None:  # runs taken over: keep the command and time that made them

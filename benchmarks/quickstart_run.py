@@ -16,7 +16,6 @@ chain, as in the README; with the packages already installed it takes seconds.
 """
 import argparse
 import datetime
-import importlib.metadata
 import json
 import os
 import platform
@@ -26,60 +25,39 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import machine  # noqa: E402  (path set just above)
+import native_kernels  # noqa: E402
 from readme_commands import REPO, final_accuracy, fresh_copy, quick_start_commands, run_commands  # noqa: E402
 
 DEFAULT_OUT = os.path.join(REPO, "benchmarks", "results", "quickstart.json")
-ISA_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
-
-
-def cpu_info():
-    model, flags = None, set()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            for line in handle:
-                key, _, value = line.partition(":")
-                if key.strip() == "model name" and model is None:
-                    model = value.strip()
-                elif key.strip() == "flags" and not flags:
-                    flags = set(value.split())
-    except OSError:
-        pass
-    return {"model": model or platform.processor(), "cores": os.cpu_count(),
-            "flags": {flag: flag in flags for flag in ISA_FLAGS}}
-
-
-def version(package):
-    try:
-        return importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:
-        return None
 
 
 def run(workdir):
     main_job, _ = quick_start_commands()
     copy = fresh_copy(os.path.join(workdir, "repo"))
-    load = os.getloadavg()
+    load = machine.load_average(2)
     started = datetime.datetime.now(datetime.timezone.utc)
     steps = run_commands(main_job, cwd=copy)
     total = sum(step.seconds for step in steps)
     ok = len(steps) == len(main_job) and steps[-1].returncode == 0
-    build = next((s for s in steps if "src.ops.build" in s.command), None)
+    build = next((s for s in steps if native_kernels.BUILD_MODULE in s.command), None)
     train = next((s for s in steps if s.command.startswith("python train.py")), None)
     epochs = [float(x) for x in re.findall(r"epoch time: ([0-9.]+) s",
                                            train.stdout + train.stderr)] if train else []
-    load_end = os.getloadavg()
+    load_end = machine.load_average(2)
     record = {
         "what": "README.md quick start, main job, run as written in a fresh copy of the "
                 "repository (no build outputs, no demo data) by benchmarks/quickstart_run.py",
         "date": started.isoformat(timespec="seconds"),
-        "machine": {**cpu_info(),
-                    "load_average_at_start": [round(x, 2) for x in load],
-                    "load_average_at_end": [round(x, 2) for x in load_end],
+        "machine": {**machine.cpu_summary(),
+                    "load_average_at_start": load,
+                    "load_average_at_end": load_end,
                     "note": "a shared machine: other jobs may run at the same time (see the "
                             "load averages over 1, 5 and 15 minutes), which makes the wall "
                             "times pessimistic; cpu_seconds is less affected"},
-        "versions": {"python": platform.python_version(), "mindspore": version("mindspore"),
-                     "numpy": version("numpy")},
+        "versions": {"python": platform.python_version(),
+                     "mindspore": machine.package_version("mindspore"),
+                     "numpy": machine.package_version("numpy")},
         "succeeded": ok,
         "total_seconds": round(total, 1),
         "cpu_seconds": round(sum(step.cpu_seconds for step in steps), 1),

@@ -49,7 +49,7 @@ def source_files(repo=REPO):
 
 
 def fresh_copy(dest, repo=REPO):
-    """Copies the repository to dest as a fresh clone has it (no src/ops/_build, outputs,
+    """Copies the repository to dest as a fresh clone has it (no src/native/_build, outputs,
     demo data or caches). Returns dest."""
     files = source_files(repo)
     if files is None:
@@ -63,7 +63,7 @@ def fresh_copy(dest, repo=REPO):
 
 
 def script_of(command):
-    """`python train.py --x` -> "train.py", `python -m src.ops.build` -> "src.ops.build"."""
+    """`python train.py --x` -> "train.py", `python -m src.native.build` -> "src.native.build"."""
     words = shlex.split(command)
     if words[0] != "python" or len(words) < 2:
         return words[0]

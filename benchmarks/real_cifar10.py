@@ -21,20 +21,22 @@ import time
 import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RECORD = 3073
+sys.path.insert(0, REPO)
+import cifar_bin  # noqa: E402  (path set just above)
+from src.dataset import CIFAR10_EVAL_DIR, CIFAR10_TRAIN_DIR  # noqa: E402
 
 
 def split_holdout(cifar_dir, out_dir, holdout):
     """Write OUT/data/{cifar-10-batches-bin,cifar-10-verify-bin} from the training files."""
-    files = sorted(glob.glob(os.path.join(cifar_dir, "cifar-10-batches-bin", "data_batch_*.bin")))
+    files = sorted(glob.glob(os.path.join(cifar_dir, CIFAR10_TRAIN_DIR, "data_batch_*.bin")))
     if not files:
-        sys.exit(f"error: no data_batch_*.bin under {cifar_dir}/cifar-10-batches-bin")
-    records = np.concatenate([np.fromfile(f, dtype=np.uint8).reshape(-1, RECORD) for f in files])
+        sys.exit(f"error: no data_batch_*.bin under {cifar_dir}/{CIFAR10_TRAIN_DIR}")
+    records = cifar_bin.read_records(files)
     data = os.path.join(out_dir, "data")
-    for sub in ("cifar-10-batches-bin", "cifar-10-verify-bin"):
-        os.makedirs(os.path.join(data, sub), exist_ok=True)
-    records[:-holdout].tofile(os.path.join(data, "cifar-10-batches-bin", "data_batch_1.bin"))
-    records[-holdout:].tofile(os.path.join(data, "cifar-10-verify-bin", "test_batch.bin"))
+    cifar_bin.write_records(os.path.join(data, CIFAR10_TRAIN_DIR, "data_batch_1.bin"),
+                            records[:-holdout])
+    cifar_bin.write_records(os.path.join(data, CIFAR10_EVAL_DIR, "test_batch.bin"),
+                            records[-holdout:])
     return data, len(records) - holdout
 
 
@@ -47,7 +49,7 @@ def run(command, log_path):
     with open(log_path, encoding="utf-8") as log:
         text = log.read()
     if result.returncode != 0:
-        sys.exit(f"error: {' '.join(command)} failed, see {log_path}")
+        sys.exit(f"error: {' '.join(command)} failed (exit {result.returncode}), see {log_path}")
     return text, seconds
 
 

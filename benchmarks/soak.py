@@ -1,18 +1,21 @@
 """Long-run memory stability: train for a fixed wall time and watch the resident memory.
 
-    python benchmarks/soak.py [--minutes 20] [--work DIR] [--data-dir DATA] [--interval 5]
-                              [--arch vgg16] [--batch-size 64] [-- extra train.py options]
+    python benchmarks/soak.py [--minutes 20] [--work DIR] [--out-dir DIR] [--data-dir DATA]
+                              [--interval 5] [--arch vgg16] [--batch-size 64]
+                              [-- extra train.py options]
 
 Runs train.py with cpu_quickstart_config.yaml (VGG16-BN, 32x32, evaluation and a checkpoint
 every epoch) on the demo digits (written to WORK/data unless --data-dir is given) with enough
 epochs to outlast --minutes, samples the RSS of the process and its children every
 --interval seconds (psutil), and stops it with Ctrl-C (SIGINT) when the time is up. Writes
-WORK/soak_rss.csv (seconds, rss_mb, epochs done) and WORK/soak_rss.png, and prints the RSS at
-the end of the first epoch, the last and highest RSS after it, and the least-squares slope
-after it in MB per hour. Not a CI test: it takes --minutes of two busy cores.
+soak_rss.csv (seconds, rss_mb, epochs done), soak_rss.png and soak.json (the RSS at the end
+of the first epoch, the last and highest RSS after it, the least-squares slope after it in MB
+per hour, whether it stayed flat, epochs, minutes and the machine) to --out-dir (default:
+WORK), and prints the same figures. Not a CI test: it takes --minutes of two busy cores.
 """
 import argparse
 import csv
+import json
 import os
 import re
 import signal
@@ -25,16 +28,24 @@ import time
 import numpy as np
 import psutil
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import machine  # noqa: E402  (path set just above)
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EPOCH_LINE = re.compile(r"^epoch: (\d+) step: \d+, loss is")
 # Growth below this over the whole run after the first epoch counts as flat (allocator noise).
 FLAT_MB = 50.0
+FLAT_RULE = (f"flat unless both the fitted growth (slope x time after the first epoch) and the "
+             f"last minus the first RSS after the first epoch exceed {FLAT_MB:g} MB")
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
     parser.add_argument("--minutes", type=float, default=20.0, help="training wall time")
     parser.add_argument("--work", default=None, help="folder for data, run and results")
+    parser.add_argument("--out-dir", default=None,
+                        help="folder for soak_rss.csv, soak_rss.png and soak.json "
+                             "(default: --work)")
     parser.add_argument("--data-dir", default=None, help="CIFAR-10 layout data (default: demo)")
     parser.add_argument("--interval", type=float, default=5.0, help="seconds between samples")
     parser.add_argument("--arch", default="vgg16")
@@ -76,18 +87,17 @@ def follow(stream, epochs_done, log):
             print(f"  {line.rstrip()}", flush=True)
 
 
-def soak(args):
-    work = args.work or tempfile.mkdtemp(prefix="vgg_soak_")
-    os.makedirs(work, exist_ok=True)
-    data = args.data_dir or demo_data(work)
-    command = [sys.executable, os.path.join(REPO, "train.py"),
-               "--config_path=cpu_quickstart_config.yaml", f"--data_dir={data}",
-               f"--arch={args.arch}", f"--batch_size={args.batch_size}", "--max_epoch=100000",
-               "--T_max=100000", f"--ckpt_path={os.path.join(work, 'run')}", *args.extra]
-    print("command:", " ".join(command), flush=True)
-    log_path = os.path.join(work, "soak_train.log")
-    samples = []  # (seconds, rss_mb, epochs done)
-    epochs_done = [0]
+def train_command(args, data, work):
+    return [sys.executable, os.path.join(REPO, "train.py"),
+            "--config_path=cpu_quickstart_config.yaml", f"--data_dir={data}",
+            f"--arch={args.arch}", f"--batch_size={args.batch_size}", "--max_epoch=100000",
+            "--T_max=100000", f"--ckpt_path={os.path.join(work, 'run')}", *args.extra]
+
+
+def run_and_sample(command, log_path, minutes, interval):
+    """Runs command for `minutes`, sampling its RSS every `interval` seconds, then stops it
+    with SIGINT. Returns ([(seconds, rss_mb, epochs done)], exit code, minutes run)."""
+    samples, epochs_done = [], [0]
     with open(log_path, "w", encoding="utf-8") as log:
         child = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE,
                                  stderr=subprocess.STDOUT, text=True)
@@ -96,42 +106,87 @@ def soak(args):
         reader.start()
         process = psutil.Process(child.pid)
         start = time.monotonic()
-        end = start + 60 * args.minutes
+        end = start + 60 * minutes
         while child.poll() is None and time.monotonic() < end:
             samples.append((time.monotonic() - start, tree_rss(process) / 2**20, epochs_done[0]))
-            time.sleep(args.interval)
+            time.sleep(interval)
         if child.poll() is None:
             child.send_signal(signal.SIGINT)  # saves a checkpoint and exits 130
         code = child.wait(timeout=600)
+        ran = (time.monotonic() - start) / 60
         reader.join(timeout=60)
+    return samples, code, ran
+
+
+def soak(args):
+    work = args.work or tempfile.mkdtemp(prefix="vgg_soak_")
+    out_dir = args.out_dir or work
+    for folder in (work, out_dir):
+        os.makedirs(folder, exist_ok=True)
+    command = train_command(args, args.data_dir or demo_data(work), work)
+    print("command:", " ".join(command), flush=True)
+    log_path = os.path.join(work, "soak_train.log")
+    samples, code, minutes = run_and_sample(command, log_path, args.minutes, args.interval)
     if code not in (0, 130):
         print(f"train.py failed (exit {code}); see {log_path}", file=sys.stderr)
         return 1
-    csv_path = os.path.join(work, "soak_rss.csv")
+    result = summarise(samples)
+    run = {"command": " ".join(["python", "benchmarks/soak.py"] + sys.argv[1:]),
+           "minutes": round(minutes, 1), "interval_s": args.interval, "samples": len(samples)}
+    paths = write_results(samples, dict(run, **result), out_dir)
+    print(describe(result), flush=True)
+    print(f"samples: {paths[0]}\nplot: {paths[1]}\nsummary: {paths[2]}\n"
+          f"training log: {log_path}", flush=True)
+    return 0
+
+
+def write_results(samples, summary, out_dir):
+    """soak_rss.csv, soak_rss.png and soak.json (the summary and the machine) in out_dir."""
+    csv_path = os.path.join(out_dir, "soak_rss.csv")
     with open(csv_path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(["seconds", "rss_mb", "epochs_done"])
         writer.writerows((f"{t:.1f}", f"{m:.1f}", e) for t, m, e in samples)
-    png_path = plot(samples, os.path.join(work, "soak_rss.png"))
-    print(summary(samples), flush=True)
-    print(f"samples: {csv_path}\nplot: {png_path}\ntraining log: {log_path}", flush=True)
-    return 0
+    png_path = plot(samples, os.path.join(out_dir, "soak_rss.png"))
+    json_path = os.path.join(out_dir, "soak.json")
+    with open(json_path, "w", encoding="utf-8") as handle:
+        json.dump(dict(summary, machine=dict(machine.cpu_summary(),
+                                             load_average_at_end=machine.load_average(2))),
+                  handle, indent=2)
+        handle.write("\n")
+    return csv_path, png_path, json_path
 
 
-def summary(samples):
+def summarise(samples):
+    """The memory figures after the first epoch, from (seconds, rss_mb, epochs done) samples;
+    None where fewer than 3 samples follow the first epoch."""
     after = [(t, m) for t, m, e in samples if e >= 1]
+    result = {"epochs": samples[-1][2] if samples else 0, "rss_after_first_epoch_mb": None,
+              "rss_at_end_mb": None, "rss_highest_mb": None, "slope_mb_per_hour": None,
+              "minutes_after_first_epoch": None, "flat": None, "flat_threshold_mb": FLAT_MB,
+              "rule": FLAT_RULE}
     if len(after) < 3:
-        return "fewer than 3 samples after the first epoch: run longer (--minutes)"
+        return dict(result, problem="fewer than 3 samples after the first epoch: run longer "
+                                    "(--minutes)")
     times, rss = np.array(after).T
-    slope_per_hour = np.polyfit(times / 3600, rss, 1)[0]
-    first, last, peak = rss[0], rss[-1], rss.max()
-    span_h = (times[-1] - times[0]) / 3600
-    grew = slope_per_hour * span_h > FLAT_MB and last - first > FLAT_MB
-    epochs = samples[-1][2]
-    return (f"epochs done: {epochs}; RSS at the end of epoch 1: {first:.0f} MB, last: "
-            f"{last:.0f} MB, highest after epoch 1: {peak:.0f} MB; slope after epoch 1: "
-            f"{slope_per_hour:+.1f} MB/hour over {60 * span_h:.1f} min\n"
-            f"RSS grew after the first epoch: {'YES' if grew else 'no'} "
+    slope_per_hour = float(np.polyfit(times / 3600, rss, 1)[0])
+    span_h = float(times[-1] - times[0]) / 3600
+    grew = slope_per_hour * span_h > FLAT_MB and rss[-1] - rss[0] > FLAT_MB
+    return dict(result, rss_after_first_epoch_mb=float(rss[0]), rss_at_end_mb=float(rss[-1]),
+                rss_highest_mb=float(rss.max()), slope_mb_per_hour=slope_per_hour,
+                minutes_after_first_epoch=60 * span_h, flat=not grew)
+
+
+def describe(result):
+    """The summary as the lines the script prints."""
+    if result["flat"] is None:
+        return result["problem"]
+    return (f"epochs done: {result['epochs']}; RSS at the end of epoch 1: "
+            f"{result['rss_after_first_epoch_mb']:.0f} MB, last: {result['rss_at_end_mb']:.0f} "
+            f"MB, highest after epoch 1: {result['rss_highest_mb']:.0f} MB; slope after epoch 1: "
+            f"{result['slope_mb_per_hour']:+.1f} MB/hour over "
+            f"{result['minutes_after_first_epoch']:.1f} min\n"
+            f"RSS grew after the first epoch: {'no' if result['flat'] else 'YES'} "
             f"(threshold {FLAT_MB:.0f} MB over the run)")
 
 

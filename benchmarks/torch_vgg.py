@@ -10,21 +10,18 @@ SGD with weight decay on convolution and dense weights only (not BatchNorm, not 
 On a GPU the train step can run in mixed precision the usual PyTorch way (``torch.autocast``
 to float16 with a ``torch.amp.GradScaler``).
 
-Only ``torch`` is needed (torchvision is not, nor MindSpore).
+Only ``torch`` is needed (torchvision is not, nor MindSpore): the layer table is read from
+``src/vgg.py``'s source (benchmarks/vgg_table.py), not imported.
 """
 import torch
 from torch import nn
 
-LAYER_TABLE = {
-    "vgg11": [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
-    "vgg13": [64, 64, "M", 128, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
-    "vgg16": [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M",
-              512, 512, 512, "M"],
-    "vgg19": [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M",
-              512, 512, 512, 512, "M"],
-}
-FEATURE_STRIDE = 32
-HIDDEN = 4096
+from vgg_table import vgg_constants
+
+# src/vgg.py's table and sizes, read as data (importing it would import MindSpore)
+LAYER_TABLE = vgg_constants()["LAYER_TABLE"]
+FEATURE_STRIDE = vgg_constants()["FEATURE_STRIDE"]
+HIDDEN = vgg_constants()["HIDDEN"]
 
 
 def make_layers(layer_cfg, batch_norm=True, has_bias=False):

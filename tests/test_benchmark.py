@@ -1,6 +1,6 @@
-"""Smoke test of benchmarks/benchmark.py: every section runs in a tiny configuration and the
-report is valid JSON with the machine description and all figures. No timing assertions:
-the numbers of so small a run mean nothing."""
+"""Smoke test of benchmarks/benchmark.py (and its harness, workers and report): every section
+runs in a tiny configuration and the report is valid JSON with the machine description and all
+figures. No timing assertions: the numbers of so small a run mean nothing."""
 import dataclasses
 import json
 import math
@@ -13,9 +13,12 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "benchmarks"))
 import benchmark  # noqa: E402  (path set just above)
+import harness  # noqa: E402
+import report  # noqa: E402
+import workers_gpu  # noqa: E402
 
 TINY = dataclasses.replace(
-    benchmark.QUICK, name="tiny", train_batch=4, train_rounds=1, train_warmup=0, train_steps=1,
+    harness.QUICK, name="tiny", train_batch=4, train_rounds=1, train_warmup=0, train_steps=1,
     loss_check_steps=2, eval_batch=4, eval_warmup=1, eval_reps=1, eval224=False,
     latency_image=32, latency_warmup=1, latency_reps=1, trainpy_runs=1, cifar_records=640,
     cifar_batches=0, cifar_reps=1, jpegs=8, imagenet_batch=4, imagenet_reps=1, sgemm_n=256,
@@ -23,24 +26,24 @@ TINY = dataclasses.replace(
 
 
 def test_flop_count_matches_the_issue():
-    assert benchmark.vgg_macs(image=(32, 32)) == pytest.approx(332e6, rel=0.01)
-    assert benchmark.train_flops_per_image(32) == 6 * benchmark.vgg_macs(image=(32, 32))
+    assert report.vgg_macs(image=(32, 32)) == pytest.approx(332e6, rel=0.01)
+    assert report.train_flops_per_image(32) == 6 * report.vgg_macs(image=(32, 32))
 
 
 def test_table_formats_missing_values():
     rows = [{"figure": "x", "unit": "images/s", "repo": 10.0, "torch": None,
              "onnxruntime": None, "vs_torch": None, "vs_onnxruntime": None, "target": None,
              "note": ""}]
-    assert "n/a" in benchmark.format_table(rows)
-    assert benchmark.format_table(rows, markdown=True).startswith("| figure |")
+    assert "n/a" in report.format_table(rows)
+    assert report.format_table(rows, markdown=True).startswith("| figure |")
 
 
 def test_tiny_run_writes_a_complete_report(tmp_path):
     pytest.importorskip("torch")
     pytest.importorskip("onnxruntime")
     out = tmp_path / "results.json"
-    report = benchmark.run_benchmark(TINY, str(out), str(tmp_path / "work"), log=lambda *a: None)
-    assert report["errors"] == []
+    result = benchmark.run_benchmark(TINY, str(out), str(tmp_path / "work"), log=lambda *a: None)
+    assert result["errors"] == []
     saved = json.loads(out.read_text())
     machine = saved["machine"]
     for key in ("cpu_model", "usable_cpus", "versions", "onednn_max_cpu_isa",
@@ -63,13 +66,50 @@ def test_tiny_run_writes_a_complete_report(tmp_path):
     check = saved["loss_check"]
     assert check["checked"] and check["steps"] == 2
     assert len(check["reference_relative_difference"]) == 2
-    assert check["rule"] == benchmark.LOSS_CHECK_RULE and len(check["allowed"]) == 2
-    assert check["allowed"][0] == benchmark.FORWARD_RTOL
+    assert check["rule"] == harness.LOSS_CHECK_RULE and len(check["allowed"]) == 2
+    assert check["allowed"][0] == harness.FORWARD_RTOL
     # native and stock kernels agree on this run (a failure here is the benchmark's
     # "error: loss check failed" and its exit status 1)
     assert check["match"] is True, check
     assert check["failed_steps"] == []
     assert check["fast_path_active"] == machine["fast_conv_active"]
+
+
+def test_torch_peer_reads_the_layer_table_of_src_vgg():
+    """benchmarks/torch_vgg.py takes src/vgg.py's table from its source, without MindSpore."""
+    pytest.importorskip("torch")
+    import torch_vgg
+    from src import vgg
+
+    assert torch_vgg.LAYER_TABLE == vgg.LAYER_TABLE
+    assert (torch_vgg.FEATURE_STRIDE, torch_vgg.HIDDEN) == (vgg.FEATURE_STRIDE, vgg.HIDDEN)
+    assert report.vgg_macs(vgg.LAYER_TABLE["vgg16"]) == report.vgg_macs()
+
+
+def test_soak_summary_and_its_json(tmp_path):
+    pytest.importorskip("psutil")
+    import soak
+
+    # (seconds, RSS MB, epochs done): first epoch ends at 20 s, then flat within 2 MB
+    flat = [(5.0 * i, 1300.0 + (i % 3), 0 if i < 4 else 1 + i // 10) for i in range(40)]
+    result = soak.summarise(flat)
+    assert result["flat"] is True and result["epochs"] == 4
+    assert (result["rss_after_first_epoch_mb"], result["rss_at_end_mb"],
+            result["rss_highest_mb"]) == (1301.0, 1300.0, 1302.0)
+    assert abs(result["slope_mb_per_hour"]) < 60
+    growing = [(60.0 * i, 1300.0 + 10 * i, 1 + i) for i in range(20)]  # 600 MB/hour
+    grown = soak.summarise(growing)
+    assert grown["flat"] is False and grown["slope_mb_per_hour"] == pytest.approx(600.0)
+    assert "YES" in soak.describe(grown) and "no (threshold" in soak.describe(result)
+    short = soak.summarise(flat[:6])
+    assert short["flat"] is None and "run longer" in soak.describe(short)
+
+    paths = soak.write_results(flat, dict(result, minutes=3.3), str(tmp_path))
+    assert [os.path.basename(p) for p in paths] == ["soak_rss.csv", "soak_rss.png", "soak.json"]
+    saved = json.loads((tmp_path / "soak.json").read_text())
+    assert saved["rss_highest_mb"] == 1302.0 and saved["flat"] is True
+    assert saved["minutes"] == 3.3 and saved["epochs"] == 4
+    assert set(saved["machine"]["flags"]) >= {"avx2", "avx512f", "avx512_bf16", "amx_bf16"}
 
 
 # ------------------------------------------------------------------- the loss check's rule
@@ -85,7 +125,7 @@ def scaled(losses, factors):
 
 
 def check(auto, reference=PERTURBED, steps=5, rtol=1e-3):
-    return benchmark.compare_losses(auto, STOCK, reference, steps, rtol)
+    return harness.compare_losses(auto, STOCK, reference, steps, rtol)
 
 
 def test_loss_check_passes_within_the_allowance():
@@ -94,14 +134,14 @@ def test_loss_check_passes_within_the_allowance():
     result = check(scaled(STOCK, [1e-6, 9e-4, 9e-4, 9e-3, 2.9e-2]))
     assert result["match"] is True and result["failed_steps"] == []
     assert result["allowed"] == pytest.approx([1e-5, 1e-3, 1e-3, 1e-2, 3e-2], rel=1e-3)
-    assert result["rule"] == benchmark.LOSS_CHECK_RULE
+    assert result["rule"] == harness.LOSS_CHECK_RULE
     json.dumps(result)  # goes into the report as it is
 
 
 def test_loss_check_fails_on_a_wrong_forward_pass():
     result = check(scaled(STOCK, [2e-5, 0, 0, 0, 0]))  # first loss: forward pass alone
     assert result["match"] is False and result["failed_steps"] == [1]
-    assert "step 1: 2.00e-05 > 1.00e-05" in benchmark.loss_check_failure(result)
+    assert "step 1: 2.00e-05 > 1.00e-05" in harness.loss_check_failure(result)
 
 
 def test_loss_check_fails_on_a_wrong_gradient():
@@ -123,24 +163,24 @@ def test_loss_check_fails_on_nan_or_missing_losses():
     assert check(STOCK[:4] + [float("nan")])["failed_steps"] == [5]
     assert check([float("nan")] + STOCK[1:], reference=PERTURBED)["failed_steps"] == [1]
     short = check(STOCK[:3])
-    assert short["match"] is False and "only 3 of 5" in benchmark.loss_check_failure(short)
-    assert benchmark.loss_check_failure(check(STOCK)) is None
-    assert benchmark.loss_check_failure({"checked": False}) is None
+    assert short["match"] is False and "only 3 of 5" in harness.loss_check_failure(short)
+    assert harness.loss_check_failure(check(STOCK)) is None
+    assert harness.loss_check_failure({"checked": False}) is None
 
 
 def test_benchmark_exits_non_zero_when_the_loss_check_fails(monkeypatch, capsys):
     failing = check(scaled(STOCK, [0, 1e-2, 0, 0, 0]))
-    report = {"errors": [], "rows": [], "loss_check": failing}
-    monkeypatch.setattr(benchmark, "run_benchmark", lambda plan, out, work: report)
+    result = {"errors": [], "rows": [], "loss_check": failing}
+    monkeypatch.setattr(benchmark, "run_benchmark", lambda plan, out, work: result)
     assert benchmark.main(["--quick", "--out", os.devnull]) == 1
-    report["loss_check"] = check(STOCK)
+    result["loss_check"] = check(STOCK)
     assert benchmark.main(["--quick", "--out", os.devnull]) == 0
 
 
 # ------------------------------------------------------------------- GPU mode, without a GPU
 
 TINY_GPU = dataclasses.replace(
-    benchmark.GPU_QUICK, name="tiny-gpu", train_cases=(("vgg16_bn", 32, 2),), train_warmup=0,
+    workers_gpu.GPU_QUICK, name="tiny-gpu", train_cases=(("vgg16_bn", 32, 2),), train_warmup=0,
     train_steps=1, eval_cases=(("vgg16_bn", 32, 2),), eval_warmup=0, eval_reps=1,
     latency_case=("vgg16_bn", 32), latency_warmup=0, latency_reps=1, torch_device="cpu",
     amp=False, timeout_s=300)
@@ -172,7 +212,7 @@ def _fabricated_raw(repo_error=None):
     def repo(result):
         return {"side": "repo", "stage": "import", "error": repo_error} if repo_error else result
 
-    for model, image, batch in benchmark.GPU_FULL.train_cases:
+    for model, image, batch in workers_gpu.GPU_FULL.train_cases:
         key = f"train_{model}_{image}_b{batch}"
         raw[f"{key}_repo"] = [repo({"step_s": [0.050, 0.040, 0.060], "first_step_s": 30.0,
                                     "launch_to_first_step_s": 40.0,
@@ -181,8 +221,8 @@ def _fabricated_raw(repo_error=None):
             raw[f"{key}_torch_{precision}"] = [{
                 "step_s": [seconds] * 3, "first_step_s": 2.0, "launch_to_first_step_s": 6.0,
                 "peak_device_memory_mb": 5000.0, "settings": {"cudnn_benchmark": True}}]
-    cases = [(m, i, b) for m, i, b in benchmark.GPU_FULL.eval_cases]
-    cases.append((*benchmark.GPU_FULL.latency_case, 1))
+    cases = [(m, i, b) for m, i, b in workers_gpu.GPU_FULL.eval_cases]
+    cases.append((*workers_gpu.GPU_FULL.latency_case, 1))
     raw["eval_repo"] = [repo({"times": {f"{m}_{i}x{b}": [0.02] for m, i, b in cases}})]
     raw["eval_torch"] = [{"times": {f"{precision}/{m}_{i}x{b}": [seconds] for m, i, b in cases
                                     for precision, seconds in (("amp", 0.01), ("fp32", 0.04))}}]
@@ -190,8 +230,8 @@ def _fabricated_raw(repo_error=None):
 
 
 def test_gpu_summary_puts_the_upstream_figure_beside_the_measured_ones():
-    report = benchmark.summarise_gpu(benchmark.GPU_FULL, _fabricated_raw())
-    rows = {row["figure"]: row for row in report["rows"]}
+    result = report.summarise_gpu(workers_gpu.GPU_FULL, _fabricated_raw())
+    rows = {row["figure"]: row for row in result["rows"]}
     step = rows["training 224x224 batch 32, VGG16, mixed precision, step time"]
     assert step["repo"] == pytest.approx(50.0) and step["torch"] == pytest.approx(25.0)
     assert step["upstream"] == 81.0 and step["vs_torch"] == pytest.approx(0.5)
@@ -204,33 +244,33 @@ def test_gpu_summary_puts_the_upstream_figure_beside_the_measured_ones():
     assert rows["evaluation 32x32 batch 256, VGG16-BN, mixed precision"]["vs_torch"] == \
         pytest.approx(0.5)
     assert rows["latency 224x224 batch 1, VGG16, mixed precision"]["repo"] == pytest.approx(20.0)
-    assert report["repo"] == {"available": True, "unavailable_reason": None, "amp_level": "O2"}
-    assert report["upstream_reference"]["measured_here"] is False
-    table = benchmark.format_gpu_table(report["rows"])
+    assert result["repo"] == {"available": True, "unavailable_reason": None, "amp_level": "O2"}
+    assert result["upstream_reference"]["measured_here"] is False
+    table = report.format_gpu_table(result["rows"])
     assert "upstream V100 (published)" in table.splitlines()[0]
-    json.dumps(report)  # the report is JSON as it is
+    json.dumps(result)  # the report is JSON as it is
 
 
 def test_gpu_summary_shows_the_repository_unavailable_with_its_reason():
     reason = "MindSpore is not installed (No module named 'mindspore')"
-    report = benchmark.summarise_gpu(benchmark.GPU_FULL, _fabricated_raw(reason))
-    assert report["repo"]["available"] is False
-    assert report["repo"]["unavailable_reason"] == reason
-    for row in report["rows"]:
+    result = report.summarise_gpu(workers_gpu.GPU_FULL, _fabricated_raw(reason))
+    assert result["repo"]["available"] is False
+    assert result["repo"]["unavailable_reason"] == reason
+    for row in result["rows"]:
         assert row["repo"] is None and row["vs_torch"] is None, row
         assert row["torch"] is not None, row
         if "PyTorch reference" not in row["figure"]:
             assert row["repo_status"] == f"unavailable: {reason}", row
-    step = {row["figure"]: row for row in report["rows"]}[
+    step = {row["figure"]: row for row in result["rows"]}[
         "training 224x224 batch 32, VGG16, mixed precision, step time"]
     assert step["upstream"] == 81.0 and step["torch"] == pytest.approx(25.0)
-    table = benchmark.format_gpu_table(report["rows"])
+    table = report.format_gpu_table(result["rows"])
     assert "unavailable: MindSpore is not installed" in table
-    assert benchmark.format_gpu_table(report["rows"], markdown=True).startswith("| figure |")
+    assert report.format_gpu_table(result["rows"], markdown=True).startswith("| figure |")
 
 
 def test_gpu_recipes_follow_the_configs():
-    vgg16, vgg16_bn = benchmark.gpu_recipe("vgg16"), benchmark.gpu_recipe("vgg16_bn")
+    vgg16, vgg16_bn = workers_gpu.gpu_recipe("vgg16"), workers_gpu.gpu_recipe("vgg16_bn")
     assert (vgg16["batch_norm"], vgg16["num_classes"], vgg16["has_bias"]) == (False, 1000, True)
     assert vgg16["label_smoothing"] == pytest.approx(0.1)
     assert (vgg16_bn["batch_norm"], vgg16_bn["num_classes"]) == (True, 10)
@@ -247,9 +287,9 @@ def test_gpu_plan_runs_through_on_cpu_without_mindspore(tmp_path, monkeypatch):
     monkeypatch.setenv("PYTHONPATH", str(stub.parent))
     monkeypatch.setitem(sys.modules, "mindspore", None)  # nor in this, the parent, process
     out = tmp_path / "gpu.json"
-    report = benchmark.run_gpu_benchmark(TINY_GPU, str(out), str(tmp_path / "work"),
+    result = benchmark.run_gpu_benchmark(TINY_GPU, str(out), str(tmp_path / "work"),
                                          log=lambda *a: None)
-    assert report["errors"] == []
+    assert result["errors"] == []
     saved = json.loads(out.read_text())
     assert saved["device"] == "gpu" and saved["upstream_reference"]["ms_per_step"] == 81.0
     assert saved["repo"]["unavailable_reason"] == \
@@ -269,7 +309,7 @@ def test_gpu_repo_worker_reports_an_unusable_gpu_backend(tmp_path):
     pytest.importorskip("mindspore")
     spec = {"image": 32, "batch": 2, "warmup": 0, "steps": 1, "config": "cifar10_config.yaml",
             "amp_level": "O2"}
-    result = benchmark.run_child("ms_gpu_train", spec, "repo", str(tmp_path), 300)
+    result = harness.run_child("ms_gpu_train", spec, "repo", str(tmp_path), 300)
     if "error" not in result:
         pytest.skip("MindSpore runs on a GPU here")
     assert result["stage"] in ("device", "first step"), result

@@ -20,6 +20,7 @@ import numpy as np
 
 from src.cli import run_entry
 from src.errors import UserError
+from src.evaluation import topk_correct
 
 RESULT_SUFFIX = "_0.bin"
 DEFAULT_LABELS = {"cifar10": "./preprocess_Result/cifar10_label_ids.npy",
@@ -65,7 +66,8 @@ def cifar10_pairs(result_path, label_path):
     if missing or extra:
         which = f"no result for image {missing[0]}" if missing else f"a result for image {extra[0]}"
         raise UserError(f"result_path: {result_path} has {len(by_index)} results for {len(labels)} "
-                        f"labels in {label_path} ({which}); rerun the inference on this preprocess output")
+                        f"labels in {label_path} ({which}); "
+                        "rerun the inference on this preprocess output")
     first = read_logits(by_index[0])
     logits = np.stack([read_logits(by_index[i], first.size) for i in range(len(labels))])
     return logits, labels
@@ -94,13 +96,6 @@ def imagenet_pairs(result_path, label_path):
     return logits, np.array([int(label_of[s]) for s in stems], np.int64)
 
 
-def topk_correct(logits, labels, k):
-    """How many rows have their label among the k largest logits (ties broken by index)."""
-    k = min(k, logits.shape[1])
-    top = np.argsort(-logits, axis=1, kind="stable")[:, :k]
-    return int((top == labels[:, None]).any(axis=1).sum())
-
-
 def score(dataset, result_path, label_path):
     """The lines acc.log holds for these results."""
     if dataset == "cifar10":
@@ -118,8 +113,8 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
     parser.add_argument("--dataset", "--dataset_name", dest="dataset", default="cifar10",
                         choices=("cifar10", "imagenet2012"))
-    parser.add_argument("--result_path", "--result_dir", dest="result_path", default="./result_Files",
-                        help="folder of <stem>_0.bin result files")
+    parser.add_argument("--result_path", "--result_dir", dest="result_path",
+                        default="./result_Files", help="folder of <stem>_0.bin result files")
     parser.add_argument("--label_path", "--label_file", dest="label_path", default=None,
                         help="label file from preprocess.py (default: ./preprocess_Result/...)")
     parser.add_argument("--acc_log", default="acc.log", help="file the accuracy lines go to")

@@ -50,18 +50,11 @@ def write_cifar10_inputs(data_dir, result_path, image_size, num_classes, batch_s
     return count
 
 
-def imagenet_eval_folder(data_dir):
-    """The folder of class sub-folders: DATA/validation_preprocess when present, else DATA."""
-    from src.dataset import IMAGENET_EVAL_DIR
-    sub = os.path.join(data_dir, IMAGENET_EVAL_DIR)
-    return sub if os.path.isdir(sub) else data_dir
-
-
 def write_imagenet_labels(data_dir, result_path):
     """{file stem: class index} for every image of the evaluation folder; returns the count."""
-    from src.dataset import imagenet_folder_samples
+    from src.dataset import imagenet_folder, imagenet_folder_samples
 
-    folder = imagenet_eval_folder(data_dir)
+    folder = imagenet_folder(data_dir, training=False)
     labels, seen_in = {}, {}
     for path, label in imagenet_folder_samples(folder):
         stem = os.path.splitext(os.path.basename(path))[0]

@@ -102,6 +102,22 @@ def read_cifar10_bin(path, num_classes=10):
     return np.ascontiguousarray(images.transpose(0, 2, 3, 1)), labels
 
 
+def write_cifar10_bin(path, images, labels):
+    """Write CIFAR-10 records to path (its folder made if missing): per image its label byte,
+    then its R, G, B planes (images (N, 3, 32, 32) or (N, 3072) uint8). Written to a side file
+    and renamed, so a reader never sees half a file. Returns path."""
+    labels = np.asarray(labels).astype(np.uint8)
+    images = np.asarray(images, dtype=np.uint8)
+    records = np.concatenate([labels[:, None], images.reshape(len(images), -1)], axis=1)
+    folder = os.path.dirname(path)
+    if folder:
+        os.makedirs(folder, exist_ok=True)
+    partial = path + ".partial"
+    records.tofile(partial)
+    os.replace(partial, path)
+    return path
+
+
 def cifar10_files(data_dir, training):
     """The .bin files of one split, sorted; data_dir is the root or the split folder itself."""
     sub = CIFAR10_TRAIN_DIR if training else CIFAR10_EVAL_DIR
@@ -125,7 +141,8 @@ def _read_cifar10_chw(files, num_classes):
         if size == 0 or size % CIFAR10_RECORD_BYTES:
             raise UserError(f"{path}: size {size} bytes is not a positive multiple of "
                             f"{CIFAR10_RECORD_BYTES} (1 label byte + 3072 pixel bytes per record)")
-    records = [np.fromfile(path, dtype=np.uint8).reshape(-1, CIFAR10_RECORD_BYTES) for path in files]
+    records = [np.fromfile(path, dtype=np.uint8).reshape(-1, CIFAR10_RECORD_BYTES)
+               for path in files]
     for path, rec in zip(files, records):
         top = int(rec[:, 0].max())
         if top >= num_classes:
@@ -249,27 +266,37 @@ def _cifar10_dataset(data_dir, *, batch_size, training, image_size, num_classes,
 def find_classes(folder):
     """Sorted names of the class sub-folders of `folder` (index = position in this list)."""
     try:
-        names = sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith("."))
+        names = sorted(e.name for e in os.scandir(folder)
+                       if e.is_dir() and not e.name.startswith("."))
     except FileNotFoundError:
         raise UserError(f"data_dir: {folder} does not exist") from None
     return names
 
 
-def _is_image(name):
+def is_image_file(name):
+    """Whether a file name ends in one of IMAGE_EXTENSIONS (in any case)."""
     return name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def find_images(folder):
+    """Every image file under folder, sub-folders included, sorted; hidden files left out."""
+    return sorted(os.path.join(root, name) for root, _, names in os.walk(folder)
+                  for name in names if is_image_file(name) and not name.startswith("."))
 
 
 def imagenet_folder_samples(folder):
     """[(path, label)] of a class-folder tree, classes in sorted order; checks it is usable."""
     classes = find_classes(folder)
     if not classes:
-        raise UserError(f"{folder}: no class sub-folders with images (expected {folder}/CLASS/*.JPEG)")
+        raise UserError(f"{folder}: no class sub-folders with images "
+                        f"(expected {folder}/CLASS/*.JPEG)")
     samples = []
     for label, name in enumerate(classes):
         class_dir = os.path.join(folder, name)
-        files = sorted(f for f in os.listdir(class_dir) if _is_image(f))
+        files = sorted(f for f in os.listdir(class_dir) if is_image_file(f))
         if not files:
-            raise UserError(f"{class_dir}: class folder holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+            raise UserError(f"{class_dir}: class folder holds no images "
+                            f"({', '.join(IMAGE_EXTENSIONS)})")
         samples.extend((os.path.join(class_dir, f), label) for f in files)
     return samples
 
@@ -292,7 +319,8 @@ def imagenet_list_samples(list_file, root, num_classes):
             except ValueError:
                 label = None
             if not rel or label is None:
-                raise UserError(f"{where}: cannot parse {text!r}; expected 'relative/path.jpg LABEL'")
+                raise UserError(f"{where}: cannot parse {text!r}; "
+                                "expected 'relative/path.jpg LABEL'")
             if not 0 <= label < num_classes:
                 raise UserError(f"{where}: label {label} is outside num_classes={num_classes}")
             path = os.path.join(root, rel)
@@ -408,7 +436,8 @@ def _imagenet_dataset(data_dir, *, batch_size, training, image_size, num_classes
     _check_enough(len(indices), batch_size, drop_remainder, num_shards, where)
     num_batches = _batch_starts(len(indices), batch_size, drop_remainder, start_step)
     # Only the samples this epoch's batches use, so a dropped remainder is never decoded.
-    source = ImageFiles(samples, indices[start_step * batch_size:num_batches * batch_size], skip_corrupt)
+    source = ImageFiles(samples, indices[start_step * batch_size:num_batches * batch_size],
+                        skip_corrupt)
     data = ds.GeneratorDataset(source, column_names=["image", "label"], shuffle=False,
                                num_parallel_workers=workers, python_multiprocessing=False)
     data = data.map(imagenet_transforms(training, image_size, auto_augment, random_erasing),
@@ -454,8 +483,9 @@ def create_dataset(name, data_dir, *, batch_size, training, image_size=(32, 32),
     _check_common(name, data_dir, batch_size, num_shards, shard_id)
     if drop_remainder is None:
         drop_remainder = bool(training)
-    options = dict(batch_size=int(batch_size), training=bool(training), image_size=tuple(image_size),
-                   num_classes=int(num_classes), num_shards=int(num_shards), shard_id=int(shard_id),
+    options = dict(batch_size=int(batch_size), training=bool(training),
+                   image_size=tuple(image_size), num_classes=int(num_classes),
+                   num_shards=int(num_shards), shard_id=int(shard_id),
                    workers=default_workers(num_parallel_workers), seed=seed, epoch=epoch,
                    start_step=int(start_step), drop_remainder=bool(drop_remainder),
                    auto_augment=auto_augment, random_erasing=float(random_erasing))

@@ -26,7 +26,7 @@ class EvalCounts:
         if self.class_total.size < classes:
             self.class_total = np.pad(self.class_total, (0, classes - self.class_total.size))
             self.class_top1 = np.pad(self.class_top1, (0, classes - self.class_top1.size))
-        hits = logits.argmax(axis=1) == labels
+        hits = top_k_indices(logits, 1)[:, 0] == labels
         self.class_total += np.bincount(labels, minlength=classes)[:classes]
         self.class_top1 += np.bincount(labels[hits], minlength=classes)[:classes]
 
@@ -43,19 +43,28 @@ class EvalCounts:
         return self.total / self.seconds if self.seconds else 0.0
 
 
+def top_k_indices(scores, k):
+    """Indices of the k highest scores along the last axis, highest first; ties go to the
+    lower index (k larger than the class count gives every class)."""
+    return np.argsort(-scores, axis=-1, kind="stable")[..., :k]
+
+
+def topk_correct(logits, labels, k):
+    """How many rows of logits (N, classes) have their label among their top_k_indices(k)."""
+    top = top_k_indices(logits, k)
+    return int((top == labels.reshape(-1)[:, None]).any(axis=1).sum())
+
+
 def count_hits(logits, labels):
     """(top-1 hits, top-5 hits) of one batch; top-5 is top-k with k = min(5, classes)."""
-    labels = labels.reshape(-1)
-    top1 = int((logits.argmax(axis=1) == labels).sum())
-    k = min(5, logits.shape[1])
-    topk = np.argpartition(-logits, k - 1, axis=1)[:, :k]
-    top5 = int((topk == labels[:, None]).any(axis=1).sum())
-    return top1, top5
+    hits = top_k_indices(logits, 5) == labels.reshape(-1)[:, None]
+    return int(hits[:, 0].sum()), int(hits.any(axis=1).sum())
 
 
 def softmax(logits):
-    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return shifted / shifted.sum(axis=1, keepdims=True)
+    """Softmax along the last axis (one image's logits, or a batch of them)."""
+    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return shifted / shifted.sum(axis=-1, keepdims=True)
 
 
 def flip_tta_scores(predict, images):

@@ -4,7 +4,8 @@ preprocess -> infer -> postprocess chain runs on machines without an Ascend 310.
 
     python -m src.infer_runner --model=vgg16.mindir|vgg16.onnx --input_dir=preprocess_Result/00_data
                                --output_dir=result_Files [--dataset_name=cifar10|imagenet2012]
-                               [--device_target=CPU|GPU|Ascend] [--device_id=0] [--input_shape=1,3,32,32]
+                               [--device_target=CPU|GPU|Ascend] [--device_id=0]
+                               [--input_shape=1,3,32,32]
 
 Inputs: cifar10, every *.bin file of input_dir (float32, normalised CHW); imagenet2012, every
 image under input_dir (class sub-folders), prepared as eval.py prepares it. Output: for input
@@ -36,10 +37,8 @@ def list_inputs(input_dir, dataset_name):
                  and os.path.isfile(os.path.join(input_dir, name))]
         wanted = "*.bin files (run preprocess.py first)"
     else:
-        from src.dataset import IMAGE_EXTENSIONS
-        files = [os.path.join(root, name) for root, _, names in os.walk(input_dir)
-                 for name in names if name.lower().endswith(IMAGE_EXTENSIONS)
-                 and not name.startswith(".")]
+        from src.dataset import find_images
+        files = find_images(input_dir)
         wanted = "images in class sub-folders"
     if not files:
         raise UserError(f"input_dir: {input_dir} holds no {wanted}")
@@ -65,6 +64,7 @@ class MindIRModel:
     def __init__(self, path, device_target=None, device_id=0):
         import mindspore as ms
         from mindspore import nn
+
         from src.runtime import setup_runtime
 
         if device_target is not None:  # else the caller's process has set MindSpore up already
@@ -72,7 +72,8 @@ class MindIRModel:
         try:
             self.net = nn.GraphCell(ms.load(path))
         except (RuntimeError, ValueError, TypeError) as err:
-            raise UserError(f"model: {path} is not a loadable MindIR ({_first_line(err)})") from None
+            raise UserError(f"model: {path} is not a loadable MindIR "
+                            f"({_first_line(err)})") from None
         self.input_shape = mindir_input_shape(path)
         self._tensor = ms.Tensor
 
@@ -97,7 +98,8 @@ class OnnxModel:
         try:
             self.session = ort.InferenceSession(path, providers=providers)
         except Exception as err:  # onnxruntime raises its own types for unreadable models
-            raise UserError(f"model: {path} is not a loadable ONNX model ({_first_line(err)})") from None
+            raise UserError(f"model: {path} is not a loadable ONNX model "
+                            f"({_first_line(err)})") from None
         first = self.session.get_inputs()[0]
         self.input_name = first.name
         self.input_shape = [d if isinstance(d, int) and d > 0 else -1 for d in first.shape]
@@ -124,7 +126,8 @@ def load_model(path, device_target=None, device_id=0):
 def check_shape(shape, model_path):
     """A usable NCHW input shape; only the batch axis may be free (-1)."""
     if shape is None:
-        raise UserError(f"model: cannot read the input shape of {model_path}; pass --input_shape=N,C,H,W")
+        raise UserError(f"model: cannot read the input shape of {model_path}; "
+                        "pass --input_shape=N,C,H,W")
     if len(shape) != 4 or any(d < 1 for d in shape[1:]):
         raise UserError(f"model input shape {tuple(shape)} is not N,C,H,W with fixed C, H and W; "
                         "pass --input_shape=N,C,H,W")
@@ -138,14 +141,16 @@ def read_bin_input(path, shape):
     batch = shape[0] if shape[0] > 0 else data.size // per_sample
     if batch < 1 or data.size != batch * per_sample:
         want = f"{shape[0] * per_sample * 4}" if shape[0] > 0 else f"a multiple of {per_sample * 4}"
-        raise UserError(f"{path}: {data.size * 4} bytes, but the model input {tuple(shape)} takes {want} "
-                        "(was the model exported with batch size 1 and this image size?)")
+        raise UserError(f"{path}: {data.size * 4} bytes, but the model input {tuple(shape)} "
+                        f"takes {want} (was the model exported with batch size 1 and this "
+                        "image size?)")
     return data.reshape(batch, *shape[1:])
 
 
 def imagenet_loader(shape):
     """path -> (1, C, H, W) float32: decode, resize, centre crop and normalise as eval.py does."""
     from PIL import Image
+
     from src.dataset import imagenet_transforms
 
     ops = imagenet_transforms(False, (shape[2], shape[3]))
@@ -198,11 +203,14 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
     parser.add_argument("--model", required=True, help="exported .mindir or .onnx file")
     parser.add_argument("--input_dir", required=True,
-                        help="cifar10: preprocess_Result/00_data; imagenet2012: folder of class folders")
+                        help="cifar10: preprocess_Result/00_data; "
+                             "imagenet2012: folder of class folders")
     parser.add_argument("--output_dir", default="./result_Files", help="where result files go")
-    parser.add_argument("--dataset_name", default="cifar10", choices=("cifar10", "imagenet2012"))
+    parser.add_argument("--dataset_name", default="cifar10",
+                        choices=("cifar10", "imagenet2012"))
     parser.add_argument("--device_target", default="CPU", choices=("CPU", "GPU", "Ascend"),
-                        help="MindSpore device for a MindIR (ONNX uses CUDA when present, else CPU)")
+                        help="MindSpore device for a MindIR "
+                             "(ONNX uses CUDA when present, else CPU)")
     parser.add_argument("--device_id", type=int, default=0)
     parser.add_argument("--input_shape", type=_shape_arg, default=None,
                         help="N,C,H,W when the model file does not record it")
@@ -213,7 +221,8 @@ def _shape_arg(text):
     try:
         shape = [int(v) for v in text.split(",")]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a comma-separated list of integers") from None
+        raise argparse.ArgumentTypeError(
+            f"'{text}' is not a comma-separated list of integers") from None
     if len(shape) != 4:
         raise argparse.ArgumentTypeError(f"'{text}' must have four values N,C,H,W")
     return shape

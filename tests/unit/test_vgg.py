@@ -1,0 +1,109 @@
+"""Networks: shapes, standard parameter counts, torchvision order, initialiser statistics."""
+import mindspore as ms
+import numpy as np
+import pytest
+from mindspore import nn
+
+import mindspore_hub_conf
+from src import vgg
+
+ms.set_context(mode=ms.PYNATIVE_MODE)
+ms.set_device("CPU")
+
+TORCHVISION_VGG16_BN_FIRST = ["features.0.weight", "features.0.bias", "features.1.weight",
+                              "features.1.bias", "features.3.weight"]
+
+
+@pytest.mark.parametrize("name", vgg.MODEL_NAMES)
+def test_forward_shape_every_variant_at_32(name):
+    net = getattr(vgg, name)(num_classes=10, image_size=(32, 32))
+    net.set_train(False)
+    out = net(ms.Tensor(np.random.rand(2, 3, 32, 32).astype(np.float32)))
+    assert out.shape == (2, 10)
+
+
+@pytest.mark.parametrize("name", ["vgg11", "vgg16_bn"])
+def test_forward_shape_at_224_and_rectangular(name):
+    net = getattr(vgg, name)(num_classes=7, image_size=(224, 224), pad_mode="pad",
+                             has_bias=True)
+    net.set_train(False)
+    assert net(ms.Tensor(np.zeros((1, 3, 224, 224), np.float32))).shape == (1, 7)
+    wide = getattr(vgg, name)(num_classes=3, image_size=(64, 96))
+    wide.set_train(False)
+    assert wide(ms.Tensor(np.zeros((1, 3, 64, 96), np.float32))).shape == (1, 3)
+
+
+def test_standard_parameter_counts_through_the_hub():
+    plain = mindspore_hub_conf.create_network("vgg16")
+    assert vgg.count_parameters(plain) == 138_357_544
+    with_bn = mindspore_hub_conf.create_network("vgg16_bn")
+    assert vgg.count_parameters(with_bn) == 138_365_992
+    # Trainable parameters come in torchvision's state-dict order (BN: weight=gamma, bias=beta).
+    names = [p.name for p in with_bn.trainable_params()]
+    renamed = [n.replace("gamma", "weight").replace("beta", "bias") for n in names]
+    assert renamed[:5] == TORCHVISION_VGG16_BN_FIRST
+    assert names[-6:] == ["classifier.0.weight", "classifier.0.bias", "classifier.3.weight",
+                          "classifier.3.bias", "classifier.6.weight", "classifier.6.bias"]
+
+
+def test_hub_builds_every_variant_name_and_rejects_others():
+    for name in vgg.MODEL_NAMES:
+        net = mindspore_hub_conf.create_network(name, num_classes=4, image_size=(32, 32))
+        assert net.classifier[6].weight.shape == (4, 4096)
+    with pytest.raises(ValueError, match="unknown network"):
+        mindspore_hub_conf.create_network("resnet50")
+
+
+def test_include_top_false_gives_features():
+    net = vgg.vgg11(image_size=(64, 64), include_top=False)
+    assert not hasattr(net, "classifier")
+    assert net(ms.Tensor(np.zeros((1, 3, 64, 64), np.float32))).shape == (1, 512 * 2 * 2)
+
+
+def test_kaiming_fan_out_conv_std():
+    ms.set_seed(0)
+    net = vgg.vgg11(num_classes=10, image_size=(32, 32), initialize_mode="KaimingNormal")
+    weight = net.features[3].weight.asnumpy()  # 64 -> 128 channels, 3x3
+    expected = np.sqrt(2.0 / (128 * 9))
+    assert abs(weight.std() / expected - 1) < 0.03
+    dense = net.classifier[0].weight.asnumpy()
+    assert abs(dense.std() / 0.01 - 1) < 0.03
+
+
+def test_xavier_uniform_bounds():
+    ms.set_seed(0)
+    net = vgg.vgg11(num_classes=10, image_size=(32, 32), initialize_mode="XavierUniform")
+    weight = net.features[3].weight.asnumpy()
+    bound = np.sqrt(6.0 / (64 * 9 + 128 * 9))
+    assert weight.max() <= bound and weight.min() >= -bound
+    assert abs(weight.std() / (bound / np.sqrt(3)) - 1) < 0.03
+
+
+def test_dropout_is_off_in_eval_and_on_in_training():
+    net = vgg.vgg11(num_classes=10, image_size=(32, 32))
+    x = ms.Tensor(np.random.rand(2, 3, 32, 32).astype(np.float32))
+    net.set_train(False)
+    assert np.array_equal(net(x).asnumpy(), net(x).asnumpy())
+    assert isinstance(net.classifier[2], nn.Dropout)
+    no_dropout = vgg.vgg11(num_classes=10, image_size=(32, 32), dropout=False)
+    assert isinstance(no_dropout.classifier[2], nn.Identity)
+
+
+def test_bad_image_size_is_refused():
+    with pytest.raises(ValueError, match="multiples of 32"):
+        vgg.vgg16(image_size=(100, 100))
+
+
+def test_cells_are_chosen_by_plain_arguments():
+    """conv_cell and features_cell are arguments of make_layers and of every builder; the
+    defaults are MindSpore's own cells."""
+    class Features(nn.SequentialCell):
+        pass
+
+    class Conv(nn.Conv2d):
+        pass
+
+    assert type(vgg.make_layers([8, "M", 16])) is nn.SequentialCell
+    net = vgg.vgg11_bn(num_classes=10, image_size=(32, 32), conv_cell=Conv, features_cell=Features)
+    assert type(net.features) is Features
+    assert [type(c) for c in net.features.cell_list][:3] == [Conv, nn.BatchNorm2d, nn.ReLU]

@@ -41,7 +41,7 @@ def load_file_api():
     try:
         import moxing
         file_api = moxing.file
-        file_api.copy_parallel  # pylint: disable=pointless-statement
+        file_api.copy_parallel  # noqa: B018  # pylint: disable=pointless-statement
     except (ImportError, AttributeError):
         # (the PyPI package named moxing is an unrelated project without .file)
         raise UserError("enable_modelarts=True needs moxing, which is only available on "

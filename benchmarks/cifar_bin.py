@@ -1,12 +1,11 @@
-"""CIFAR-10 binary files for the benchmarks: raw records read, written (by src/demo_data.py's
-writer) and generated. Scripts importing this put the repository root on sys.path first.
+"""CIFAR-10 binary files for the benchmarks: raw records read, written (by the project's one
+writer, src.dataset.write_cifar10_bin) and generated. Scripts importing this put the repository root on sys.path first.
 """
 import os
 
 import numpy as np
 
-from src.dataset import CIFAR10_RECORD_BYTES, CIFAR10_TRAIN_DIR
-from src.demo_data import _write_records
+from src.dataset import CIFAR10_RECORD_BYTES, CIFAR10_TRAIN_DIR, write_cifar10_bin
 
 NUM_CLASSES = 10
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -25,7 +24,7 @@ def read_records(paths):
 def write_records(path, records):
     """Writes records (N, 1 + 3072: label byte, then the R, G, B planes) to path."""
     records = np.asarray(records, dtype=np.uint8)
-    _write_records(path, records[:, 1:], records[:, 0])
+    write_cifar10_bin(path, records[:, 1:], records[:, 0])
     return path
 
 

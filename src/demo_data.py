@@ -14,9 +14,6 @@ import numpy as np
 
 from src.dataset import CIFAR10_EVAL_DIR, CIFAR10_TRAIN_DIR, write_cifar10_bin
 
-# The writer's old name here: benchmarks/cifar_bin.py imports it until it takes
-# src.dataset.write_cifar10_bin.
-_write_records = write_cifar10_bin
 SPLIT_SEED = 0
 EVAL_FRACTION = 0.2
 

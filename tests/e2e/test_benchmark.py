@@ -10,7 +10,8 @@ import sys
 
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.helpers import REPO
+
 sys.path.insert(0, os.path.join(REPO, "benchmarks"))
 import benchmark  # noqa: E402  (path set just above)
 import harness  # noqa: E402
@@ -79,6 +80,7 @@ def test_torch_peer_reads_the_layer_table_of_src_vgg():
     """benchmarks/torch_vgg.py takes src/vgg.py's table from its source, without MindSpore."""
     pytest.importorskip("torch")
     import torch_vgg
+
     from src import vgg
 
     assert torch_vgg.LAYER_TABLE == vgg.LAYER_TABLE

@@ -1,7 +1,9 @@
 """The project's native oneDNN kernels for CPU: where the library is, whether it loads and
 whether the user allows it. ``python -m src.native.build`` builds it from ``csrc/``;
-``src.native.layers`` (convolution cell, blocked VGG chain) and ``src.native.optimizer``
-(fused momentum) run it; ``src.native.isa`` holds the oneDNN instruction-set rule.
+``src.native.layers`` (convolution cell, blocked VGG chain, dense cell) and
+``src.native.optimizer`` (fused momentum) run it; ``src.native.isa`` holds the oneDNN
+instruction-set rule and ``src.native.precision`` the CPU precision rule (float32 or
+bfloat16).
 
 This package imports no MindSpore, so that the ISA can be chosen before MindSpore first
 runs oneDNN.
@@ -17,6 +19,11 @@ cell or optimizer is created:
 
 When it is unset, the old names still count: ``FAST_CONV=0`` means off and
 ``FAST_CONV_CHAIN=0`` means layers.
+
+Diagnostics: ``VGG_NATIVE_VERBOSE=1`` prints on stderr the oneDNN implementation each
+primitive runs (``jit_bf16:avx512_core_bf16``, ``brg_conv_fwd:avx512_core_amx``, never
+``ref``); ``VGG_NATIVE_BF16_LAYOUT=blocked|nhwc`` overrides the layout of bfloat16
+activations (default: nChw16c, NHWC on CPUs with AMX), to compare the two.
 """
 import ctypes
 import os
@@ -30,7 +37,8 @@ ON_WORDS = ("1", "true", "yes", "on", "auto")
 OFF_WORDS = ("0", "false", "no", "off")
 SYMBOLS = ("FastConvFwd", "FastConvBwd", "FastConvOneDnnVersion", "FastConvInferPlain",
            "FastConvInferBlocked", "FastMaxPool2Blocked", "FastUnblock", "FastBlockSize",
-           "FastBnWorkspaceBytes", "FastMomentumUpdate", "FastReferenceKernels")
+           "FastBnWorkspaceBytes", "FastMomentumUpdate", "FastReferenceKernels", "FastBf16Isa",
+           "FastDenseFwdBf16", "FastDenseBwdBf16", "FastDenseFwdF32", "FastDenseBwdF32")
 
 _load_result = None  # (ctypes.CDLL or None, reason or "")
 
@@ -69,7 +77,8 @@ def load_library():
                 lib.FastConvOneDnnVersion.restype = ctypes.c_char_p
                 lib.FastBlockSize.restype = ctypes.c_int
                 lib.FastBnWorkspaceBytes.restype = ctypes.c_int64
-                lib.FastBnWorkspaceBytes.argtypes = [ctypes.c_int64] * 4
+                lib.FastBnWorkspaceBytes.argtypes = [ctypes.c_int64] * 5
+                lib.FastBf16Isa.restype = ctypes.c_char_p
                 _load_result = (lib, "")
             except (OSError, AttributeError) as exc:
                 text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
@@ -101,6 +110,15 @@ def block_size():
     return int(load_library()[0].FastBlockSize()) if usable else 0
 
 
+def bf16_isa():
+    """The bfloat16 instruction set oneDNN runs with in this process ("avx512_core_bf16",
+    "avx512_core_amx", ...), or "" when it has none (the CPU lacks AVX512-BF16 and AMX-BF16,
+    or ONEDNN_MAX_CPU_ISA caps oneDNN below them) or the library is unusable. Fixes oneDNN's
+    ISA for the process, like block_size()."""
+    usable, _ = library_status()
+    return load_library()[0].FastBf16Isa().decode() if usable else ""
+
+
 def reference_kernels():
     """How many oneDNN primitives the library has built on reference (slow) kernels."""
     lib, reason = load_library()
@@ -109,13 +127,14 @@ def reference_kernels():
     return int(lib.FastReferenceKernels())
 
 
-def bn_workspace_bytes(shape):
+def bn_workspace_bytes(shape, bf16=False):
     """Bytes of the ReLU workspace the fused BatchNorm + ReLU kernel keeps for an
-    (N, C, H, W) input (oneDNN decides it: about one bit per element)."""
+    (N, C, H, W) input of float32 (or, with bf16, bfloat16) activations (oneDNN decides it:
+    about one bit per element)."""
     lib, reason = load_library()
     if lib is None:
         raise RuntimeError(reason)
-    size = int(lib.FastBnWorkspaceBytes(*(int(d) for d in shape)))
+    size = int(lib.FastBnWorkspaceBytes(*(int(d) for d in shape), int(bool(bf16))))
     if size < 0:
         raise RuntimeError(f"no fused BatchNorm + ReLU for shape {tuple(shape)}")
     return size

@@ -1,6 +1,7 @@
 """The native cells: ``NativeConv2d``, a drop-in ``nn.Conv2d`` computed by the project's
-oneDNN kernels, and ``NativeFeatures``, a VGG feature extractor that runs on oneDNN's
-channel-blocked layout end to end.
+oneDNN kernels, ``NativeFeatures``, a VGG feature extractor that runs on oneDNN's
+channel-blocked layout end to end (in float32 or bfloat16), and ``NativeDense``, a drop-in
+``nn.Dense`` computed in bfloat16.
 
 On CPU in graph mode, MindSpore 2.10 runs Conv2d as oneDNN im2col+GEMM on plain NCHW.
 ``NativeConv2d`` instead calls oneDNN's direct convolutions on the blocked layouts oneDNN
@@ -28,17 +29,26 @@ bias into one oneDNN convolution with a fused ReLU; training (when every convolu
 BatchNorm and no bias) chains convolution, BatchNorm fused with ReLU and max pooling, each
 with its gradient. Same cells, same parameter names: checkpoints are unchanged.
 
+``NativeFeatures.set_precision("bfloat16")`` runs both chains in bfloat16: the activations
+between layers (and their gradients) are bfloat16 tensors, computed by oneDNN's bfloat16
+kernels; the weights stay float32 parameters, cast to bfloat16 inside each kernel, and the
+weight gradients, BatchNorm statistics and moving averages stay float32. ``NativeDense`` does
+the same for a dense layer (float32 tensors in and out). ``src.native.precision`` decides when.
+
 ISA: when every convolution of the network is a NativeConv2d on the native path, oneDNN
 may use AVX-512 (see ``src.native.isa``); stock NCHW convolutions need the AVX2 cap.
 """
 import logging
 
 import mindspore as ms
+import numpy as np
 from mindspore import nn, ops
 
 from src.native import LIB_PATH, block_size, bn_workspace_bytes, env_mode, library_status
 
-__all__ = ["NativeConv2d", "NativeFeatures", "native_conv_available", "native_conv_status"]
+__all__ = ["NativeConv2d", "NativeDense", "NativeFeatures", "native_conv_available",
+           "native_conv_status"]
+PRECISIONS = {"float32": ms.float32, "bfloat16": ms.bfloat16}
 
 logger = logging.getLogger(__name__)
 _reported = set()
@@ -181,26 +191,27 @@ def _pool_shape(x):
     return [x[0], x[1], x[2] // 2, x[3] // 2]
 
 
-def _blocked_ops():
-    """Custom operators of the blocked inference chain (see NativeFeatures):
-    (first convolution, later convolutions, max pool, unblock)."""
-    return (_custom("FastConvInferPlain", _conv_shape), _custom("FastConvInferBlocked", _conv_shape),
-            _custom("FastMaxPool2Blocked", _pool_shape), _unblock_op())
+def _blocked_ops(act=ms.float32):
+    """Custom operators of the blocked inference chain (see NativeFeatures) with activations
+    of type act: (first convolution, later convolutions, max pool, unblock)."""
+    return (_custom("FastConvInferPlain", _conv_shape, lambda *dtypes: act),
+            _custom("FastConvInferBlocked", _conv_shape), _custom("FastMaxPool2Blocked", _pool_shape),
+            _unblock_op(act))
 
 
-def _unblock_op():
-    """Blocked -> NCHW, whose gradient is NCHW -> blocked."""
-    block = _custom("FastBlock", _same_shape)
+def _unblock_op(act=ms.float32):
+    """Blocked (of type act) -> float32 NCHW, whose gradient is NCHW -> blocked."""
+    block = _custom("FastBlock", _same_shape, lambda x: act)
 
     def bprop(x, out, dout):
         return (block(dout),)
 
-    return _custom("FastUnblock", _same_shape, bprop=bprop)
+    return _custom("FastUnblock", _same_shape, lambda x: ms.float32, bprop=bprop)
 
 
-def _blocked_train_ops():
-    """Custom operators of the blocked training chain, each with its gradient:
-    (first convolution, later convolutions, BatchNorm + ReLU, max pool)."""
+def _blocked_train_ops(act=ms.float32):
+    """Custom operators of the blocked training chain with activations of type act, each
+    with its gradient: (first convolution, later convolutions, BatchNorm + ReLU, max pool)."""
 
     def conv(blocked):
         kind = "Blocked" if blocked else "Plain"
@@ -211,7 +222,9 @@ def _blocked_train_ops():
             dx, dw = bwd(dout, x, w)
             return dx, dw
 
-        return _custom(f"FastConvTrainFwd{kind}", _conv_shape, bprop=bprop)
+        # the first convolution takes the float32 network input and gives act
+        return _custom(f"FastConvTrainFwd{kind}", _conv_shape,
+                       _same_shape if blocked else lambda x, w: act, bprop=bprop)
 
     bn_bwd = _custom("FastBnReluBwd", lambda dz, ws, y, g, m, v, e: (y, g, g),
                      lambda dz, ws, y, g, m, v, e: (y, g, g))
@@ -221,8 +234,9 @@ def _blocked_train_ops():
         dy, dgamma, dbeta = bn_bwd(dout[0], workspace, y, gamma, mean, var, eps)
         return dy, dgamma, dbeta, ops.zeros_like(eps)
 
+    bf16 = act == ms.bfloat16
     bn_relu = _custom("FastBnReluTrain",
-                      lambda y, g, b, e: (y, g, g, [bn_workspace_bytes(y)]),
+                      lambda y, g, b, e: (y, g, g, [bn_workspace_bytes(y, bf16)]),
                       lambda y, g, b, e: (y, g, g, ms.uint8), bprop=bn_bprop)
 
     pool_bwd = _custom("FastMaxPool2Bwd", lambda dy, ws: [dy[0], dy[1], 2 * dy[2], 2 * dy[3]],
@@ -292,9 +306,13 @@ class NativeFeatures(nn.SequentialCell):
     ReLU, and 2x2 max pooling, each a custom operator with its gradient, all on the blocked
     layout; the moving statistics are updated as ``nn.BatchNorm2d`` updates them (momentum,
     unbiased variance). ``self.blocked_inference`` / ``self.blocked_training`` say whether
-    each chain is used; otherwise the cells run one by one, as in a SequentialCell.
-    ``VGG_NATIVE_KERNELS=layers`` (or the old ``FAST_CONV_CHAIN=0``) turns both chains off
-    (the per-layer NativeConv2d path remains)."""
+    each chain is used (``self.inference_reason`` / ``self.training_reason`` why not);
+    otherwise the cells run one by one, as in a SequentialCell. ``VGG_NATIVE_KERNELS=layers``
+    (or the old ``FAST_CONV_CHAIN=0``) turns both chains off (the per-layer NativeConv2d path
+    remains).
+
+    Precision: float32 (``self.precision``) until ``set_precision("bfloat16")``, which runs
+    the chains in bfloat16 (see the module doc); the cells run one by one stay float32."""
 
     def __init__(self, *args):
         super().__init__(*args)
@@ -306,18 +324,34 @@ class NativeFeatures(nn.SequentialCell):
             self.plan, reason = _inference_plan(layers)
         self.blocked_inference = self.plan is not None
         self.blocked_training = False
+        self.inference_reason, self.training_reason = reason, reason
+        self.precision = "float32"
         if not self.blocked_inference:
             logger.info("blocked inference chain not used: %s", reason)
             return
-        self.conv_first, self.conv_next, self.pool, self.unblock = _blocked_ops()
-        reason = _training_chain_reason(layers, self.plan)
-        if reason:
-            logger.info("blocked training chain not used: %s", reason)
-            return
-        self.blocked_training = True
-        (self.train_conv_first, self.train_conv_next, self.bn_relu,
-         self.train_pool) = _blocked_train_ops()
-        self.eps = tuple(ms.Tensor([layers[bn_i].eps], ms.float32) for _, bn_i, _ in self.plan)
+        self.training_reason = _training_chain_reason(layers, self.plan)
+        if self.training_reason:
+            logger.info("blocked training chain not used: %s", self.training_reason)
+        self.blocked_training = not self.training_reason
+        self.eps = tuple(ms.Tensor([layers[bn_i].eps], ms.float32) for _, bn_i, _ in self.plan
+                         if bn_i >= 0)
+        self._make_ops(ms.float32)
+
+    def _make_ops(self, act):
+        self.conv_first, self.conv_next, self.pool, self.unblock = _blocked_ops(act)
+        if self.blocked_training:
+            (self.train_conv_first, self.train_conv_next, self.bn_relu,
+             self.train_pool) = _blocked_train_ops(act)
+
+    def set_precision(self, precision):
+        """Run the blocked chains in "float32" or "bfloat16" from now on (call it before the
+        cell first runs). Parameters and checkpoints are the same either way."""
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        if not self.blocked_inference:
+            raise ValueError(f"no blocked chain to run in {precision}: {self.inference_reason}")
+        self._make_ops(PRECISIONS[precision])
+        self.precision = precision
 
     def construct(self, x):
         if self.training:
@@ -382,3 +416,70 @@ class NativeFeatures(nn.SequentialCell):
                 x = self.pool(x)
         return self.unblock(x)
 
+
+class NativeDense(nn.Dense):
+    """``nn.Dense`` computed by oneDNN's inner product in bfloat16 on CPU in graph mode.
+
+    Same arguments and parameters as ``mindspore.nn.Dense`` (float32 ``weight`` (out, in)
+    and ``bias``), float32 input and output: inside, the input, the weights and the incoming
+    gradient are cast to bfloat16, and the output and every gradient are written in float32
+    (``precision="float32"`` computes in float32 instead, for comparisons). Needs the native
+    library (see ``native_conv_status``) and no activation.
+    """
+
+    def __init__(self, in_channels, out_channels, weight_init=None, bias_init=None, has_bias=True,
+                 precision="bfloat16", dtype=ms.float32):
+        super().__init__(in_channels, out_channels, weight_init=weight_init, bias_init=bias_init,
+                         has_bias=has_bias, dtype=dtype)
+        available, reason = native_conv_status()
+        if not available:
+            raise ValueError(f"NativeDense needs the native kernels: {reason}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        self.precision = precision
+        self.zero_bias = ms.Tensor(np.zeros((out_channels,), np.float32))
+        self.dense = _dense_op("Bf16" if precision == "bfloat16" else "F32")
+
+    @classmethod
+    def replacing(cls, dense, precision="bfloat16"):
+        """A NativeDense holding `dense`'s own parameters (same objects, names and values)."""
+        if dense.activation_flag:
+            raise ValueError("NativeDense has no activation")
+        cell = cls(dense.in_channels, dense.out_channels, weight_init="zeros",
+                   bias_init="zeros", has_bias=dense.has_bias, precision=precision)
+        cell.weight = dense.weight
+        if dense.has_bias:
+            cell.bias = dense.bias
+        return cell
+
+    def construct(self, x):
+        shape = x.shape
+        if len(shape) != 2:
+            x = x.reshape(-1, shape[-1])
+        y = self.dense(x, self.weight, self.bias if self.has_bias else self.zero_bias)
+        if len(shape) != 2:
+            y = y.reshape(shape[:-1] + (-1,))
+        return y
+
+
+def _dense_op(kind):
+    """y = x w^T + b on float32 tensors, computed in bfloat16 ("Bf16") or float32 ("F32")."""
+    bwd = _custom(f"FastDenseBwd{kind}", lambda dy, x, w: (x, w, [w[0]]),
+                  lambda dy, x, w: (x, w, w))
+
+    def bprop(x, w, b, out, dout):
+        return bwd(dout, x, w)
+
+    return _custom(f"FastDenseFwd{kind}", lambda x, w, b: [x[0], w[0]], lambda x, w, b: x,
+                   bprop=bprop)
+
+
+def use_native_dense(sequence, precision="bfloat16"):
+    """Replace every ``nn.Dense`` of an ``nn.SequentialCell`` (a VGG classifier) by a
+    NativeDense holding the same parameters; returns how many were replaced."""
+    replaced = 0
+    for index, cell in enumerate(sequence.cell_list):
+        if type(cell) is nn.Dense:
+            sequence[index] = NativeDense.replacing(cell, precision)
+            replaced += 1
+    return replaced

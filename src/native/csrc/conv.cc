@@ -1,10 +1,10 @@
-// Convolutions (NCHW, float32, stride 1, no dilation, one group) on the layouts oneDNN
+// Convolutions (NCHW, stride 1, no dilation, one group) on the layouts oneDNN
 // prefers, so that it picks its direct jit kernels (jit:avx512_core / jit:avx2 on blocked
 // layouts) instead of the im2col+GEMM path MindSpore uses on plain NCHW:
 // - per layer on plain NCHW tensors (FastConvFwd / FastConvBwd), where backward data and
 //   backward weights share one call so that dy is reordered once;
 // - in the blocked chain, training (forward, backward) and inference (BatchNorm and bias
-//   folded into the weights and a bias, ReLU fused).
+//   folded into the weights and a bias, ReLU fused), in float32 or bfloat16 (ConvShape::act).
 #include <algorithm>
 #include <cstring>
 
@@ -133,10 +133,10 @@ BwdPlan &Engine::BwdFor(const ConvShape &s) {
 // ---------------------------------------------------------------------------------------
 // Blocked chain, training: y blocked; x blocked, or plain NCHW for the network input.
 
-void Engine::TrainConvFwd(const ConvShape &s, bool x_blocked, const float *x, const float *w, float *y) {
+void Engine::TrainConvFwd(const ConvShape &s, bool x_blocked, const void *x, const float *w, void *y) {
   TrainConvPlan &p = TrainConvFor(s, x_blocked);
-  memory src = Bind(p.src_f, const_cast<float *>(x), kSrc, true);
-  memory wei = Bind(p.wei_f, const_cast<float *>(w), kWei, true);
+  memory src = Bind(p.src_f, x, kSrc, true);
+  memory wei = Bind(p.wei_f, w, kWei, true);
   memory dst = BindOut(p.dst_f, y, kDst);
   memory scratch = Scratch(p.scratch_bytes);
   p.fwd.execute(stream_, {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, wei}, {DNNL_ARG_DST, dst},
@@ -145,22 +145,22 @@ void Engine::TrainConvFwd(const ConvShape &s, bool x_blocked, const float *x, co
   stream_.wait();
 }
 
-void Engine::TrainConvBwd(const ConvShape &s, bool x_blocked, const float *dy, const float *x,
-                          const float *w, float *dx, float *dw) {
+void Engine::TrainConvBwd(const ConvShape &s, bool x_blocked, const void *dy, const void *x,
+                          const float *w, void *dx, float *dw) {
   TrainConvPlan &p = TrainConvFor(s, x_blocked);
   memory scratch = Scratch(p.scratch_bytes);
   if (x_blocked) {
-    memory ddst = Bind(p.ddst_d, const_cast<float *>(dy), kDiffDst, true);
-    memory wei = Bind(p.wei_d, const_cast<float *>(w), kWei, true);
+    memory ddst = Bind(p.ddst_d, dy, kDiffDst, true);
+    memory wei = Bind(p.wei_d, w, kWei, true);
     memory dsrc = BindOut(p.dsrc_d, dx, kDiffSrc);
     p.bwd_data.execute(stream_, {{DNNL_ARG_DIFF_DST, ddst}, {DNNL_ARG_WEIGHTS, wei},
                                  {DNNL_ARG_DIFF_SRC, dsrc}, {DNNL_ARG_SCRATCHPAD, scratch}});
     Finish(p.dsrc_d, dsrc, dx);
-  } else {
+  } else {  // the network input (plain float32): nothing consumes its gradient
     std::memset(dx, 0, static_cast<size_t>(s.n * s.c * s.h * s.w) * sizeof(float));
   }
-  memory ddst = Bind(p.ddst_w, const_cast<float *>(dy), kDst, true);
-  memory src = Bind(p.src_w, const_cast<float *>(x), kSrc, true);
+  memory ddst = Bind(p.ddst_w, dy, kDst, true);
+  memory src = Bind(p.src_w, x, kSrc, true);
   memory dwei = BindOut(p.diff_wei, dw, kDiffWei);
   p.bwd_weights.execute(stream_, {{DNNL_ARG_DIFF_DST, ddst}, {DNNL_ARG_SRC, src},
                                   {DNNL_ARG_DIFF_WEIGHTS, dwei}, {DNNL_ARG_SCRATCHPAD, scratch}});
@@ -173,11 +173,13 @@ TrainConvPlan &Engine::TrainConvFor(const ConvShape &s, bool x_blocked) {
   auto it = cache.find(s);
   if (it != cache.end()) return *it->second;
   dnnl_threadpool_interop_set_max_concurrency(nthreads_);
-  const memory::desc dst = BlockedDesc(s.Dst());
-  const memory::desc x = x_blocked ? BlockedDesc(s.Src()) : memory::desc(s.Src(), dt::f32, tag::nchw);
-  const memory::desc any_src(s.Src(), dt::f32, tag::any), any_dst(s.Dst(), dt::f32, tag::any);
+  // Computed in s.act (float32 or bfloat16); the plain network input and the weights come in
+  // float32 and are cast by their reorders, and the weight gradient is written in float32.
+  const memory::desc dst = BlockedDesc(s.Dst(), s.act);
+  const memory::desc x = x_blocked ? BlockedDesc(s.Src(), s.act) : memory::desc(s.Src(), dt::f32, tag::nchw);
+  const memory::desc any_src(s.Src(), s.act, tag::any), any_dst(s.Dst(), s.act, tag::any);
   const memory::desc src_pref = x_blocked ? x : any_src;
-  const memory::desc any_wei(s.Wei(), dt::f32, tag::any);
+  const memory::desc any_wei(s.Wei(), s.act, tag::any), any_diff_wei(s.Wei(), dt::f32, tag::any);
   dnnl::primitive_attr attr;
   attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
   const auto direct = dnnl::algorithm::convolution_direct;
@@ -186,7 +188,7 @@ TrainConvPlan &Engine::TrainConvFor(const ConvShape &s, bool x_blocked) {
                                                      any_wei, b, s.Strides(), s.PadL(), s.PadR(), attr);
   });
   auto wpd = Preferring(src_pref, dst, any_src, any_dst, [&](const memory::desc &a, const memory::desc &b) {
-    return dnnl::convolution_backward_weights::primitive_desc(eng_, direct, a, any_wei, b, s.Strides(),
+    return dnnl::convolution_backward_weights::primitive_desc(eng_, direct, a, any_diff_wei, b, s.Strides(),
                                                               s.PadL(), s.PadR(), fpd, attr);
   });
   auto plan = std::make_unique<TrainConvPlan>();
@@ -220,10 +222,10 @@ TrainConvPlan &Engine::TrainConvFor(const ConvShape &s, bool x_blocked) {
 // ---------------------------------------------------------------------------------------
 // Blocked chain, inference: y (blocked) = relu(conv(x, w * scale[o]) + shift).
 
-void Engine::Infer(const ConvShape &s, bool x_blocked, const float *x, const float *w, const float *scale,
-                   const float *shift, float *y) {
+void Engine::Infer(const ConvShape &s, bool x_blocked, const void *x, const float *w, const float *scale,
+                   const float *shift, void *y) {
   InferPlan &p = InferFor(s, x_blocked);
-  memory src = Bind(p.src, const_cast<float *>(x), kSrc, true);
+  memory src = Bind(p.src, x, kSrc, true);
   memory wei_plain(p.wei_plain, eng_, const_cast<float *>(w));
   memory wei(p.wei_inner, eng_, arena_.Get(kWei, p.wei_inner.get_size()));
   memory scales(p.chan, eng_, const_cast<float *>(scale));
@@ -243,9 +245,11 @@ InferPlan &Engine::InferFor(const ConvShape &s, bool x_blocked) {
   auto it = cache.find(s);
   if (it != cache.end()) return *it->second;
   dnnl_threadpool_interop_set_max_concurrency(nthreads_);
-  const memory::desc dst = BlockedDesc(s.Dst());
-  const memory::desc x = x_blocked ? BlockedDesc(s.Src()) : memory::desc(s.Src(), dt::f32, tag::nchw);
-  const memory::desc any_src(s.Src(), dt::f32, tag::any), any_dst(s.Dst(), dt::f32, tag::any);
+  // Computed in s.act; the folded weights are scaled and cast by one reorder, the bias
+  // (shift) stays float32.
+  const memory::desc dst = BlockedDesc(s.Dst(), s.act);
+  const memory::desc x = x_blocked ? BlockedDesc(s.Src(), s.act) : memory::desc(s.Src(), dt::f32, tag::nchw);
+  const memory::desc any_src(s.Src(), s.act, tag::any), any_dst(s.Dst(), s.act, tag::any);
   auto plan = std::make_unique<InferPlan>();
   plan->chan = memory::desc({s.o}, dt::f32, tag::a);
   dnnl::post_ops po;
@@ -257,7 +261,7 @@ InferPlan &Engine::InferFor(const ConvShape &s, bool x_blocked) {
                        [&](const memory::desc &a, const memory::desc &b) {
     return dnnl::convolution_forward::primitive_desc(
         eng_, dnnl::prop_kind::forward_inference, dnnl::algorithm::convolution_direct, a,
-        memory::desc(s.Wei(), dt::f32, tag::any), plan->chan, b, s.Strides(), s.PadL(), s.PadR(), attr);
+        memory::desc(s.Wei(), s.act, tag::any), plan->chan, b, s.Strides(), s.PadL(), s.PadR(), attr);
   });
   plan->prim = dnnl::convolution_forward(pd);
   plan->src = OperandFor(eng_, x, pd.src_desc(), true, false);

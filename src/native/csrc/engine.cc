@@ -23,11 +23,55 @@ bool Verbose() {
 
 bool IsReference(const char *impl) { return std::strncmp(impl, "ref", 3) == 0; }
 
+namespace {
+
+// Whether oneDNN runs with every feature of `isa` (its ISA values nest as bit sets).
+bool Runs(dnnl_cpu_isa_t isa) {
+  const unsigned effective = static_cast<unsigned>(dnnl_get_effective_cpu_isa());
+  return (effective & static_cast<unsigned>(isa)) == static_cast<unsigned>(isa);
+}
+
+}  // namespace
+
 std::pair<tag, int64_t> BlockedActivationTag() {
-  const unsigned isa = static_cast<unsigned>(dnnl_get_effective_cpu_isa());
-  if ((isa & dnnl_cpu_isa_avx512_core) == dnnl_cpu_isa_avx512_core) return {tag::nChw16c, 16};
-  if ((isa & dnnl_cpu_isa_avx2) == dnnl_cpu_isa_avx2) return {tag::nChw8c, 8};
+  if (Runs(dnnl_cpu_isa_avx512_core)) return {tag::nChw16c, 16};
+  if (Runs(dnnl_cpu_isa_avx2)) return {tag::nChw8c, 8};
   return {tag::any, 1};
+}
+
+tag ActivationTag(dt act) {
+  const tag blocked = BlockedActivationTag().first;
+  if (act != dt::bf16 || blocked != tag::nChw16c) return blocked;
+  static const tag chosen = [] {
+    const char *env = std::getenv("VGG_NATIVE_BF16_LAYOUT");
+    if (env != nullptr && std::strcmp(env, "nhwc") == 0) return tag::nhwc;
+    if (env != nullptr && std::strcmp(env, "blocked") == 0) return tag::nChw16c;
+    return Runs(dnnl_cpu_isa_avx512_core_amx) ? tag::nhwc : tag::nChw16c;
+  }();
+  return chosen;
+}
+
+const char *Bf16Isa() {
+  static const std::pair<dnnl_cpu_isa_t, const char *> kNames[] = {
+      {dnnl_cpu_isa_avx10_2_512_amx_2, "avx10_2_512_amx_2"},
+      {dnnl_cpu_isa_avx512_core_amx_fp16, "avx512_core_amx_fp16"},
+      {dnnl_cpu_isa_avx512_core_amx, "avx512_core_amx"},
+      {dnnl_cpu_isa_avx10_2_512, "avx10_2_512"},
+      {dnnl_cpu_isa_avx512_core_fp16, "avx512_core_fp16"},
+      {dnnl_cpu_isa_avx512_core_bf16, "avx512_core_bf16"},
+  };
+  for (const auto &isa : kNames)
+    if (Runs(isa.first)) return isa.second;
+  return "";
+}
+
+const char *DtName(dt d) {
+  switch (d) {
+    case dt::f32: return "f32";
+    case dt::bf16: return "bf16";
+    case dt::u8: return "u8";
+    default: return "other";
+  }
 }
 
 void *Arena::Get(int slot, size_t bytes) {
@@ -80,17 +124,18 @@ int Engine::BlockSize() {
   return b.first == tag::any ? 0 : static_cast<int>(b.second);
 }
 
-memory Engine::Bind(const Operand &op, float *plain_ptr, int slot, bool reorder_in) {
-  if (!op.needs_reorder) return memory(op.plain, eng_, plain_ptr);
+memory Engine::Bind(const Operand &op, const void *plain_ptr, int slot, bool reorder_in) {
+  void *ptr = const_cast<void *>(plain_ptr);  // oneDNN memory objects take non-const handles
+  if (!op.needs_reorder) return memory(op.plain, eng_, ptr);
   memory inner(op.inner, eng_, arena_.Get(slot, op.inner.get_size()));
   if (reorder_in) {
-    memory plain(op.plain, eng_, plain_ptr);
+    memory plain(op.plain, eng_, ptr);
     op.to_inner.execute(stream_, plain, inner);
   }
   return inner;
 }
 
-void Engine::Finish(const Operand &op, memory inner, float *plain_ptr) {
+void Engine::Finish(const Operand &op, memory inner, void *plain_ptr) {
   if (!op.needs_reorder) return;
   memory plain(op.plain, eng_, plain_ptr);
   op.to_plain.execute(stream_, inner, plain);
@@ -101,19 +146,28 @@ memory Engine::Scratch(size_t bytes) {
   return memory(desc, eng_, arena_.Get(kScratch, bytes ? bytes : 64));
 }
 
-memory::desc Engine::BlockedDesc(const memory::dims &dims) const {
+memory::desc Engine::BlockedDesc(const memory::dims &dims, dt act) const {
   const auto b = BlockedActivationTag();
   if (b.first == tag::any || dims[1] % b.second != 0)
     throw std::runtime_error("channel count not a multiple of the activation block");
-  return memory::desc(dims, dt::f32, b.first);
+  if (act != dt::f32 && act != dt::bf16) throw std::runtime_error("activations must be f32 or bf16");
+  return memory::desc(dims, act, ActivationTag(act));
 }
 
 void Engine::Describe(const char *what, const ConvShape &s, const char *impl) {
   if (IsReference(impl)) ++reference_kernels_;
   if (!Verbose()) return;
-  std::fprintf(stderr, "vgg_native: %s n%ld c%ld h%ld w%ld o%ld k%ldx%ld pad%ld,%ld -> %s\n", what,
-               (long)s.n, (long)s.c, (long)s.h, (long)s.w, (long)s.o, (long)s.kh, (long)s.kw,
-               (long)s.pt, (long)s.pl, impl);
+  std::fprintf(stderr, "vgg_native: %s %s n%ld c%ld h%ld w%ld o%ld k%ldx%ld pad%ld,%ld -> %s\n", what,
+               DtName(s.act), (long)s.n, (long)s.c, (long)s.h, (long)s.w, (long)s.o, (long)s.kh,
+               (long)s.kw, (long)s.pt, (long)s.pl, impl);
+}
+
+void Engine::Describe(const char *what, const memory::dims &dims, dt act, const char *impl) {
+  if (IsReference(impl)) ++reference_kernels_;
+  if (!Verbose()) return;
+  std::fprintf(stderr, "vgg_native: %s %s", what, DtName(act));
+  for (size_t i = 0; i < dims.size(); ++i) std::fprintf(stderr, "%s%ld", i ? "x" : " ", (long)dims[i]);
+  std::fprintf(stderr, " -> %s\n", impl);
 }
 
 }  // namespace vgg_native

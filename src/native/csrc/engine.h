@@ -7,8 +7,15 @@
 // (format_tag::any, or the channel-blocked nChw16c / nChw8c where that is faster); plain
 // NCHW/OIHW tensors are reordered in and out around them.
 //
+// Precision: the blocked chains and the dense layers run in float32 or in bfloat16. In
+// bfloat16 the activations between layers (and their gradients) are bfloat16 tensors,
+// while weights come in and weight gradients go out in float32 (cast inside the reorder
+// into the primitive's layout, and written in float32 by the backward-weights primitives),
+// and BatchNorm keeps its scale, shift, mean and variance in float32.
+//
 // Definitions: engine.cc (set-up, operand binding), conv.cc (convolutions), chain.cc
-// (BatchNorm + ReLU, pooling and layout changes of the blocked chain).
+// (BatchNorm + ReLU, pooling and layout changes of the blocked chain), dense.cc (dense
+// layers).
 #pragma once
 
 #include <cstddef>
@@ -41,6 +48,18 @@ bool IsReference(const char *impl);
 // for AVX-512, 8 for AVX2), or `any` where there is none.
 std::pair<tag, int64_t> BlockedActivationTag();
 
+// Layout of the chain's activations of data type `act`: BlockedActivationTag() for float32;
+// for bfloat16 nChw16c, or NHWC on CPUs with AMX, whose bfloat16 convolutions run on NHWC
+// (VGG_NATIVE_BF16_LAYOUT=blocked|nhwc overrides, to compare them).
+tag ActivationTag(dt act);
+
+// The bfloat16 instruction set oneDNN runs with ("avx512_core_bf16", "avx512_core_amx",
+// ...), or "" when it has none (no AVX512-BF16 / AMX-BF16 in the CPU, or capped below it by
+// ONEDNN_MAX_CPU_ISA).
+const char *Bf16Isa();
+
+const char *DtName(dt d);
+
 // ---------------------------------------------------------------------------------------
 // Grow-only 64-byte aligned buffers, one per role. Used only under the engine's mutex.
 
@@ -64,9 +83,10 @@ class Arena {
 struct ConvShape {
   int64_t n, c, h, w, o, kh, kw, oh, ow;
   int64_t pt, pb, pl, pr;
+  dt act = dt::f32;  // activations of the chain kernels (the per-layer kernels: float32)
   bool operator<(const ConvShape &r) const {
-    return std::tie(n, c, h, w, o, kh, kw, oh, ow, pt, pb, pl, pr) <
-           std::tie(r.n, r.c, r.h, r.w, r.o, r.kh, r.kw, r.oh, r.ow, r.pt, r.pb, r.pl, r.pr);
+    return std::tie(n, c, h, w, o, kh, kw, oh, ow, pt, pb, pl, pr, act) <
+           std::tie(r.n, r.c, r.h, r.w, r.o, r.kh, r.kw, r.oh, r.ow, r.pt, r.pb, r.pl, r.pr, r.act);
   }
   memory::dims Src() const { return {n, c, h, w}; }
   memory::dims Wei() const { return {o, c, kh, kw}; }
@@ -147,7 +167,27 @@ struct PoolPlan {
 
 struct UnblockPlan {
   dnnl::reorder prim, to_blocked;
-  memory::desc blocked, plain;
+  memory::desc blocked, plain;  // blocked: the chain's data type; plain: float32 NCHW
+};
+
+// A dense layer y (N,O) = x (N,K) w^T (O,K) + b, float32 tensors, computed in `act`.
+struct DenseShape {
+  int64_t n, k, o;
+  dt act;
+  bool operator<(const DenseShape &r) const {
+    return std::tie(n, k, o, act) < std::tie(r.n, r.k, r.o, r.act);
+  }
+};
+
+struct DensePlan {
+  dnnl::inner_product_forward fwd;
+  dnnl::inner_product_backward_data bwd_data;
+  dnnl::inner_product_backward_weights bwd_weights;
+  Operand src_f, wei_f, dst_f;      // forward
+  Operand ddst_d, wei_d, dsrc_d;    // backward data
+  Operand src_w, ddst_w, dwei_w;    // backward weights
+  memory::desc bias;
+  size_t scratch_bytes = 0;
 };
 
 // ---------------------------------------------------------------------------------------
@@ -172,43 +212,53 @@ class Engine {
   void Backward(const ConvShape &s, const float *dy, const float *x, const float *w, float *dx,
                 float *dw);
 
-  // ---- convolutions of the blocked chain (conv.cc); y blocked, x plain or blocked
-  void TrainConvFwd(const ConvShape &s, bool x_blocked, const float *x, const float *w, float *y);
-  void TrainConvBwd(const ConvShape &s, bool x_blocked, const float *dy, const float *x,
-                    const float *w, float *dx, float *dw);
+  // ---- convolutions of the blocked chain (conv.cc), activations of type s.act; y blocked,
+  // x blocked or plain float32 NCHW (the network input); w, dw float32 OIHW
+  void TrainConvFwd(const ConvShape &s, bool x_blocked, const void *x, const float *w, void *y);
+  void TrainConvBwd(const ConvShape &s, bool x_blocked, const void *dy, const void *x,
+                    const float *w, void *dx, float *dw);
   // y = relu(conv(x, w * scale[o]) + shift)
-  void Infer(const ConvShape &s, bool x_blocked, const float *x, const float *w, const float *scale,
-             const float *shift, float *y);
+  void Infer(const ConvShape &s, bool x_blocked, const void *x, const float *w, const float *scale,
+             const float *shift, void *y);
 
-  // ---- BatchNorm + ReLU, pooling and layout changes of the blocked chain (chain.cc)
-  void BnReluFwd(const memory::dims &dims, float eps, const float *y, const float *gamma,
-                 const float *beta, float *z, float *mean, float *var, uint8_t *ws);
-  void BnReluBwd(const memory::dims &dims, float eps, const float *dz, const uint8_t *ws,
-                 const float *y, const float *gamma, const float *mean, const float *var,
-                 float *dy, float *dgamma, float *dbeta);
+  // ---- BatchNorm + ReLU, pooling and layout changes of the blocked chain (chain.cc); the
+  // activations are of type `act`, the per-channel vectors float32
+  void BnReluFwd(const memory::dims &dims, dt act, float eps, const void *y, const float *gamma,
+                 const float *beta, void *z, float *mean, float *var, uint8_t *ws);
+  void BnReluBwd(const memory::dims &dims, dt act, float eps, const void *dz, const uint8_t *ws,
+                 const void *y, const float *gamma, const float *mean, const float *var,
+                 void *dy, float *dgamma, float *dbeta);
   // Bytes of the ReLU workspace FastBnReluTrain returns for an (N, C, H, W) input.
-  size_t BnWorkspaceBytes(const memory::dims &dims);
-  void MaxPool2Fwd(const memory::dims &src_dims, const float *x, float *y, uint8_t *ws);
-  void MaxPool2Bwd(const memory::dims &src_dims, const float *dy, const uint8_t *ws, float *dx);
+  size_t BnWorkspaceBytes(const memory::dims &dims, dt act);
+  void MaxPool2Fwd(const memory::dims &src_dims, dt act, const void *x, void *y, uint8_t *ws);
+  void MaxPool2Bwd(const memory::dims &src_dims, dt act, const void *dy, const uint8_t *ws, void *dx);
   // 2x2 stride-2 max pooling on blocked activations (inference).
-  void MaxPool2(const memory::dims &src_dims, const float *x, float *y);
-  void Block(const memory::dims &dims, const float *x, float *y);    // plain NCHW -> blocked
-  void Unblock(const memory::dims &dims, const float *x, float *y);  // blocked -> plain NCHW
+  void MaxPool2(const memory::dims &src_dims, dt act, const void *x, void *y);
+  // plain float32 NCHW <-> blocked activations of type act
+  void Block(const memory::dims &dims, dt act, const float *x, void *y);
+  void Unblock(const memory::dims &dims, dt act, const void *x, float *y);
+
+  // ---- dense layers (dense.cc): float32 tensors, computed in s.act
+  void DenseFwd(const DenseShape &s, const float *x, const float *w, const float *b, float *y);
+  void DenseBwd(const DenseShape &s, const float *dy, const float *x, const float *w, float *dx,
+                float *dw, float *db);
 
  private:
   Engine();
 
   // Memory holding the operand in the primitive's layout; reorders the plain input in.
-  memory Bind(const Operand &op, float *plain_ptr, int slot, bool reorder_in);
-  memory BindOut(const Operand &op, float *plain_ptr, int slot) {
+  memory Bind(const Operand &op, const void *plain_ptr, int slot, bool reorder_in);
+  memory BindOut(const Operand &op, void *plain_ptr, int slot) {
     return Bind(op, plain_ptr, slot, false);
   }
   // Reorders a result computed in the primitive's layout out to the plain tensor.
-  void Finish(const Operand &op, memory inner, float *plain_ptr);
+  void Finish(const Operand &op, memory inner, void *plain_ptr);
   memory Scratch(size_t bytes);
-  memory::desc BlockedDesc(const memory::dims &dims) const;
+  // The chain's activation layout for `dims` of type `act` (see ActivationTag).
+  memory::desc BlockedDesc(const memory::dims &dims, dt act = dt::f32) const;
   // Counts reference kernels; with Verbose(), prints the implementation oneDNN picked.
   void Describe(const char *what, const ConvShape &s, const char *impl);
+  void Describe(const char *what, const memory::dims &dims, dt act, const char *impl);
 
   // Builds make(src, dst) with the preferred layouts; where that lands on a reference
   // kernel (for instance backward weights on 2x2 images with AVX2 blocks), with `any`.
@@ -226,10 +276,11 @@ class Engine {
   BwdPlan &BwdFor(const ConvShape &s);
   TrainConvPlan &TrainConvFor(const ConvShape &s, bool x_blocked);
   InferPlan &InferFor(const ConvShape &s, bool x_blocked);
-  BnPlan &BnFor(const memory::dims &dims, float eps);
-  TrainPoolPlan &TrainPoolFor(const memory::dims &src_dims);
-  PoolPlan &PoolFor(const memory::dims &src_dims);
-  UnblockPlan &UnblockFor(const memory::dims &dims);
+  BnPlan &BnFor(const memory::dims &dims, float eps, dt act);
+  TrainPoolPlan &TrainPoolFor(const memory::dims &src_dims, dt act);
+  PoolPlan &PoolFor(const memory::dims &src_dims, dt act);
+  UnblockPlan &UnblockFor(const memory::dims &dims, dt act);
+  DensePlan &DenseFor(const DenseShape &s);
 
   std::mutex mu_;
   dnnl::engine eng_;
@@ -240,12 +291,14 @@ class Engine {
   std::map<ConvShape, std::unique_ptr<FwdPlan>> fwd_;
   std::map<ConvShape, std::unique_ptr<BwdPlan>> bwd_;
   std::map<ConvShape, std::unique_ptr<InferPlan>> infer_plain_, infer_blocked_;
-  std::map<memory::dims, std::unique_ptr<PoolPlan>> pools_;
-  std::map<memory::dims, std::unique_ptr<UnblockPlan>> unblock_;
+  using DimsDt = std::pair<memory::dims, dt>;
+  std::map<DimsDt, std::unique_ptr<PoolPlan>> pools_;
+  std::map<DimsDt, std::unique_ptr<UnblockPlan>> unblock_;
   std::map<ConvShape, std::unique_ptr<TrainConvPlan>> train_plain_, train_blocked_;
   int reference_kernels_ = 0;
-  std::map<std::pair<memory::dims, float>, std::unique_ptr<BnPlan>> bns_;
-  std::map<memory::dims, std::unique_ptr<TrainPoolPlan>> train_pools_;
+  std::map<std::tuple<memory::dims, float, dt>, std::unique_ptr<BnPlan>> bns_;
+  std::map<DimsDt, std::unique_ptr<TrainPoolPlan>> train_pools_;
+  std::map<DenseShape, std::unique_ptr<DensePlan>> dense_;
 };
 
 }  // namespace vgg_native

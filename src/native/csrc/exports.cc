@@ -6,6 +6,10 @@
 // Per-layer convolution (FastConv2d):
 //   FastConvFwd : inputs  x (N,C,H,W), w (O,C,KH,KW)          -> y (N,O,OH,OW)
 //   FastConvBwd : inputs  dy (N,O,OH,OW), x (N,C,H,W), w     -> dx (N,C,H,W), dw (O,C,KH,KW)
+// Activations of the chains ("act") are float32 or bfloat16 tensors, chosen by the dtype of
+// the tensors MindSpore passes (the output's for the first convolution); weights, weight
+// gradients, BatchNorm vectors and plain NCHW tensors (network input, FastUnblock output)
+// are float32 either way.
 // Inference chain:
 //   FastConvInferPlain   : x (N,C,H,W) plain, w, scale (O), shift (O) -> y blocked
 //   FastConvInferBlocked : x blocked,         w, scale (O), shift (O) -> y blocked
@@ -23,7 +27,10 @@
 //   FastMaxPool2Train    : x -> y, workspace (uint8, y's shape)
 //   FastMaxPool2Bwd      : dy, workspace -> dx
 //   FastBlock            : x plain NCHW -> y blocked (the gradient of FastUnblock)
-// Diagnostics: FastBlockSize, FastBnWorkspaceBytes, FastReferenceKernels,
+// Dense layers (float32 tensors, computed in bfloat16 or float32 by the symbol's suffix):
+//   FastDenseFwdBf16 / FastDenseFwdF32 : x (N,K), w (O,K), b (O) -> y (N,O)
+//   FastDenseBwdBf16 / FastDenseBwdF32 : dy, x, w -> dx, dw, db
+// Diagnostics: FastBlockSize, FastBnWorkspaceBytes, FastReferenceKernels, FastBf16Isa,
 // FastConvOneDnnVersion. The optimizer kernel is in optimizer.cc.
 //
 // Stride is 1, so the padding follows from the shapes: total = OH - H + KH - 1, with
@@ -35,9 +42,12 @@
 
 #include "kernel_args.h"
 
+using vgg_native::ActOf;
 using vgg_native::AllRank4F32;
 using vgg_native::ConvShape;
+using vgg_native::DenseShape;
 using vgg_native::Dims4;
+using vgg_native::dt;
 using vgg_native::Engine;
 using vgg_native::Fail;
 using vgg_native::Guarded;
@@ -107,20 +117,22 @@ int InferKernel(const char *name, bool x_blocked, int nparam, void **params, int
     Fail(name, "expects x, w (4-D), scale, shift (1-D), y (4-D)");
     return 1;
   }
-  for (int i = 0; i < nparam; ++i)
-    if (!IsF32(dtypes[i])) {
-      Fail(name, "expects float32 tensors");
-      return 1;
-    }
+  const dt act = ActOf(dtypes[4]);
+  bool ok = act != dt::undef && ActOf(dtypes[0]) == (x_blocked ? act : dt::f32);
+  for (int i = 1; i < 4; ++i) ok = ok && IsF32(dtypes[i]);
+  if (!ok) {
+    Fail(name, "expects w, scale, shift float32, y float32 or bfloat16, x plain float32 or of y's type");
+    return 1;
+  }
   ConvShape s;
   if (!ShapeFrom(shapes[0], shapes[1], shapes[4], &s) || shapes[2][0] != s.o || shapes[3][0] != s.o) {
     Fail(name, "inconsistent shapes (only stride 1, one group, no dilation)");
     return 1;
   }
+  s.act = act;
   return Guarded(name, [&](Engine &e) {
-    e.Infer(s, x_blocked, static_cast<const float *>(params[0]), static_cast<const float *>(params[1]),
-            static_cast<const float *>(params[2]), static_cast<const float *>(params[3]),
-            static_cast<float *>(params[4]));
+    e.Infer(s, x_blocked, params[0], static_cast<const float *>(params[1]),
+            static_cast<const float *>(params[2]), static_cast<const float *>(params[3]), params[4]);
   });
 }
 
@@ -136,11 +148,12 @@ VGG_NATIVE_EXPORT int FastConvInferBlocked(int nparam, void **params, int *ndims
   return InferKernel("FastConvInferBlocked", true, nparam, params, ndims, shapes, dtypes);
 }
 
-// y = maxpool2x2(x), both blocked.
+// y = maxpool2x2(x), both blocked, of one type.
 VGG_NATIVE_EXPORT int FastMaxPool2Blocked(int nparam, void **params, int *ndims, int64_t **shapes,
                                            const char **dtypes, void *stream, void *extra) {
-  if (nparam != 2 || !AllRank4F32(nparam, ndims, dtypes)) {
-    Fail("FastMaxPool2Blocked", "expects x, y as 4-D float32 tensors");
+  const dt act = nparam == 2 ? ActOf(dtypes[0]) : dt::undef;
+  if (nparam != 2 || ndims[0] != 4 || ndims[1] != 4 || act == dt::undef || ActOf(dtypes[1]) != act) {
+    Fail("FastMaxPool2Blocked", "expects x, y as 4-D tensors of one type (float32 or bfloat16)");
     return 1;
   }
   const int64_t *x = shapes[0], *y = shapes[1];
@@ -148,49 +161,61 @@ VGG_NATIVE_EXPORT int FastMaxPool2Blocked(int nparam, void **params, int *ndims,
     Fail("FastMaxPool2Blocked", "expects even H, W and y = (N, C, H/2, W/2)");
     return 1;
   }
-  return Guarded("FastMaxPool2Blocked", [&](Engine &e) {
-    e.MaxPool2(Dims4(x), static_cast<const float *>(params[0]), static_cast<float *>(params[1]));
-  });
+  return Guarded("FastMaxPool2Blocked", [&](Engine &e) { e.MaxPool2(Dims4(x), act, params[0], params[1]); });
 }
 
-// y (plain NCHW) = x (blocked), same shape.
+// y (plain float32 NCHW) = x (blocked float32 or bfloat16), same shape.
 VGG_NATIVE_EXPORT int FastUnblock(int nparam, void **params, int *ndims, int64_t **shapes,
                                    const char **dtypes, void *stream, void *extra) {
-  if (nparam != 2 || !AllRank4F32(nparam, ndims, dtypes) ||
+  const dt act = nparam == 2 ? ActOf(dtypes[0]) : dt::undef;
+  if (nparam != 2 || ndims[0] != 4 || ndims[1] != 4 || act == dt::undef || !IsF32(dtypes[1]) ||
       !std::equal(shapes[0], shapes[0] + 4, shapes[1])) {
-    Fail("FastUnblock", "expects x, y as 4-D float32 tensors of one shape");
+    Fail("FastUnblock", "expects x (float32 or bfloat16), y (float32) as 4-D tensors of one shape");
     return 1;
   }
   return Guarded("FastUnblock", [&](Engine &e) {
-    e.Unblock(Dims4(shapes[0]), static_cast<const float *>(params[0]), static_cast<float *>(params[1]));
+    e.Unblock(Dims4(shapes[0]), act, params[0], static_cast<float *>(params[1]));
   });
 }
 
 namespace {
 
+// The activation type of a chain convolution: y's (or dy's); a blocked x (dx) has the same, a
+// plain one (the network input) is float32, and w (dw) is float32. undef when they disagree.
+dt ChainConvAct(bool x_blocked, const char *y, const char *x, const char *w) {
+  const dt act = ActOf(y);
+  return act != dt::undef && ActOf(x) == (x_blocked ? act : dt::f32) && IsF32(w) ? act : dt::undef;
+}
+
 int TrainFwdKernel(const char *name, bool x_blocked, int nparam, void **params, int *ndims,
                    int64_t **shapes, const char **dtypes) {
   ConvShape s;
-  if (nparam != 3 || !AllRank4F32(nparam, ndims, dtypes) || !ShapeFrom(shapes[0], shapes[1], shapes[2], &s)) {
-    Fail(name, "expects x, w, y as consistent 4-D float32 tensors");
+  bool ok = nparam == 3 && ndims[0] == 4 && ndims[1] == 4 && ndims[2] == 4;
+  const dt act = ok ? ChainConvAct(x_blocked, dtypes[2], dtypes[0], dtypes[1]) : dt::undef;
+  if (!ok || act == dt::undef || !ShapeFrom(shapes[0], shapes[1], shapes[2], &s)) {
+    Fail(name, "expects x, w (float32), y as consistent 4-D tensors, y and a blocked x float32 or bfloat16");
     return 1;
   }
+  s.act = act;
   return Guarded(name, [&](Engine &e) {
-    e.TrainConvFwd(s, x_blocked, static_cast<const float *>(params[0]), static_cast<const float *>(params[1]),
-                   static_cast<float *>(params[2]));
+    e.TrainConvFwd(s, x_blocked, params[0], static_cast<const float *>(params[1]), params[2]);
   });
 }
 
 int TrainBwdKernel(const char *name, bool x_blocked, int nparam, void **params, int *ndims,
                    int64_t **shapes, const char **dtypes) {
   ConvShape s;
-  if (nparam != 5 || !AllRank4F32(nparam, ndims, dtypes) || !ShapeFrom(shapes[1], shapes[2], shapes[0], &s)) {
-    Fail(name, "expects dy, x, w, dx, dw as consistent 4-D float32 tensors");
+  bool ok = nparam == 5;
+  for (int i = 0; ok && i < nparam; ++i) ok = ndims[i] == 4;
+  const dt act = ok ? ChainConvAct(x_blocked, dtypes[0], dtypes[1], dtypes[2]) : dt::undef;
+  ok = ok && act != dt::undef && ActOf(dtypes[3]) == ActOf(dtypes[1]) && IsF32(dtypes[4]);
+  if (!ok || !ShapeFrom(shapes[1], shapes[2], shapes[0], &s)) {
+    Fail(name, "expects dy, x, w, dx, dw as consistent 4-D tensors (w, dw float32; dx of x's type)");
     return 1;
   }
+  s.act = act;
   return Guarded(name, [&](Engine &e) {
-    e.TrainConvBwd(s, x_blocked, static_cast<const float *>(params[0]), static_cast<const float *>(params[1]),
-                   static_cast<const float *>(params[2]), static_cast<float *>(params[3]),
+    e.TrainConvBwd(s, x_blocked, params[0], params[1], static_cast<const float *>(params[2]), params[3],
                    static_cast<float *>(params[4]));
   });
 }
@@ -224,24 +249,26 @@ VGG_NATIVE_EXPORT int FastConvTrainBwdBlocked(int nparam, void **params, int *nd
   return TrainBwdKernel("FastConvTrainBwdBlocked", true, nparam, params, ndims, shapes, dtypes);
 }
 
-// y, gamma, beta, eps -> z, mean, var, workspace
+// y, gamma, beta, eps -> z, mean, var, workspace (y, z float32 or bfloat16; vectors float32)
 VGG_NATIVE_EXPORT int FastBnReluTrain(int nparam, void **params, int *ndims, int64_t **shapes,
                                        const char **dtypes, void *stream, void *extra) {
   const char *name = "FastBnReluTrain";
-  if (nparam != 8 || ndims[0] != 4 || ndims[4] != 4 || !IsF32(dtypes[0]) || !IsF32(dtypes[4]) ||
+  const dt act = nparam == 8 ? ActOf(dtypes[0]) : dt::undef;
+  if (nparam != 8 || ndims[0] != 4 || ndims[4] != 4 || act == dt::undef || ActOf(dtypes[4]) != act ||
       !std::equal(shapes[0], shapes[0] + 4, shapes[4]) || !ChannelVectors(ndims, shapes, dtypes, 1, 2, shapes[0][1]) ||
       !ChannelVectors(ndims, shapes, dtypes, 3, 1, 1) || !ChannelVectors(ndims, shapes, dtypes, 5, 2, shapes[0][1]) ||
       ndims[7] != 1 || !IsU8(dtypes[7])) {
-    Fail(name, "expects y (4-D), gamma, beta (C), eps (1), z (y's shape), mean, var (C) float32, workspace uint8");
+    Fail(name, "expects y (4-D), gamma, beta (C), eps (1), z (y's shape and type), mean, var (C) float32, "
+               "workspace uint8; y float32 or bfloat16");
     return 1;
   }
   const float eps = *static_cast<const float *>(params[3]);
   return Guarded(name, [&](Engine &e) {
-    if (static_cast<size_t>(shapes[7][0]) != e.BnWorkspaceBytes(Dims4(shapes[0])))
+    if (static_cast<size_t>(shapes[7][0]) != e.BnWorkspaceBytes(Dims4(shapes[0]), act))
       throw std::runtime_error("workspace size differs from FastBnWorkspaceBytes");
-    e.BnReluFwd(Dims4(shapes[0]), eps, static_cast<const float *>(params[0]), static_cast<const float *>(params[1]),
-                static_cast<const float *>(params[2]), static_cast<float *>(params[4]),
-                static_cast<float *>(params[5]), static_cast<float *>(params[6]), static_cast<uint8_t *>(params[7]));
+    e.BnReluFwd(Dims4(shapes[0]), act, eps, params[0], static_cast<const float *>(params[1]),
+                static_cast<const float *>(params[2]), params[4], static_cast<float *>(params[5]),
+                static_cast<float *>(params[6]), static_cast<uint8_t *>(params[7]));
   });
 }
 
@@ -250,20 +277,22 @@ VGG_NATIVE_EXPORT int FastBnReluBwd(int nparam, void **params, int *ndims, int64
                                      const char **dtypes, void *stream, void *extra) {
   const char *name = "FastBnReluBwd";
   bool ok = nparam == 10 && ndims[1] == 1 && IsU8(dtypes[1]);
+  const dt act = ok ? ActOf(dtypes[0]) : dt::undef;
   for (int i : {0, 2, 7})
-    ok = ok && ndims[i] == 4 && IsF32(dtypes[i]) && std::equal(shapes[0], shapes[0] + 4, shapes[i]);
-  ok = ok && ChannelVectors(ndims, shapes, dtypes, 3, 3, shapes[0][1]) &&
+    ok = ok && ndims[i] == 4 && ActOf(dtypes[i]) == act && std::equal(shapes[0], shapes[0] + 4, shapes[i]);
+  ok = ok && act != dt::undef && ChannelVectors(ndims, shapes, dtypes, 3, 3, shapes[0][1]) &&
        ChannelVectors(ndims, shapes, dtypes, 6, 1, 1) && ChannelVectors(ndims, shapes, dtypes, 8, 2, shapes[0][1]);
   if (!ok) {
-    Fail(name, "expects dz (4-D), workspace (uint8), y (4-D), gamma, mean, var (C), eps (1), dy (4-D), dgamma, dbeta (C)");
+    Fail(name, "expects dz (4-D), workspace (uint8), y (4-D), gamma, mean, var (C), eps (1), dy (4-D), dgamma, "
+               "dbeta (C); dz, y, dy of one type (float32 or bfloat16), the rest float32");
     return 1;
   }
   const float eps = *static_cast<const float *>(params[6]);
   return Guarded(name, [&](Engine &e) {
-    e.BnReluBwd(Dims4(shapes[0]), eps, static_cast<const float *>(params[0]), static_cast<const uint8_t *>(params[1]),
-                static_cast<const float *>(params[2]), static_cast<const float *>(params[3]),
-                static_cast<const float *>(params[4]), static_cast<const float *>(params[5]),
-                static_cast<float *>(params[7]), static_cast<float *>(params[8]), static_cast<float *>(params[9]));
+    e.BnReluBwd(Dims4(shapes[0]), act, eps, params[0], static_cast<const uint8_t *>(params[1]), params[2],
+                static_cast<const float *>(params[3]), static_cast<const float *>(params[4]),
+                static_cast<const float *>(params[5]), params[7], static_cast<float *>(params[8]),
+                static_cast<float *>(params[9]));
   });
 }
 
@@ -274,20 +303,24 @@ VGG_NATIVE_EXPORT int FastReferenceKernels() {
   return count;
 }
 
-// Bytes of FastBnReluTrain's workspace for an (n, c, h, w) input; -1 on error.
-VGG_NATIVE_EXPORT int64_t FastBnWorkspaceBytes(int64_t n, int64_t c, int64_t h, int64_t w) {
+// Bytes of FastBnReluTrain's workspace for an (n, c, h, w) input of float32 (bf16 = 0) or
+// bfloat16 (bf16 = 1) activations; -1 on error.
+VGG_NATIVE_EXPORT int64_t FastBnWorkspaceBytes(int64_t n, int64_t c, int64_t h, int64_t w, int64_t bf16) {
   size_t bytes = 0;
-  int status = Guarded("FastBnWorkspaceBytes", [&](Engine &e) { bytes = e.BnWorkspaceBytes({n, c, h, w}); });
+  int status = Guarded("FastBnWorkspaceBytes", [&](Engine &e) {
+    bytes = e.BnWorkspaceBytes({n, c, h, w}, bf16 ? dt::bf16 : dt::f32);
+  });
   return status == 0 ? static_cast<int64_t>(bytes) : -1;
 }
 
-// x -> y, workspace
+// x -> y, workspace (x, y of one type: float32 or bfloat16)
 VGG_NATIVE_EXPORT int FastMaxPool2Train(int nparam, void **params, int *ndims, int64_t **shapes,
                                          const char **dtypes, void *stream, void *extra) {
   const char *name = "FastMaxPool2Train";
-  if (nparam != 3 || ndims[0] != 4 || ndims[1] != 4 || ndims[2] != 4 || !IsF32(dtypes[0]) ||
-      !IsF32(dtypes[1]) || !IsU8(dtypes[2])) {
-    Fail(name, "expects x, y (4-D float32), workspace (4-D uint8)");
+  const dt act = nparam == 3 ? ActOf(dtypes[0]) : dt::undef;
+  if (nparam != 3 || ndims[0] != 4 || ndims[1] != 4 || ndims[2] != 4 || act == dt::undef ||
+      ActOf(dtypes[1]) != act || !IsU8(dtypes[2])) {
+    Fail(name, "expects x, y (4-D, one type: float32 or bfloat16), workspace (4-D uint8)");
     return 1;
   }
   const int64_t *x = shapes[0], *y = shapes[1];
@@ -297,8 +330,7 @@ VGG_NATIVE_EXPORT int FastMaxPool2Train(int nparam, void **params, int *ndims, i
     return 1;
   }
   return Guarded(name, [&](Engine &e) {
-    e.MaxPool2Fwd(Dims4(x), static_cast<const float *>(params[0]), static_cast<float *>(params[1]),
-                  static_cast<uint8_t *>(params[2]));
+    e.MaxPool2Fwd(Dims4(x), act, params[0], params[1], static_cast<uint8_t *>(params[2]));
   });
 }
 
@@ -306,9 +338,10 @@ VGG_NATIVE_EXPORT int FastMaxPool2Train(int nparam, void **params, int *ndims, i
 VGG_NATIVE_EXPORT int FastMaxPool2Bwd(int nparam, void **params, int *ndims, int64_t **shapes,
                                        const char **dtypes, void *stream, void *extra) {
   const char *name = "FastMaxPool2Bwd";
-  if (nparam != 3 || ndims[0] != 4 || ndims[1] != 4 || ndims[2] != 4 || !IsF32(dtypes[0]) ||
-      !IsU8(dtypes[1]) || !IsF32(dtypes[2])) {
-    Fail(name, "expects dy (4-D float32), workspace (4-D uint8), dx (4-D float32)");
+  const dt act = nparam == 3 ? ActOf(dtypes[0]) : dt::undef;
+  if (nparam != 3 || ndims[0] != 4 || ndims[1] != 4 || ndims[2] != 4 || act == dt::undef ||
+      !IsU8(dtypes[1]) || ActOf(dtypes[2]) != act) {
+    Fail(name, "expects dy (4-D), workspace (4-D uint8), dx (4-D, dy's type: float32 or bfloat16)");
     return 1;
   }
   const int64_t *dy = shapes[0], *dx = shapes[2];
@@ -318,28 +351,101 @@ VGG_NATIVE_EXPORT int FastMaxPool2Bwd(int nparam, void **params, int *ndims, int
     return 1;
   }
   return Guarded(name, [&](Engine &e) {
-    e.MaxPool2Bwd(Dims4(dx), static_cast<const float *>(params[0]), static_cast<const uint8_t *>(params[1]),
-                  static_cast<float *>(params[2]));
+    e.MaxPool2Bwd(Dims4(dx), act, params[0], static_cast<const uint8_t *>(params[1]), params[2]);
   });
 }
 
-// y (blocked) = x (plain NCHW), same shape.
+// y (blocked float32 or bfloat16) = x (plain float32 NCHW), same shape.
 VGG_NATIVE_EXPORT int FastBlock(int nparam, void **params, int *ndims, int64_t **shapes,
                                  const char **dtypes, void *stream, void *extra) {
-  if (nparam != 2 || !AllRank4F32(nparam, ndims, dtypes) || !std::equal(shapes[0], shapes[0] + 4, shapes[1])) {
-    Fail("FastBlock", "expects x, y as 4-D float32 tensors of one shape");
+  const dt act = nparam == 2 ? ActOf(dtypes[1]) : dt::undef;
+  if (nparam != 2 || ndims[0] != 4 || ndims[1] != 4 || !IsF32(dtypes[0]) || act == dt::undef ||
+      !std::equal(shapes[0], shapes[0] + 4, shapes[1])) {
+    Fail("FastBlock", "expects x (float32), y (float32 or bfloat16) as 4-D tensors of one shape");
     return 1;
   }
   return Guarded("FastBlock", [&](Engine &e) {
-    e.Block(Dims4(shapes[0]), static_cast<const float *>(params[0]), static_cast<float *>(params[1]));
+    e.Block(Dims4(shapes[0]), act, static_cast<const float *>(params[0]), params[1]);
   });
 }
 
+namespace {
+
+// x (N,K), w (O,K), b (O), y (N,O): float32, consistent -> shape, or false.
+bool DenseShapeFrom(int nparam, int *ndims, int64_t **shapes, const char **dtypes, const int *order,
+                    dt act, DenseShape *s) {
+  // order: positions of x, w, b, y among the parameters
+  for (int i = 0; i < nparam; ++i)
+    if (!IsF32(dtypes[i])) return false;
+  const int x = order[0], w = order[1], b = order[2], y = order[3];
+  if (ndims[x] != 2 || ndims[w] != 2 || ndims[b] != 1 || ndims[y] != 2) return false;
+  *s = DenseShape{shapes[x][0], shapes[x][1], shapes[w][0], act};
+  return shapes[w][1] == s->k && shapes[b][0] == s->o && shapes[y][0] == s->n && shapes[y][1] == s->o &&
+         s->n > 0 && s->k > 0 && s->o > 0;
+}
+
+int DenseFwdKernel(const char *name, dt act, int nparam, void **params, int *ndims, int64_t **shapes,
+                   const char **dtypes) {
+  static const int order[] = {0, 1, 2, 3};  // x, w, b -> y
+  DenseShape s;
+  if (nparam != 4 || !DenseShapeFrom(nparam, ndims, shapes, dtypes, order, act, &s)) {
+    Fail(name, "expects x (N,K), w (O,K), b (O), y (N,O) float32");
+    return 1;
+  }
+  return Guarded(name, [&](Engine &e) {
+    e.DenseFwd(s, static_cast<const float *>(params[0]), static_cast<const float *>(params[1]),
+               static_cast<const float *>(params[2]), static_cast<float *>(params[3]));
+  });
+}
+
+int DenseBwdKernel(const char *name, dt act, int nparam, void **params, int *ndims, int64_t **shapes,
+                   const char **dtypes) {
+  static const int order[] = {1, 2, 5, 0};  // dy, x, w -> dx, dw, db: b's shape from db, y's from dy
+  DenseShape s;
+  if (nparam != 6 || !DenseShapeFrom(nparam, ndims, shapes, dtypes, order, act, &s) || ndims[3] != 2 ||
+      ndims[4] != 2 || !std::equal(shapes[1], shapes[1] + 2, shapes[3]) ||
+      !std::equal(shapes[2], shapes[2] + 2, shapes[4])) {
+    Fail(name, "expects dy (N,O), x (N,K), w (O,K), dx (N,K), dw (O,K), db (O) float32");
+    return 1;
+  }
+  return Guarded(name, [&](Engine &e) {
+    e.DenseBwd(s, static_cast<const float *>(params[0]), static_cast<const float *>(params[1]),
+               static_cast<const float *>(params[2]), static_cast<float *>(params[3]),
+               static_cast<float *>(params[4]), static_cast<float *>(params[5]));
+  });
+}
+
+}  // namespace
+
+VGG_NATIVE_EXPORT int FastDenseFwdBf16(int nparam, void **params, int *ndims, int64_t **shapes,
+                                        const char **dtypes, void *stream, void *extra) {
+  return DenseFwdKernel("FastDenseFwdBf16", dt::bf16, nparam, params, ndims, shapes, dtypes);
+}
+
+VGG_NATIVE_EXPORT int FastDenseBwdBf16(int nparam, void **params, int *ndims, int64_t **shapes,
+                                        const char **dtypes, void *stream, void *extra) {
+  return DenseBwdKernel("FastDenseBwdBf16", dt::bf16, nparam, params, ndims, shapes, dtypes);
+}
+
+VGG_NATIVE_EXPORT int FastDenseFwdF32(int nparam, void **params, int *ndims, int64_t **shapes,
+                                       const char **dtypes, void *stream, void *extra) {
+  return DenseFwdKernel("FastDenseFwdF32", dt::f32, nparam, params, ndims, shapes, dtypes);
+}
+
+VGG_NATIVE_EXPORT int FastDenseBwdF32(int nparam, void **params, int *ndims, int64_t **shapes,
+                                       const char **dtypes, void *stream, void *extra) {
+  return DenseBwdKernel("FastDenseBwdF32", dt::f32, nparam, params, ndims, shapes, dtypes);
+}
+
+// The bfloat16 instruction set oneDNN runs with ("avx512_core_bf16", "avx512_core_amx", ...),
+// or "" when it has none. Fixes oneDNN's ISA for the process, as FastBlockSize does.
+VGG_NATIVE_EXPORT const char *FastBf16Isa() { return vgg_native::Bf16Isa(); }
+
 // Channel block of the layout the inference chain passes between layers; 0 if none.
 VGG_NATIVE_EXPORT int FastBlockSize() { return Engine::BlockSize(); }
-   
-   // Version of the oneDNN actually loaded, for diagnostics: "3.10.1".
-   VGG_NATIVE_EXPORT const char *FastConvOneDnnVersion() {
+
+// Version of the oneDNN actually loaded, for diagnostics: "3.10.1".
+VGG_NATIVE_EXPORT const char *FastConvOneDnnVersion() {
   static std::string v = [] {
     const dnnl_version_t *ver = dnnl_version();
     return std::to_string(ver->major) + "." + std::to_string(ver->minor) + "." + std::to_string(ver->patch);

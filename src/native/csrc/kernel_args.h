@@ -21,6 +21,11 @@ inline bool IsF32(const char *dtype) {
 
 inline bool IsU8(const char *dtype) { return dtype != nullptr && std::strcmp(dtype, "uint8") == 0; }
 
+inline bool IsBf16(const char *dtype) { return dtype != nullptr && std::strcmp(dtype, "bfloat16") == 0; }
+
+// The activation type a tensor's dtype names: f32, bf16, or undef for anything else.
+inline dt ActOf(const char *dtype) { return IsF32(dtype) ? dt::f32 : IsBf16(dtype) ? dt::bf16 : dt::undef; }
+
 inline void Fail(const char *kernel, const char *why) {
   std::fprintf(stderr, "vgg_native %s: %s\n", kernel, why);
 }

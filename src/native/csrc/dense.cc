@@ -1,0 +1,87 @@
+// Dense layers (y = x w^T + b) on oneDNN's inner product, for the classifier of a network
+// whose feature extractor runs in bfloat16: x, w, b, y and every gradient are float32
+// tensors; inside, x, w and the incoming gradient are cast to the compute type by the
+// reorders into the primitive's layouts, and the primitives write float32 (y, dx, dw, db).
+#include <algorithm>
+
+#include "engine.h"
+
+namespace vgg_native {
+
+void Engine::DenseFwd(const DenseShape &s, const float *x, const float *w, const float *b, float *y) {
+  DensePlan &p = DenseFor(s);
+  memory src = Bind(p.src_f, x, kSrc, true);
+  memory wei = Bind(p.wei_f, w, kWei, true);
+  memory dst = BindOut(p.dst_f, y, kDst);
+  memory scratch = Scratch(p.scratch_bytes);
+  p.fwd.execute(stream_, {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, wei},
+                          {DNNL_ARG_BIAS, memory(p.bias, eng_, const_cast<float *>(b))},
+                          {DNNL_ARG_DST, dst}, {DNNL_ARG_SCRATCHPAD, scratch}});
+  Finish(p.dst_f, dst, y);
+  stream_.wait();
+}
+
+void Engine::DenseBwd(const DenseShape &s, const float *dy, const float *x, const float *w, float *dx,
+                      float *dw, float *db) {
+  DensePlan &p = DenseFor(s);
+  memory scratch = Scratch(p.scratch_bytes);
+  memory ddst_d = Bind(p.ddst_d, dy, kDiffDst, true);
+  memory wei = Bind(p.wei_d, w, kWei, true);
+  memory dsrc = BindOut(p.dsrc_d, dx, kDiffSrc);
+  p.bwd_data.execute(stream_, {{DNNL_ARG_DIFF_DST, ddst_d}, {DNNL_ARG_WEIGHTS, wei},
+                               {DNNL_ARG_DIFF_SRC, dsrc}, {DNNL_ARG_SCRATCHPAD, scratch}});
+  Finish(p.dsrc_d, dsrc, dx);
+  // dy in the compute type is reused when both primitives want it in the same layout
+  const bool shared = p.ddst_w.inner == p.ddst_d.inner;
+  memory ddst_w = shared ? ddst_d : Bind(p.ddst_w, dy, kDst, true);
+  memory src = Bind(p.src_w, x, kSrc, true);
+  memory dwei = BindOut(p.dwei_w, dw, kDiffWei);
+  p.bwd_weights.execute(stream_, {{DNNL_ARG_SRC, src}, {DNNL_ARG_DIFF_DST, ddst_w},
+                                  {DNNL_ARG_DIFF_WEIGHTS, dwei},
+                                  {DNNL_ARG_DIFF_BIAS, memory(p.bias, eng_, db)},
+                                  {DNNL_ARG_SCRATCHPAD, scratch}});
+  Finish(p.dwei_w, dwei, dw);
+  stream_.wait();
+}
+
+DensePlan &Engine::DenseFor(const DenseShape &s) {
+  auto it = dense_.find(s);
+  if (it != dense_.end()) return *it->second;
+  dnnl_threadpool_interop_set_max_concurrency(nthreads_);
+  const memory::dims src_dims = {s.n, s.k}, wei_dims = {s.o, s.k}, dst_dims = {s.n, s.o};
+  const memory::desc any_src(src_dims, s.act, tag::any), any_wei(wei_dims, s.act, tag::any),
+      any_dst(dst_dims, s.act, tag::any);
+  const memory::desc plain_src(src_dims, dt::f32, tag::ab), plain_wei(wei_dims, dt::f32, tag::ab),
+      plain_dst(dst_dims, dt::f32, tag::ab);
+  auto plan = std::make_unique<DensePlan>();
+  plan->bias = memory::desc({s.o}, dt::f32, tag::a);
+  dnnl::primitive_attr attr;
+  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+  // outputs in float32: y, dx and dw straight from the primitives
+  dnnl::inner_product_forward::primitive_desc fpd(eng_, dnnl::prop_kind::forward_training, any_src,
+                                                  any_wei, plan->bias, plain_dst, attr);
+  dnnl::inner_product_backward_data::primitive_desc dpd(eng_, plain_src, any_wei, any_dst, fpd, attr);
+  dnnl::inner_product_backward_weights::primitive_desc wpd(
+      eng_, any_src, memory::desc(wei_dims, dt::f32, tag::any), plan->bias, any_dst, fpd, attr);
+  plan->fwd = dnnl::inner_product_forward(fpd);
+  plan->bwd_data = dnnl::inner_product_backward_data(dpd);
+  plan->bwd_weights = dnnl::inner_product_backward_weights(wpd);
+  plan->src_f = OperandFor(eng_, plain_src, fpd.src_desc(), true, false);
+  plan->wei_f = OperandFor(eng_, plain_wei, fpd.weights_desc(), true, false);
+  plan->dst_f = OperandFor(eng_, plain_dst, fpd.dst_desc(), false, true);
+  plan->ddst_d = OperandFor(eng_, plain_dst, dpd.diff_dst_desc(), true, false);
+  plan->wei_d = OperandFor(eng_, plain_wei, dpd.weights_desc(), true, false);
+  plan->dsrc_d = OperandFor(eng_, plain_src, dpd.diff_src_desc(), false, true);
+  plan->src_w = OperandFor(eng_, plain_src, wpd.src_desc(), true, false);
+  plan->ddst_w = OperandFor(eng_, plain_dst, wpd.diff_dst_desc(), true, false);
+  plan->dwei_w = OperandFor(eng_, plain_wei, wpd.diff_weights_desc(), false, true);
+  plan->scratch_bytes = std::max({fpd.scratchpad_desc().get_size(), dpd.scratchpad_desc().get_size(),
+                                  wpd.scratchpad_desc().get_size()});
+  const memory::dims dims = {s.n, s.k, s.o};
+  Describe("dense forward", dims, s.act, fpd.impl_info_str());
+  Describe("dense backward data", dims, s.act, dpd.impl_info_str());
+  Describe("dense backward weights", dims, s.act, wpd.impl_info_str());
+  return *dense_.emplace(s, std::move(plan)).first->second;
+}
+
+}  // namespace vgg_native

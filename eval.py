@@ -15,6 +15,7 @@ from src.cli import run_entry
 from src.errors import UserError
 from src.evaluation import allreduce_counts, evaluate
 from src.factory import build_dataset, build_network, model_name
+from src.progress import setup_logger
 from src.runtime import setup_runtime
 
 
@@ -137,6 +138,7 @@ def run_eval(config):
         raise UserError(f"pre_trained: {source} does not exist")
     runtime = setup_runtime(config.device_target, config.device_id, config.context_mode,
                             config.is_distributed, seed=config.seed)
+    setup_logger(None, runtime.rank)  # rank 0's console: the precision line, warnings
     if source.lower().endswith(".onnx"):
         return evaluate_onnx_file(config, runtime, source)
     results = evaluate_checkpoints(config, runtime, checkpoints_to_evaluate(source))

@@ -3,6 +3,7 @@
     python predict.py --model=CKPT_OR_MINDIR --image=FILE_OR_FOLDER [--class_names=FILE]
                       [--top_k=5] [--config_path=YAML] [--image_size=H,W]
                       [--device_target=CPU|GPU|Ascend] [--device_id=0]
+                      [--cpu_precision=float32|bfloat16|auto]
 
 Images are prepared by the ImageNet evaluation transform of src/dataset.py at the network's
 input size. A checkpoint's network is described by the config that training stored in it
@@ -23,6 +24,7 @@ import numpy as np
 from src.class_names import CLASS_NAMES_FILE, find_class_names, read_class_names
 from src.cli import run_entry
 from src.errors import UserError
+from src.evaluation import softmax, top_k_indices
 
 IMAGENET_CONFIG = "imagenet2012_config.yaml"
 CONV_WEIGHT = re.compile(r"^features\.\d+\.weight$")
@@ -32,15 +34,13 @@ CONV_WEIGHT = re.compile(r"^features\.\d+\.weight$")
 
 def list_images(path):
     """[path] for an image file, or the images under a folder (sorted, sub-folders too)."""
-    from src.dataset import IMAGE_EXTENSIONS
+    from src.dataset import IMAGE_EXTENSIONS, find_images
 
     if os.path.isfile(path):
         return [path]
     if not os.path.isdir(path):
         raise UserError(f"image: {path} is neither an image file nor a folder")
-    found = sorted(os.path.join(root, name) for root, _, names in os.walk(path)
-                   for name in names
-                   if name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith("."))
+    found = find_images(path)
     if not found:
         raise UserError(f"image: folder {path} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
     return found
@@ -83,13 +83,16 @@ def settings_from_weights(entries, path):
     return overrides
 
 
-def network_config(entries, path, config_path=None, image_size=None):
+def network_config(entries, path, config_path=None, image_size=None, cpu_precision="float32"):
     """(Config, where it came from) for a checkpoint: the config training stored in it, else
     the YAML given, else the ImageNet config fitted to what the weights show."""
     from model_utils.config import get_config
     from src import checkpoint as ckpt
 
-    overrides = ["--native_kernels=off"]  # stock operators: the same on every device
+    # float32: stock operators, the same on every device; bfloat16 (or auto) runs on the
+    # native kernels where the CPU has it (src/native/precision.py)
+    kernels = "off" if cpu_precision == "float32" else "auto"
+    overrides = [f"--native_kernels={kernels}", f"--cpu_precision={cpu_precision}"]
     if image_size:
         overrides.append(f"--image_size={image_size[0]},{image_size[1]}")
     stored = ckpt.checkpoint_meta(entries).get("config_yaml")
@@ -106,7 +109,7 @@ class CheckpointModel:
     """A checkpoint's network in inference mode: array (N,3,H,W) -> [logits]."""
 
     def __init__(self, path, config_path=None, image_size=None, device_target=None,
-                 device_id=0):
+                 device_id=0, cpu_precision="float32"):
         import mindspore as ms
         from mindspore.nn.utils import no_init_parameters
 
@@ -115,7 +118,8 @@ class CheckpointModel:
         from src.runtime import setup_runtime
 
         entries = ckpt.read_checkpoint(path)
-        config, self.source = network_config(entries, path, config_path, image_size)
+        config, self.source = network_config(entries, path, config_path, image_size,
+                                             cpu_precision)
         if device_target is not None:  # else the caller's process has set MindSpore up already
             setup_runtime(device_target, device_id, "graph")
         with no_init_parameters():  # every parameter is loaded next
@@ -130,14 +134,16 @@ class CheckpointModel:
         return [self.net(self._tensor(array)).asnumpy()]
 
 
-def load_predictor(path, config_path=None, image_size=None, device_target=None, device_id=0):
+def load_predictor(path, config_path=None, image_size=None, device_target=None, device_id=0,
+                   cpu_precision="float32"):
     """(model, input shape N,C,H,W, description) for a .ckpt, .mindir or .onnx file."""
     from src import infer_runner
 
     if not os.path.isfile(path):
         raise UserError(f"model: {path} is not a file")
     if path.lower().endswith(".ckpt"):
-        model = CheckpointModel(path, config_path, image_size, device_target, device_id)
+        model = CheckpointModel(path, config_path, image_size, device_target, device_id,
+                                cpu_precision)
         return model, model.input_shape, f"{model.name} (network from {model.source})"
     model = infer_runner.load_model(path, device_target, device_id)
     shape = model.input_shape
@@ -149,15 +155,9 @@ def load_predictor(path, config_path=None, image_size=None, device_target=None, 
 
 # ---------------------------------------------------------------- prediction
 
-def softmax(logits):
-    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
-    return shifted / shifted.sum(axis=-1, keepdims=True)
-
-
 def top_classes(probabilities, k):
     """[(index, probability)] of the k most likely classes, most likely first."""
-    order = np.argsort(-probabilities, kind="stable")[:k]
-    return [(int(i), float(probabilities[i])) for i in order]
+    return [(int(i), float(probabilities[i])) for i in top_k_indices(probabilities, k)]
 
 
 def predict(model, shape, image_paths):
@@ -197,6 +197,11 @@ def parse_args(argv=None):
                         help="H,W network input size when the model does not say")
     parser.add_argument("--device_target", default="CPU", choices=("CPU", "GPU", "Ascend"))
     parser.add_argument("--device_id", type=int, default=0)
+    parser.add_argument("--cpu_precision", default="float32",
+                        choices=("float32", "bfloat16", "auto"),
+                        help="checkpoints on CPU: float32 (stock operators), or bfloat16 "
+                        "through the native kernels (auto: where the CPU has AVX512-BF16 or "
+                        "AMX-BF16)")
     parser.add_argument("--debug", default=None, help="True: full tracebacks")
     args = parser.parse_args(argv)
     if args.top_k < 1:
@@ -217,13 +222,13 @@ def _size_arg(text):
 
 
 def run(model_path, image_path, class_names=None, top_k=5, config_path=None, image_size=None,
-        device_target="CPU", device_id=0):
+        device_target="CPU", device_id=0, cpu_precision="float32"):
     """Print the top_k classes of every image; device_target None keeps the MindSpore setup
     the calling process already made."""
     images = list_images(image_path)
     names_file = find_class_names(model_path, class_names)
     model, shape, description = load_predictor(model_path, config_path, image_size,
-                                               device_target, device_id)
+                                               device_target, device_id, cpu_precision)
     names = None
     for count, (path, probabilities) in enumerate(predict(model, shape, images)):
         if count == 0:
@@ -241,7 +246,7 @@ def run(model_path, image_path, class_names=None, top_k=5, config_path=None, ima
 def main(argv=None):
     args = parse_args(argv)
     run(args.model, args.image, args.class_names, args.top_k, args.config_path,
-        args.image_size, args.device_target, args.device_id)
+        args.image_size, args.device_target, args.device_id, args.cpu_precision)
 
 
 if __name__ == "__main__":

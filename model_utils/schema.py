@@ -1,8 +1,8 @@
 """Every config key the programs understand, in one table: type, help text, allowed values and
 range. model_utils/config.py validates against it; the help and choices parts of the repository
 YAMLs are generated from it (`python -m model_utils.sync_yaml`)."""
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Optional
 
 
 # Range rules: each takes a typed value and says what is wrong with it, or returns None.
@@ -48,7 +48,7 @@ class Key:
     type: type
     help: str
     choices: tuple = ()
-    check: Optional[Callable] = None
+    check: Callable | None = None
     item: type = str
     old_names: tuple = ()
 
@@ -101,6 +101,14 @@ KEYS = (
         "BatchNorm+ReLU, pooling, optimizer): auto (when built), on, off; the environment "
         "variable VGG_NATIVE_KERNELS=0 turns them off (old key name: fast_conv)",
         choices=("auto", "on", "off"), old_names=("fast_conv",)),
+    Key("cpu_precision", str,
+        "CPU compute precision: float32; bfloat16 (convolutions, BatchNorm+ReLU, pooling and "
+        "dense layers computed in bfloat16 by the native oneDNN kernels on AVX512-BF16/AMX; "
+        "weights, optimizer state, BatchNorm statistics and loss stay float32, checkpoints are "
+        "unchanged, no loss scale is needed); auto: bfloat16 where the CPU has AVX512-BF16 or "
+        "AMX-BF16 and the native kernels run, else float32. Where bfloat16 cannot run, float32 "
+        "is used and one log line says why (amp_level applies to GPU/Ascend only)",
+        choices=("float32", "bfloat16", "auto")),
 
     # optimisation
     Key("lr", float,

@@ -50,9 +50,15 @@ def layer_cells_for(config, device_target):
 
 
 def build_network(config, device_target="CPU", num_classes=None):
-    """The VGG variant the config describes."""
+    """The VGG variant the config describes; on CPU in the precision cpu_precision resolves to
+    (src/native/precision.py, which logs it in one line)."""
     builder = getattr(vgg, model_name(config))
-    return builder(**layer_cells_for(config, device_target), **network_kwargs(config, num_classes))
+    net = builder(**layer_cells_for(config, device_target), **network_kwargs(config, num_classes))
+    if device_target == "CPU":
+        from src.native.precision import apply_cpu_precision
+
+        apply_cpu_precision(net, config.get("cpu_precision", "float32"))
+    return net
 
 
 def build_dataset(config, training, runtime=None, epoch=0, start_step=0, batch_size=None,

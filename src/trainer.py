@@ -118,7 +118,8 @@ def build_optimizer(net, config, lr_per_step, loss_scale, device_target="CPU"):
     import mindspore as ms
 
     groups, decay_by_name = [], {}
-    for (is_feature, decayed), params in split_parameter_groups(net, config.freeze_features).items():
+    groups_by_kind = split_parameter_groups(net, config.freeze_features)
+    for (is_feature, decayed), params in groups_by_kind.items():
         scale = config.features_lr_scale if is_feature else 1.0
         groups.append({"params": params, "lr": ms.Tensor(lr_per_step * scale, ms.float32)})
         decay_by_name.update((p.name, config.weight_decay if decayed else 0.0) for p in params)
@@ -212,11 +213,10 @@ def choose_precision(config, device_target, log):
     """(amp_level, loss_scale_type) that will actually be used, logged when it differs."""
     amp_level, scale_type = config.amp_level, config.loss_scale_type
     if device_target == "CPU":
+        # the CPU precision (float32 or bfloat16) is cpu_precision's, logged with the network
         if amp_level != "O0":
-            log.info("precision: float32 on CPU (amp_level %s asked; float16 is slower than "
-                     "float32 on CPU and bfloat16 has no CPU kernels)", amp_level)
-        else:
-            log.info("precision: float32")
+            log.info("amp_level %s ignored on CPU (float16 is slower than float32 there; "
+                     "bfloat16 is chosen by cpu_precision)", amp_level)
         if scale_type == "dynamic":
             log.info("loss scale: fixed %.1f on CPU (dynamic loss scaling is not supported "
                      "there; float32 needs none)", config.loss_scale)

@@ -468,14 +468,9 @@ def bound(check):
 
 
 def cpu_flags():
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            for line in handle:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
+    from src.native.precision import cpu_flags as flags  # here: workers run this file as a script
+
+    return flags()
 
 
 def has_bf16_cpu():

@@ -76,7 +76,25 @@ compound the per-kernel errors. Observed at most 2.4e-6."""
 CHAIN_GRAD_RTOL = 1e-4
 """Parameter gradients through the chain: the backward pass crosses every layer (each
 BatchNorm backward subtracts batch means of products, which cancels digits) and ends in a
-reduction over N*H*W. Observed at most 9.5e-6."""
+reduction over N*H*W. Observed at most 9.5e-6 where no ReLU flips (below)."""
+CHAIN_PERTURBATION = 1e-5
+"""Inside the chain the BatchNorm+ReLU inputs cannot be kept away from 0 as in the per-kernel
+check: a pre-ReLU value within rounding of 0 is passed by one side and blocked by the other,
+and one such flip moves a parameter gradient by a whole cotangent term. The expected number
+of flips grows with the values per layer: about 0.6 at 1x16x224x224 (where one flip gave
+1e-3 to 3e-2, and the 1e-4 bound failed in some runs), about 0.05 at 1x16x64x64, fewer
+below. So each chain case also measures stock MindSpore against itself, its input and
+parameters moved by this relative amount (about the native-vs-stock BatchNorm difference on
+AVX-512, 1.5e-5), with two seeds: the gradient change that the same near-zero values
+produce with no kernel difference at all."""
+CHAIN_SENSITIVITY_FACTOR = 3.0
+"""A chain gradient's bound is max(CHAIN_GRAD_RTOL, this x the stock sensitivity above): it
+stays CHAIN_GRAD_RTOL up to 64x64 (sensitivity at most 3.3e-5, native at most 5.6e-6 there)
+and widens only where stock itself is that unstable, at 224x224: sensitivity 2.0e-3 to
+5.3e-3 for the data drawn now, where native happens to show no flip (at most 9.3e-6); on
+other data the sensitivity was 1.1e-2 to 5.3e-2 and native 6.8e-3 to 3.1e-2 (both ISAs).
+Mistakes show at every size, so the small cases and the per-kernel 224x224 checks still
+catch them at the strict bounds."""
 POOL_RTOL = 0.0
 """Max pooling selects (forward) and routes (backward) values without arithmetic: exact."""
 OPTIMIZER_RTOL = 1e-6
@@ -130,6 +148,7 @@ def _worker(out_path):
     from mindspore import nn, ops
 
     ms.set_context(mode=ms.GRAPH_MODE, device_target="CPU")
+    ms.set_seed(2024)  # the cells' initial weights, so that a run can be repeated
     # graph mode resolves names used in the cells defined below among this module's globals
     globals().update(ms=ms, nn=nn, ops=ops)
     from src import native
@@ -144,9 +163,12 @@ def _worker(out_path):
     def tensor(shape, scale=1.0, offset=0.0):
         return ms.Tensor((rng.standard_normal(shape) * scale + offset).astype(np.float32))
 
-    def record(kernel, case, native_value, stock_value, refs):
-        report["checks"].append({"kernel": kernel, "case": case, "reference_kernels": refs,
-                                 "err": rel_err(native_value, stock_value)})
+    def record(kernel, case, native_value, stock_value, refs, sensitivity=None):
+        check = {"kernel": kernel, "case": case, "reference_kernels": refs,
+                 "err": rel_err(native_value, stock_value)}
+        if sensitivity is not None:
+            check["stock_sensitivity"] = sensitivity
+        report["checks"].append(check)
 
     def run(kernel, case, fn):
         before = native.reference_kernels()
@@ -156,8 +178,8 @@ def _worker(out_path):
             report["failures"].append(f"{kernel} {case}: {traceback.format_exc(limit=-3)[:3000]}")
             return
         refs = native.reference_kernels() - before
-        for name, a, b in results:
-            record(name, case, a, b, refs)
+        for name, a, b, *sensitivity in results:
+            record(name, case, a, b, refs, *sensitivity)
 
     def copy_params(dst, src_cell):
         for p_dst, p_src in zip(dst.get_parameters(), src_cell.get_parameters()):
@@ -368,6 +390,7 @@ def _worker(out_path):
         ((4, 3, 32, 32), ((16, 0.9, True), (32, 0.9, True), (48, 0.7, True))),
         ((2, 5, 2, 2), ((16, 0.9, False), (32, 0.5, True))),
         ((1, 17, 8, 8), ((32, 0.9, True), (16, 0.9, False), (16, 0.8, True))),
+        ((1, 3, 64, 64), ((16, 0.9, True), (16, 0.9, True))),
         ((1, 3, 224, 224), ((16, 0.9, True), (16, 0.9, True))),
     ]
     for shape, groups in chain_cases:
@@ -383,6 +406,7 @@ def _worker(out_path):
                 elif "moving_mean" in p.name or "beta" in p.name:
                     p.set_data(ms.Tensor(rng.normal(0, 0.3, p.shape).astype(np.float32)))
             copy_params(fast, stock)
+            start = {p.name: p.asnumpy() for p in stock.get_parameters()}
             fast.set_train(True)
             stock.set_train(True)
             x = tensor(shape, 1.5, 0.5)
@@ -390,11 +414,27 @@ def _worker(out_path):
                                 grad_position=None)
             s = value_and_grads(single(stock), stock.trainable_params(), x,
                                 grad_position=None)
+            sensitivity = [0.0] * len(s[2])
+            for seed in (1, 2):  # stock against itself, moved by CHAIN_PERTURBATION
+                noise = np.random.default_rng(seed)
+
+                def moved(v, noise=noise):
+                    return ms.Tensor((v * (1 + CHAIN_PERTURBATION * noise.uniform(
+                        -1, 1, v.shape))).astype(np.float32))
+
+                probe = nn.SequentialCell(layers(nn.Conv2d, shape[1], groups))
+                for p in probe.get_parameters():
+                    p.set_data(moved(start[p.name]))
+                probe.set_train(True)
+                m = value_and_grads(single(probe), probe.trainable_params(),
+                                    moved(x.asnumpy()), grad_position=None)
+                sensitivity = [max(old, rel_err(g, b)) for old, g, b in
+                               zip(sensitivity, m[2], s[2])]
             checks = [("chain_forward", f[0][0], s[0][0])]
             names = [p.name for p in stock.trainable_params()]
-            for name, a, b in zip(names, f[2], s[2]):
+            for name, a, b, moved_by in zip(names, f[2], s[2], sensitivity):
                 kind = "conv_weight" if "weight" in name else name.rsplit(".", 1)[-1]
-                checks.append((f"chain_grad_{kind}", a, b))
+                checks.append((f"chain_grad_{kind}", a, b, moved_by))
             for a, b in zip(fast.get_parameters(), stock.get_parameters()):
                 if "moving" in a.name:  # updated by the forward pass above
                     checks.append((f"chain_{a.name.rsplit('.', 1)[-1]}", a.asnumpy(), b.asnumpy()))
@@ -474,6 +514,13 @@ GROUPS = {
 }
 
 
+def bound(check):
+    """The bound of one recorded check: BOUNDS, or for a chain gradient at least
+    CHAIN_SENSITIVITY_FACTOR times stock's own sensitivity (see CHAIN_PERTURBATION)."""
+    fixed = BOUNDS[check["kernel"]]
+    return max(fixed, CHAIN_SENSITIVITY_FACTOR * check.get("stock_sensitivity", 0.0))
+
+
 def cpu_flags():
     from src.native.precision import cpu_flags as flags  # here: workers run this file as a script
 
@@ -525,8 +572,8 @@ def test_worker_ran_the_requested_isa(measured):
 def test_kernel_matches_stock(measured, group):
     checks = [c for c in measured["checks"] if c["kernel"] in GROUPS[group]]
     assert {c["kernel"] for c in checks} == set(GROUPS[group]), measured["failures"]
-    over = [f"{c['kernel']} {c['case']}: {c['err']:.3g} > {BOUNDS[c['kernel']]:g}"
-            for c in checks if not c["err"] <= BOUNDS[c["kernel"]]]
+    over = [f"{c['kernel']} {c['case']}: {c['err']:.3g} > {bound(c):g}"
+            for c in checks if not c["err"] <= bound(c)]
     assert not over, "\n".join(over)
 
 

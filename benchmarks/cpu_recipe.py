@@ -63,13 +63,16 @@ def main():
     parser.add_argument("--holdout", type=int, default=5000)
     parser.add_argument("--work", default="runs/cpu_recipe")
     parser.add_argument("--out_dir", default=os.path.join(HERE, "results"))
+    parser.add_argument("--resume", action="store_true",
+                        help="continue an interrupted run of the same --work/--epochs "
+                             "(adds --resume=auto to the training command)")
     args = parser.parse_args()
     work = os.path.abspath(args.work)
     data, n_train = split_holdout(args.cifar_dir, work, args.holdout)
     run_dir = os.path.join(work, f"ep{args.epochs}")
     common = [f"--config_path={CONFIG}", f"--data_dir={data}"]
     train_cmd = [sys.executable, "train.py", *common, f"--max_epoch={args.epochs}",
-                 f"--ckpt_path={run_dir}"]
+                 f"--ckpt_path={run_dir}"] + (["--resume=auto"] if args.resume else [])
     args.train_command = shown(train_cmd)
     train = run(train_cmd, os.path.join(work, f"train_ep{args.epochs}.log"))
     last = max(glob.glob(os.path.join(run_dir, "vgg16_bn-*_*.ckpt")), key=os.path.getmtime)

@@ -1,109 +1,32 @@
-"""Training: optimiser and train step from a config, and an epoch loop that checkpoints,
-resumes exactly, logs progress and stops cleanly on a bad loss or Ctrl-C."""
+"""Training: optimiser and train step from a config, and the epoch loop (class Trainer) that
+checkpoints, resumes exactly, logs progress and stops cleanly on a bad loss or Ctrl-C."""
 import logging
 import math
 import os
 import signal
 import time
-from dataclasses import dataclass
 
 import numpy as np
 
-from src import checkpoint as ckpt
 from src.errors import UserError
-from src.evaluation import allreduce_counts, evaluate
 from src.lr_schedule import learning_rates
 from src.mixing import mixer_from_config
+from src.momentum import (
+    decayed_momentum_class,
+    fused_momentum_class,
+    nesterov_momentum_class,
+    split_parameter_groups,
+)
 from src.progress import MetricsCSV, StepTimer, format_duration, plot_metrics
-
-
-def split_parameter_groups(net, freeze_features=False):
-    """Trainable parameters split by (feature extractor?, weight-decayed?).
-
-    Conv and dense weights (rank > 1) get weight decay; BatchNorm gamma/beta and biases
-    (rank 1) do not. Frozen feature parameters are excluded from training altogether.
-    """
-    if freeze_features:
-        for param in net.get_parameters():
-            if param.name.startswith("features."):
-                param.requires_grad = False
-    groups = {}
-    for param in net.trainable_params():
-        key = (param.name.startswith("features."), len(param.shape) > 1)
-        groups.setdefault(key, []).append(param)
-    return groups
-
-
-def _decayed_momentum_class():
-    """nn.Momentum whose weight decay is one fused ``g + wd * w`` per parameter.
-
-    nn.Momentum adds weight decay as ``AddN(w * wd, g)``: two passes over every weight and
-    a temporary, about 45 ms a step for VGG16's 34 M parameters on 2 CPU cores (the
-    momentum update itself takes about as long). ``mint.add(g, w, alpha=wd)`` does it in
-    one pass. Same update, same state (``moments.*``), so checkpoints are unchanged.
-
-    nn.Momentum.construct calls decay_weight before scale_grad divides the gradients by
-    ``loss_scale``, so the gradients decay_weight sees are still multiplied by the loss
-    scale. As nn.Optimizer does for its own weight decay (``_preprocess_weight_decay``), the
-    decay is therefore stored multiplied by loss_scale: ``(s*g + s*wd*w) / s = g + wd*w``,
-    exactly so for a power-of-two s. (With a dynamic loss scale the train-step cell unscales
-    the gradients itself and the optimizer is built with loss_scale 1.)"""
-    from mindspore import mint, nn
-
-    class DecayedMomentum(nn.Momentum):
-        def __init__(self, params, learning_rate, momentum, loss_scale, decay_by_name):
-            super().__init__(params, learning_rate=learning_rate, momentum=momentum,
-                             loss_scale=loss_scale)
-            self.decay_values = tuple(float(decay_by_name[p.name]) * self.loss_scale
-                                      for p in self._parameters)
-
-        def decay_weight(self, gradients):
-            decayed = ()
-            for decay, weight, gradient in zip(self.decay_values, self._parameters, gradients):
-                if decay:
-                    gradient = mint.add(gradient, weight, alpha=decay)
-                decayed += (gradient,)
-            return decayed
-
-    return DecayedMomentum
-
-
-def _nesterov_momentum_class():
-    """DecayedMomentum with the Nesterov update, PyTorch's SGD(nesterov=True) without
-    dampening: ``accum = momentum * accum + g; w -= lr * (g + momentum * accum)``.
-
-    Written out in MindSpore ops because MindSpore 2.10's CPU ApplyMomentum ignores its
-    use_nesterov flag (measured: the same update with and without it), and the native
-    FastMomentumUpdate kernel has no Nesterov form. Same state (``moments.*``) and the same
-    loss-scale-aware weight decay as DecayedMomentum."""
-    from mindspore import ops
-
-    update = ops.MultitypeFuncGraph("nesterov_update")
-
-    @update.register("Tensor", "Tensor", "Tensor", "Tensor", "Tensor")
-    def _update(momentum, lr, gradient, weight, accum):
-        accum_new = ops.assign(accum, accum * momentum + gradient)
-        return ops.assign(weight, weight - lr * (gradient + momentum * accum_new))
-
-    class NesterovMomentum(_decayed_momentum_class()):
-        def construct(self, gradients):
-            gradients = self.scale_grad(self.decay_weight(gradients))
-            lr = self.get_lr()
-            self.assignadd(self.global_step, self.global_step_increase_tensor)
-            if self.is_group_lr:
-                return self.hyper_map(ops.partial(update, self.momentum), lr, gradients,
-                                      self.params, self.moments)
-            return self.hyper_map(ops.partial(update, self.momentum, lr), gradients,
-                                  self.params, self.moments)
-
-    return NesterovMomentum
-
-
-def _fused_momentum_class():
-    """The native optimizer (src/native/optimizer.py), imported when it is chosen."""
-    from src.native.optimizer import FusedMomentum
-
-    return FusedMomentum
+from src.train_loss import DropoutMasks, create_loss_cell, uses_dropout
+from src.training_checkpoints import (
+    Position,
+    RunPaths,  # noqa: F401  (train.py imports it from here)
+    TrainingCheckpoints,
+    restore_train_state,  # noqa: F401  (tests import it from here)
+)
+from src.training_ema import TrainingEMA, training_state  # noqa: F401  (tests: training_state)
+from src.training_eval import TrainingEvaluator
 
 
 def _fused_optimizer_usable(config, device_target):
@@ -133,80 +56,10 @@ def build_optimizer(net, config, lr_per_step, loss_scale, device_target="CPU"):
             logging.getLogger("vgg").info(
                 "optimizer: Nesterov momentum in MindSpore ops instead of the native "
                 "FastMomentumUpdate kernel, which has no Nesterov form")
-        cls = _nesterov_momentum_class()
+        cls = nesterov_momentum_class()
     else:
-        cls = _fused_momentum_class() if fused else _decayed_momentum_class()
+        cls = fused_momentum_class() if fused else decayed_momentum_class()
     return cls(groups, rates, config.momentum, loss_scale, decay_by_name)
-
-
-def uses_dropout(net):
-    """True when the network's classifier has active Dropout layers."""
-    from mindspore import nn
-
-    if not getattr(net, "include_top", False):
-        return False
-    return any(isinstance(cell, nn.Dropout) for cell in net.classifier.cells())
-
-
-class DropoutMasks:
-    """Host-made dropout masks, a pure function of (seed, rank, global step).
-
-    MindSpore's Dropout kernels keep their random state inside the compiled graph, where a
-    checkpoint cannot reach it; masks made here from the step number make a resumed run
-    draw exactly the masks the uninterrupted run would have drawn. With gradient
-    accumulation the step is the batch (micro-batch) count, so each batch of an
-    accumulation window draws its own masks.
-    """
-
-    def __init__(self, seed, rank, p=0.5, width=4096):
-        self.seed, self.rank, self.p, self.width = seed, rank, p, width
-
-    def __call__(self, global_step, batch):
-        import mindspore as ms
-
-        rng = np.random.default_rng([self.seed, self.rank, global_step])
-        keep = 1.0 - self.p
-        masks = (rng.random((2, batch, self.width), dtype=np.float32) < keep) / keep
-        return ms.Tensor(masks[0].astype(np.float32)), ms.Tensor(masks[1].astype(np.float32))
-
-
-def create_loss_cell(net, label_smoothing, masked_dropout):
-    """Cell computing the loss in float32 whatever the network's precision.
-
-    With masked_dropout the classifier's two dropouts take the masks passed in (see
-    DropoutMasks) instead of drawing their own.
-    """
-    import mindspore as ms
-    from mindspore import nn, ops
-
-    class NetWithLoss(nn.Cell):
-        def __init__(self):
-            super().__init__(auto_prefix=False)
-            self.network = net
-            self.loss = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
-
-        def construct(self, image, label):
-            logits = ops.cast(self.network(image), ms.float32)
-            return self.loss(logits, label)
-
-    class NetWithMaskedDropoutLoss(nn.Cell):
-        def __init__(self):
-            super().__init__(auto_prefix=False)
-            self.network = net
-            self.loss = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
-            self.relu = nn.ReLU()
-
-        def construct(self, image, label, mask1, mask2):
-            head = self.network.classifier
-            x = self.network.forward_features(image)
-            x = self.relu(head[0](x))
-            x = x * ops.cast(mask1, x.dtype)
-            x = self.relu(head[3](x))
-            x = x * ops.cast(mask2, x.dtype)
-            logits = ops.cast(head[6](x), ms.float32)
-            return self.loss(logits, label)
-
-    return NetWithMaskedDropoutLoss() if masked_dropout else NetWithLoss()
 
 
 def choose_precision(config, device_target, log):
@@ -264,7 +117,7 @@ def compose_train_step(net, config, lr_per_step, device_target, amp_level, scale
     scale_grad) inside its update. dynamic: TrainOneStepWithLossScaleCell divides the
     gradients by its current scale itself and skips the update on overflow; the optimizer is
     built with loss_scale 1. Either way weight decay must end up added to unscaled gradients
-    (see _decayed_momentum_class).
+    (see src/momentum.py).
 
     clip_grad_norm and accumulate_steps replace these cells with those of src/train_steps.py.
 
@@ -315,57 +168,6 @@ def _step_cell(with_loss, make_optimizer, config, scale_type):
     return nn.TrainOneStepCell(with_loss, make_optimizer(scale), sens=scale)
 
 
-@dataclass
-class Position:
-    """Where training stands: completed epochs, steps done in the current one, total steps."""
-    epoch: int = 0
-    step_in_epoch: int = 0
-    global_step: int = 0
-
-
-@dataclass
-class RunPaths:
-    run_dir: str
-    ckpt_dir: str
-    prefix: str
-    writes_checkpoints: bool
-
-    @property
-    def metrics_csv(self):
-        return os.path.join(self.ckpt_dir, "metrics.csv")
-
-
-def resume_position(entries, path, steps_per_epoch, accumulate_steps=1):
-    meta = ckpt.checkpoint_meta(entries)
-    if meta.get("accumulate_steps", 1) != accumulate_steps:
-        raise UserError(f"checkpoint {path} was made with accumulate_steps="
-                        f"{meta['accumulate_steps']}, this run has {accumulate_steps}; resume "
-                        "with the same accumulate_steps")
-    if "global_step" not in meta:
-        raise UserError(f"checkpoint {path} has no training position (epoch/step); use it "
-                        "with --pre_trained instead of --resume")
-    if meta.get("steps_per_epoch", steps_per_epoch) != steps_per_epoch:
-        raise UserError(f"checkpoint {path} was made with {meta['steps_per_epoch']} steps per "
-                        f"epoch, this run has {steps_per_epoch}; resume with the same data "
-                        "and batch_size")
-    return Position(int(meta["epoch"]), int(meta["step_in_epoch"]), int(meta["global_step"]))
-
-
-def restore_train_state(train_step, entries, path):
-    """Load network, momentum and step counter (the learning-rate position) from a checkpoint."""
-    import mindspore as ms
-
-    names = {p.name for p in train_step.get_parameters()}
-    state = {k: v for k, v in entries.items()
-             if k in names and "learning_rate" not in k}
-    missing = sorted(names - set(state) - {n for n in names if "learning_rate" in n})
-    if missing:
-        raise UserError(f"checkpoint {path} cannot resume this run: {len(missing)} training "
-                        f"state entries missing ({', '.join(missing[:3])})")
-    with ckpt.quiet_mindspore():  # the schedule is rebuilt from the config, not loaded
-        ms.load_param_into_net(train_step, state, strict_load=True)
-
-
 class StopRequest:
     """Ctrl-C (SIGINT) as a request that the loop honours between steps.
 
@@ -392,29 +194,9 @@ def usable_batches(batches, accumulate_steps):
     return usable
 
 
-def ema_from_config(config, net):
-    """A WeightEMA of net when ema_decay is set, else None."""
-    if not config.get("ema_decay", 0.0):
-        return None
-    from src.ema import WeightEMA
-
-    return WeightEMA(net, config.ema_decay, config.get("ema_warmup", False))
-
-
-def training_state(train_step, ema):
-    """The cell a training checkpoint holds: the train step (network, optimizer, loss scale,
-    accumulated gradients) and, with EMA, the averages (``ema.*``)."""
-    if ema is None:
-        return train_step
-    from mindspore import nn
-
-    state = nn.Cell(auto_prefix=False)
-    state.train_step, state.ema = train_step, ema
-    return state
-
-
 class Trainer:
-    """Runs the epochs of one training job."""
+    """Runs the epochs of one training job; checkpoints (src/training_checkpoints.py), the
+    EMA (src/training_ema.py) and evaluation (src/training_eval.py) are its parts."""
 
     def __init__(self, config, runtime, net, make_dataset, steps_per_epoch, paths, log,
                  config_yaml="", eval_dataset_fn=None):
@@ -428,48 +210,30 @@ class Trainer:
         self.steps_per_epoch = usable_batches(steps_per_epoch, self.accumulate)
         self.paths = paths
         self.log = log
-        self.config_yaml = config_yaml
-        self.eval_dataset_fn = eval_dataset_fn
         self.lr = learning_rates(config, self.steps_per_epoch // self.accumulate)
         self.train_step = build_train_step(net, config, self.lr, runtime.device_target, log)
         self.dropout_masks = DropoutMasks(config.seed, runtime.rank) if uses_dropout(net) \
             else None
         self.mixer = mixer_from_config(config, runtime.rank)
-        self.ema = ema_from_config(config, net)
-        self.state = training_state(self.train_step, self.ema)
+        self.ema = TrainingEMA(config, net)
+        self.checkpoints = TrainingCheckpoints(
+            self.ema.training_state(self.train_step), paths, self.steps_per_epoch,
+            self.accumulate, config.keep_checkpoint_max, config_yaml, self.ema)
+        self.evaluator = TrainingEvaluator(config, net, eval_dataset_fn, runtime.group_size,
+                                           self.ema, self.checkpoints, log)
         self.window_losses = []
         self.position = Position()
-        self.best_acc = -1.0
-        self.last_checkpoint = None
         self.stop = StopRequest()
 
     # --- checkpoints -------------------------------------------------------------------
     def save(self, position, reason):
-        if not self.paths.writes_checkpoints:
-            return None
-        epoch_1based = position.epoch + (1 if position.step_in_epoch else 0)
-        step = position.step_in_epoch or self.steps_per_epoch
-        path = os.path.join(self.paths.ckpt_dir,
-                            ckpt.checkpoint_name(self.paths.prefix, epoch_1based, step))
-        ckpt.save_checkpoint(self.state, path, {
-            "epoch": position.epoch, "step_in_epoch": position.step_in_epoch,
-            "global_step": position.global_step, "steps_per_epoch": self.steps_per_epoch,
-            "accumulate_steps": self.accumulate, "arch": self.paths.prefix,
-            "config_yaml": self.config_yaml})
-        if self.ema is not None:  # the averaged weights alone, for eval.py and export.py
-            ckpt.save_checkpoint(self.ema.weights_only(), self._weights_path("ema"), {
-                "epoch": position.epoch, "global_step": position.global_step,
-                "arch": self.paths.prefix, "config_yaml": self.config_yaml})
-        ckpt.prune_checkpoints(self.paths.ckpt_dir, self.config.keep_checkpoint_max)
-        self.last_checkpoint = path
-        self.log.info("saved checkpoint %s (%s)", path, reason)
+        path = self.checkpoints.save(position)
+        if path is not None:
+            self.log.info("saved checkpoint %s (%s)", path, reason)
         return path
 
     def resume_from(self, path):
-        entries = ckpt.read_checkpoint(path)
-        self.position = resume_position(entries, path, self.steps_per_epoch, self.accumulate)
-        restore_train_state(self.state, entries, path)
-        self.last_checkpoint = path
+        self.position = self.checkpoints.resume(path)
         self.log.info("resumed from %s at epoch %d, step %d (global step %d, lr %.6f)", path,
                       self.position.epoch + 1, self.position.step_in_epoch,
                       self.position.global_step, self._lr_at(self.position.global_step))
@@ -478,10 +242,6 @@ class Trainer:
         """The rate of the optimizer step that batch number global_step belongs to."""
         index = global_step // self.accumulate
         return float(self.lr[min(index, len(self.lr) - 1)])
-
-    def _weights_path(self, kind):
-        """<run folder>/<arch>-<kind>.ckpt: weights-only files (best, ema)."""
-        return os.path.join(self.paths.ckpt_dir, f"{self.paths.prefix}-{kind}.ckpt")
 
     # --- the loop ----------------------------------------------------------------------
     def train(self):
@@ -504,8 +264,7 @@ class Trainer:
                 pos.epoch, pos.step_in_epoch = pos.epoch + 1, 0
                 if pos.epoch % config.ckpt_interval == 0 or pos.epoch == config.max_epoch:
                     self.save(pos, f"epoch {pos.epoch}")
-                if config.eval_interval and pos.epoch % config.eval_interval == 0:
-                    self._evaluate(pos, metrics)
+                self.evaluator.after_epoch(pos, metrics)
         except KeyboardInterrupt:
             self.log.info("interrupted at epoch %d step %d; saving the current state",
                           pos.epoch + 1, pos.step_in_epoch)
@@ -530,7 +289,7 @@ class Trainer:
             steps_this_run += 1
             timer.tick()
             if not math.isfinite(loss):
-                kept = self.last_checkpoint or "none was written yet"
+                kept = self.checkpoints.last or "none was written yet"
                 raise UserError(f"loss is {loss} at epoch {pos.epoch + 1} step "
                                 f"{pos.step_in_epoch} (global step {pos.global_step}); "
                                 f"stopped; last good checkpoint: {kept}; try a lower lr")
@@ -569,8 +328,8 @@ class Trainer:
             if self.accumulate > 1:
                 overflow = self.train_step.apply_update()
             skipped = overflow is not None and bool(overflow.asnumpy())  # dynamic loss scale
-            if self.ema is not None and not skipped:
-                self.ema()
+            if not skipped:
+                self.ema.update()
             self.window_losses = []
         return mean
 
@@ -597,40 +356,3 @@ class Trainer:
             metrics.add(epoch=pos.epoch + 1, global_step=pos.global_step,
                         loss=f"{loss:.6f}", lr=f"{lr:.8f}",
                         images_per_sec=f"{images_per_sec:.1f}")
-
-    def _eval_counts(self):
-        local = evaluate(self.net, self.eval_dataset_fn(),
-                         flip_tta=self.config.get("eval_flip_tta", False))
-        return allreduce_counts(local, self.runtime.group_size)
-
-    def _evaluate(self, pos, metrics):
-        """Evaluate the weights, and the EMA weights when on; the best checkpoint is chosen
-        on (and holds) the EMA weights when they are on."""
-        counts = self._eval_counts()
-        self.log.info("eval after epoch %d: top1 %.4f top5 %.4f (%d images, %.1f img/s)",
-                      pos.epoch, counts.acc, counts.acc5, counts.total,
-                      counts.images_per_second)
-        row = {"eval_top1": f"{counts.acc:.6f}", "eval_top5": f"{counts.acc5:.6f}"}
-        chosen = counts
-        if self.ema is not None:
-            with self.ema.applied():
-                chosen = self._eval_counts()
-            self.log.info("eval (EMA) after epoch %d: top1 %.4f top5 %.4f", pos.epoch,
-                          chosen.acc, chosen.acc5)
-            row.update(ema_top1=f"{chosen.acc:.6f}", ema_top5=f"{chosen.acc5:.6f}")
-        if metrics is not None:
-            metrics.add(epoch=pos.epoch, global_step=pos.global_step, **row)
-        if chosen.acc > self.best_acc and self.paths.writes_checkpoints:
-            self._save_best(pos, chosen.acc)
-        return counts
-
-    def _save_best(self, pos, acc):
-        """<arch>-best.ckpt: the weights that scored best (the averages when EMA is on)."""
-        self.best_acc = acc
-        best = self._weights_path("best")
-        weights = self.net if self.ema is None else self.ema.weights_only()
-        ckpt.save_checkpoint(weights, best, {"epoch": pos.epoch, "global_step": pos.global_step,
-                                             "arch": self.paths.prefix,
-                                             "config_yaml": self.config_yaml})
-        self.log.info("new best top1 %.4f%s: %s", acc, " (EMA weights)" if self.ema else "",
-                      best)

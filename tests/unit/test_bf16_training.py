@@ -47,12 +47,10 @@ SAME_KERNELS_RTOL = 1e-4
 
 
 def has_bf16_cpu():
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            flags = next((line for line in handle if line.startswith("flags")), "")
-    except OSError:
-        return False
-    return bool({"avx512_bf16", "amx_bf16"} & set(flags.split()))
+    # imported here: workers run this file as a script, before ROOT is on sys.path
+    from src.native.precision import cpu_flags
+
+    return bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
 
 
 # ================================================================ worker

@@ -1,0 +1,61 @@
+"""The EMA of a training run (ema_decay): the averages (src/ema.py) updated after each
+optimizer step, resumed with the training checkpoint that holds them, written alone beside
+it as <arch>-ema.ckpt, and swapped into the network to be evaluated."""
+
+
+def ema_from_config(config, net):
+    """A WeightEMA of net when ema_decay is set, else None."""
+    if not config.get("ema_decay", 0.0):
+        return None
+    from src.ema import WeightEMA
+
+    return WeightEMA(net, config.ema_decay, config.get("ema_warmup", False))
+
+
+def training_state(train_step, ema):
+    """The cell a training checkpoint holds: the train step (network, optimizer, loss scale,
+    accumulated gradients) and, with EMA, the averages (``ema.*``)."""
+    if ema is None:
+        return train_step
+    from mindspore import nn
+
+    state = nn.Cell(auto_prefix=False)
+    state.train_step, state.ema = train_step, ema
+    return state
+
+
+class TrainingEMA:
+    """The averaged weights beside the raw ones; every method is a no-op (or says there is
+    nothing) when ema_decay is 0, so the loop need not ask."""
+
+    def __init__(self, config, net):
+        self.averages = ema_from_config(config, net)  # a WeightEMA, or None
+
+    @property
+    def on(self):
+        return self.averages is not None
+
+    def training_state(self, train_step):
+        """What a training checkpoint holds, so that a resumed run continues the average."""
+        return training_state(train_step, self.averages)
+
+    def update(self):
+        """Fold the weights of the optimizer step just taken into the averages."""
+        if self.on:
+            self.averages()
+
+    def save(self, checkpoints, position):
+        """The averages alone under the network's names (<arch>-ema.ckpt), for eval.py and
+        export.py; checkpoints: a TrainingCheckpoints."""
+        if self.on:
+            checkpoints.save_weights(self.averages.weights_only(), "ema", position)
+
+    def evaluate(self, count):
+        """count() run with the averages in the network (the raw weights back afterwards,
+        bit for bit)."""
+        with self.averages.applied():
+            return count()
+
+    def chosen_weights(self, net):
+        """The weights a best checkpoint holds: the averages when on, else net's own."""
+        return self.averages.weights_only() if self.on else net

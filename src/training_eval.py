@@ -1,0 +1,63 @@
+"""Evaluation during training: every eval_interval epochs, the network on the evaluation data
+(flip TTA with eval_flip_tta), then its EMA weights when EMA is on; the best result so far
+kept as <arch>-best.ckpt."""
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from src.evaluation import allreduce_counts, evaluate
+from src.training_checkpoints import TrainingCheckpoints
+from src.training_ema import TrainingEMA
+
+
+@dataclass(eq=False)
+class TrainingEvaluator:
+    """Evaluates after the epochs eval_interval asks for and keeps the best checkpoint,
+    chosen on (and holding) the EMA weights when they are on."""
+    config: Any
+    net: Any
+    make_dataset: Callable[[], Any]  # the evaluation data, this rank's shard
+    group_size: int
+    ema: TrainingEMA
+    checkpoints: TrainingCheckpoints
+    log: logging.Logger
+    best_acc: float = -1.0
+
+    def after_epoch(self, pos, metrics):
+        """Evaluate when pos.epoch (epochs completed) is a multiple of eval_interval."""
+        interval = self.config.eval_interval
+        if interval and pos.epoch % interval == 0:
+            self.evaluate(pos, metrics)
+
+    def evaluate(self, pos, metrics):
+        """Log and record (metrics: a MetricsCSV or None) the accuracy of the weights, and of
+        the EMA weights when on; save the best checkpoint when the chosen one improved."""
+        counts = self._counts()
+        self.log.info("eval after epoch %d: top1 %.4f top5 %.4f (%d images, %.1f img/s)",
+                      pos.epoch, counts.acc, counts.acc5, counts.total,
+                      counts.images_per_second)
+        row = {"eval_top1": f"{counts.acc:.6f}", "eval_top5": f"{counts.acc5:.6f}"}
+        chosen = counts
+        if self.ema.on:
+            chosen = self.ema.evaluate(self._counts)
+            self.log.info("eval (EMA) after epoch %d: top1 %.4f top5 %.4f", pos.epoch,
+                          chosen.acc, chosen.acc5)
+            row.update(ema_top1=f"{chosen.acc:.6f}", ema_top5=f"{chosen.acc5:.6f}")
+        if metrics is not None:
+            metrics.add(epoch=pos.epoch, global_step=pos.global_step, **row)
+        if chosen.acc > self.best_acc and self.checkpoints.paths.writes_checkpoints:
+            self._save_best(pos, chosen.acc)
+        return counts
+
+    def _counts(self):
+        local = evaluate(self.net, self.make_dataset(),
+                         flip_tta=self.config.get("eval_flip_tta", False))
+        return allreduce_counts(local, self.group_size)
+
+    def _save_best(self, pos, acc):
+        """<arch>-best.ckpt: the weights that scored best (the averages when EMA is on)."""
+        self.best_acc = acc
+        path = self.checkpoints.save_weights(self.ema.chosen_weights(self.net), "best", pos)
+        self.log.info("new best top1 %.4f%s: %s", acc, " (EMA weights)" if self.ema.on else "",
+                      path)

@@ -78,6 +78,7 @@ def repo_side(steps, with_eval, image, train_batch, eval_batch):
 
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     import mindspore as ms
+
     from model_utils.config import get_config
     from src.factory import build_network
     from src.lr_schedule import learning_rates

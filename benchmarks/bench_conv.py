@@ -28,6 +28,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def build_net(conv_cls, image, num_classes=10):
     from mindspore import nn
+
     from src.vgg import LAYER_TABLE
 
     layers, cin = [], 3
@@ -48,8 +49,8 @@ def worker(args):
     """Runs in the child process: prints one JSON line with timings and losses."""
     t_start = time.perf_counter()
     sys.path.insert(0, ROOT)
-    import numpy as np
     import mindspore as ms
+    import numpy as np
     from mindspore import nn
 
     ms.set_context(mode=ms.GRAPH_MODE, device_target="CPU")
@@ -69,7 +70,8 @@ def worker(args):
     step = nn.TrainOneStepCell(nn.WithLossCell(net, loss), opt)
     step.set_train()
     rng = np.random.default_rng(0)
-    batches = [(ms.Tensor(rng.standard_normal((args.batch, 3, args.image, args.image), dtype=np.float32)),
+    shape = (args.batch, 3, args.image, args.image)
+    batches = [(ms.Tensor(rng.standard_normal(shape, dtype=np.float32)),
                 ms.Tensor(rng.integers(0, 10, args.batch).astype(np.int32))) for _ in range(2)]
     result = time_steps(step, batches, args.warmup, args.steps)
     result.update({"mode": args.worker, "process_s": time.perf_counter() - t_start,
@@ -130,7 +132,8 @@ def main():
     parser.add_argument("--rounds", type=int, default=3, help="stock/fast pairs, back to back")
     parser.add_argument("--json", help="write the results here")
     parser.add_argument("--workdir", default=os.environ.get("TMPDIR", "/tmp"),
-                        help="working folder of the child processes (MindSpore writes rank_0/ there)")
+                        help="working folder of the child processes (MindSpore writes rank_0/ "
+                             "there)")
     parser.add_argument("--worker", choices=["stock", "fast"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -141,9 +144,10 @@ def main():
         for mode in ("stock", "fast") if r % 2 == 0 else ("fast", "stock"):
             res = run_child(mode, args)
             results[mode].append(res)
-            print(f"round {r + 1} {mode:5s} (ISA cap {res['isa']}): {res['ms_per_step']:7.1f} ms/step, "
-                  f"CPU {res['cpu_ms_per_step']:7.1f} ms/step (steps {', '.join(f'{t:.0f}' for t in res['times_ms'])}; first step {res['first_step_s']:.1f} s)",
-                  flush=True)
+            steps = ", ".join(f"{t:.0f}" for t in res["times_ms"])
+            print(f"round {r + 1} {mode:5s} (ISA cap {res['isa']}): "
+                  f"{res['ms_per_step']:7.1f} ms/step, CPU {res['cpu_ms_per_step']:7.1f} ms/step "
+                  f"(steps {steps}; first step {res['first_step_s']:.1f} s)", flush=True)
     stock = statistics.median(r["ms_per_step"] for r in results["stock"])
     fast = statistics.median(r["ms_per_step"] for r in results["fast"])
     stock_cpu = statistics.median(r["cpu_ms_per_step"] for r in results["stock"])
@@ -151,18 +155,20 @@ def main():
     ls, lf = results["stock"][0]["losses"], results["fast"][0]["losses"]
     rels = [abs(a - b) / max(abs(a), 1e-12) for a, b in zip(ls, lf)]
     rel = max(rels)
-    print(f"VGG16-BN train step, {args.image}x{args.image}, batch {args.batch}, {os.cpu_count()} CPUs: "
-          f"stock {stock:.1f} ms, fast {fast:.1f} ms, speed-up {stock / fast:.2f}x "
+    print(f"VGG16-BN train step, {args.image}x{args.image}, batch {args.batch}, "
+          f"{os.cpu_count()} CPUs: stock {stock:.1f} ms, fast {fast:.1f} ms, "
+          f"speed-up {stock / fast:.2f}x "
           f"(CPU time per step: stock {stock_cpu:.0f} ms, fast {fast_cpu:.0f} ms)")
-    print(f"losses after {len(ls)} steps: stock {ls[-1]:.6f}, fast {lf[-1]:.6f}; relative difference "
-          f"per step: {' '.join(f'{r:.0e}' for r in rels)}")
+    print(f"losses after {len(ls)} steps: stock {ls[-1]:.6f}, fast {lf[-1]:.6f}; relative "
+          f"difference per step: {' '.join(f'{r:.0e}' for r in rels)}")
     print("(random data and labels at lr 0.01 amplify rounding differences step by step; the same "
           "growth shows between NativeConv2d under AVX2 and under AVX-512)")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"batch": args.batch, "image": args.image, "stock_ms": stock, "fast_ms": fast,
                        "stock_cpu_ms": stock_cpu, "fast_cpu_ms": fast_cpu, "cpus": os.cpu_count(),
-                       "speedup": stock / fast, "max_rel_loss_diff": rel, "runs": results}, f, indent=1)
+                       "speedup": stock / fast, "max_rel_loss_diff": rel, "runs": results}, f,
+                      indent=1)
     return 0
 
 

@@ -21,6 +21,7 @@ from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import cifar_bin  # noqa: E402  (path set just above)
+
 from src import dataset as D  # noqa: E402
 
 
@@ -49,7 +50,8 @@ def bench_cifar(root, workers):
             data = D.create_dataset("cifar10", root, batch_size=64, training=True, image_size=size,
                                     num_parallel_workers=worker_count)
             rate, count = images_per_second(data)
-            print(f"cifar10 train {size[0]}x{size[1]} workers={worker_count}: {rate:8.0f} images/s ({count} images)")
+            print(f"cifar10 train {size[0]}x{size[1]} workers={worker_count}: {rate:8.0f} "
+                  f"images/s ({count} images)")
     data = D.create_dataset("cifar10", root, batch_size=64, training=True, image_size=(224, 224),
                             num_parallel_workers=max(workers)).take(40)
     rate, count = images_per_second(data)
@@ -99,16 +101,19 @@ def bench_imagenet(work, count, workers):
     root = os.path.join(work, "imagenet", D.IMAGENET_TRAIN_DIR)
     make_jpegs(root, count)
     for worker_count in workers:
-        data = D.create_dataset("imagenet2012", os.path.dirname(root), batch_size=32, training=True,
-                                image_size=(224, 224), num_classes=1000, num_parallel_workers=worker_count)
+        data = D.create_dataset("imagenet2012", os.path.dirname(root), batch_size=32,
+                                training=True, image_size=(224, 224), num_classes=1000,
+                                num_parallel_workers=worker_count)
         rate, seen = images_per_second(data)
-        print(f"imagenet folder train 224x224 workers={worker_count}: {rate:8.0f} images/s ({seen} images)")
+        print(f"imagenet folder train 224x224 workers={worker_count}: {rate:8.0f} images/s "
+              f"({seen} images)")
     rate, seen = pil_loader_rate(D.imagenet_folder_samples(root))
     print(f"plain PIL loader (1 thread) 224x224:       {rate:8.0f} images/s ({seen} images)")
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "vgg_bench_data"),
                         help="folder for generated data, reused between runs")
     parser.add_argument("--cifar-dir", default=None, help="existing CIFAR-10 DATA folder to read")

@@ -1,7 +1,7 @@
 """This repository against PyTorch eager (and onnxruntime) on the same machine, in one run.
 
     python benchmarks/benchmark.py [--quick] [--out benchmarks/results/benchmark.json]
-                                   [--work DIR] [--markdown]
+                                   [--work DIR] [--markdown] [--no-bf16]
     python benchmarks/benchmark.py --device gpu [--quick]
                                    [--out benchmarks/results/benchmark_gpu.json]
 
@@ -31,6 +31,17 @@ What is measured (VGG16-BN, float32, 10 classes, the cifar10_config.yaml recipe)
   it with --quick) and of the ImageNet folder pipeline alone (generated JPEGs, 224x224),
   via src.dataset.create_dataset.
 
+bfloat16, in the same run (report_bf16.py), where the CPU has AVX512-BF16 or AMX-BF16 (else
+skipped with the reason; --no-bf16 skips it too): this repository with cpu_precision=bfloat16
+(src/native/precision.py; each process reports the precision it resolved to, and a row whose
+processes fell back to float32 stays empty with the reason) beside PyTorch eager under
+torch.autocast("cpu", dtype=torch.bfloat16), at the float32 rows' sizes: training images/s
+(32x32 batch 64; 224x224 batch 8, not with --quick), evaluation images/s (32x32 batch 256,
+224x224 batch 32, beside onnxruntime's float32 figure), batch-1 latency at 224x224, peak
+resident memory of the training processes; the bfloat16 matrix-multiply peak (4096^3, PyTorch's
+matmul and this repository's native dense kernel, the better of the two) and the fraction of
+it each side reaches; each target of report_bf16.TARGETS with its ratio and met / not met.
+
 Every measurement runs in its own process (benchmarks/harness.py; the workers are in
 workers_cpu.py and workers_gpu.py, the report and tables in report.py, the machine probes in
 machine.py): ONEDNN_MAX_CPU_ISA is process-wide, and the repository's processes choose it as
@@ -56,6 +67,7 @@ backend, this repository's column reads 'unavailable: <reason>' and the PyTorch 
 alone (exit status 0 unless a PyTorch measurement failed).
 """
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -70,6 +82,7 @@ if ROOT not in sys.path:  # the repository's own modules, for this process and t
 import harness  # noqa: E402  (path set just above)
 import machine  # noqa: E402
 import report  # noqa: E402
+import report_bf16  # noqa: E402
 import workers_cpu  # noqa: E402
 import workers_gpu  # noqa: E402
 
@@ -81,6 +94,13 @@ PLANS = {"cpu": {False: harness.FULL, True: harness.QUICK},
 WORKERS = {**workers_cpu.WORKERS, **workers_gpu.WORKERS}
 
 
+def bf16_skip_reason(plan, cpu_flags):
+    """Why this run measures no bfloat16 (one line), or None when it does."""
+    if not plan.bf16:
+        return "not asked for (--no-bf16)"
+    return machine.bf16_unavailable(cpu_flags)
+
+
 def run_benchmark(plan, out_path, work, log=print):
     """Runs every measurement of the CPU `plan` and writes the JSON report to out_path."""
     os.makedirs(work, exist_ok=True)
@@ -88,22 +108,28 @@ def run_benchmark(plan, out_path, work, log=print):
     described = machine.machine_description()
     log(f"benchmark ({plan.name}) on {described['cpu_model']}, {described['usable_cpus']} CPUs, "
         f"load average {described['load_average_start']}; work folder {work}")
-    run = harness.CpuRun(plan, work, log)
-    summary = report.summarise_cpu(plan, run.run())
+    skip_bf16 = bf16_skip_reason(plan, described["cpu_flags"])
+    run = harness.CpuRun(plan, work, log, bf16_skip=skip_bf16)
+    raw = run.run()
+    summary = report.summarise_cpu(plan, raw)
+    bf16 = report_bf16.summarise_bf16(plan, raw, summary["figures"], skip_bf16)
+    summary["rows"] += bf16["rows"]
     described.update({
         "load_average_end": machine.load_average(),
         "onednn_max_cpu_isa": summary.pop("onednn_max_cpu_isa_per_process"),
         "fast_conv_active": summary["fast_conv_active"],
         "peak_gflops_fp32": summary["peak_gflops"],
+        "peak_gflops_bf16": bf16["bf16"]["matmul_peak"]["peak_gflops"],
         "torch_threads": summary.pop("torch_threads"),
         "torch_cpu_capability": summary.pop("torch_cpu_capability")})
-    result = {**_header(started, {}, described), **summary, "errors": run.errors,
-              "raw": run.raw}
+    result = {**_header(started, {}, described), **summary, "bf16": bf16["bf16"],
+              "errors": run.errors, "raw": run.raw}
     _write(result, out_path)
     failure = harness.loss_check_failure(result["loss_check"])
     _log_end(result, report.format_table(result["rows"]),
              [report.loss_check_line(result["loss_check"], harness.PERTURB),
-              failure and f"error: {failure}", report.run_line(result, plan)], out_path, log)
+              failure and f"error: {failure}", *report_bf16.bf16_lines(result["bf16"]),
+              report.run_line(result, plan)], out_path, log)
     return result
 
 
@@ -169,6 +195,9 @@ def parse_args(argv=None):
                         help="folder for generated data, exports and run folders (reused)")
     parser.add_argument("--markdown", action="store_true",
                         help="also print the table as Markdown")
+    parser.add_argument("--no-bf16", dest="bf16", action="store_false",
+                        help="CPU: skip the bfloat16 rows (measured by default where the CPU has "
+                             "AVX512-BF16 or AMX-BF16)")
     parser.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
     parser.add_argument("--spec", default="{}", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
@@ -181,6 +210,8 @@ def main(argv=None):
         return 0
     work, out = os.path.abspath(args.work), args.out or DEFAULT_OUT[args.device]
     plan = PLANS[args.device][args.quick]
+    if args.device == "cpu" and not args.bf16:
+        plan = dataclasses.replace(plan, bf16=False)
     if args.device == "gpu":
         try:
             result = run_gpu_benchmark(plan, out, work)

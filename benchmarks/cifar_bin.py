@@ -1,5 +1,6 @@
 """CIFAR-10 binary files for the benchmarks: raw records read, written (by the project's one
-writer, src.dataset.write_cifar10_bin) and generated. Scripts importing this put the repository root on sys.path first.
+writer, src.dataset.write_cifar10_bin) and generated. Scripts importing this put the
+repository root on sys.path first.
 """
 import os
 

@@ -1,6 +1,7 @@
 """The CPU recipe (cifar10_cpu_config.yaml) on real CIFAR-10, scored on a held-out split.
 
-    python benchmarks/cpu_recipe.py --cifar_dir DATA --epochs 2 [--holdout 5000] [--work runs/cpu_recipe]
+    python benchmarks/cpu_recipe.py --cifar_dir DATA --epochs 2 [--holdout 5000]
+                                    [--work runs/cpu_recipe] [--resume]
 
 DATA holds `cifar-10-batches-bin/data_batch_*.bin` with the 50,000 real training images (e.g.
 written by `python ../shared/data/make_cifar10_bin.py DATA`). The last --holdout records become

@@ -1,7 +1,8 @@
 """The benchmark's harness: every measurement in a fresh process (`benchmark.py --worker NAME
 --spec JSON`), its result read back as one JSON line with the process's peak memory; the
 timing loops the workers share; train.py timed from launch to its first step; the loss check
-that compares the native and stock kernels; the CPU plan and the run that carries it out.
+that compares the native and stock kernels; the CPU plan and the run that carries it out
+(float32, then bfloat16 where the CPU has it).
 
 ONEDNN_MAX_CPU_ISA is process-wide and read once, hence the processes: the repository's run
 with the ISA it chooses itself (the variable left as the user has it, as for train.py),
@@ -268,8 +269,9 @@ class Plan:
     jpegs: int = 300
     imagenet_batch: int = 32
     imagenet_reps: int = 3
-    sgemm_n: int = 4096
+    sgemm_n: int = 4096            # also the size of the bf16 matrix multiplies
     sgemm_reps: int = 3
+    bf16: bool = True              # the bfloat16 rows (training, evaluation, memory, peak)
     timeout_s: int = 900
 
 
@@ -306,7 +308,12 @@ class Runner:
 class CpuRun(Runner):
     """The CPU plan's measurements, in order: fp32 peak, training (native, PyTorch, stock and
     the loss check's perturbed reference), evaluation and latency (with the ONNX export for
-    onnxruntime), train.py's first step, the data pipelines. run() returns the raw results."""
+    onnxruntime), bfloat16 (unless `bf16_skip` says why not: peaks, training, evaluation,
+    latency), train.py's first step, the data pipelines. run() returns the raw results."""
+
+    def __init__(self, plan, work, log=print, bf16_skip=None):
+        super().__init__(plan, work, log)
+        self.bf16_skip = bf16_skip
 
     def run(self):
         plan = self.plan
@@ -317,6 +324,7 @@ class CpuRun(Runner):
             self.training(224, plan.train224_batch, plan.train224_warmup, plan.train224_steps,
                           1, False, "224")
         self.evaluation()
+        self.bfloat16()
         self.train_py()
         self.data()
         return self.raw
@@ -375,6 +383,39 @@ class CpuRun(Runner):
             if "error" not in exported:
                 self.child("eval_onnxruntime", "ort_eval",
                            {"cases": cases, "paths": exported["paths"]}, "repo")
+
+    def bfloat16(self):
+        """This repository with cpu_precision=bfloat16 against PyTorch under bfloat16 autocast,
+        each side in its own processes, at the float32 rows' sizes; first the bf16
+        matrix-multiply peak of each (PyTorch's matmul, this repository's dense kernel)."""
+        if self.bf16_skip:
+            self.log(f"bfloat16: skipped ({self.bf16_skip})")
+            return
+        plan = self.plan
+        self.log("bf16 peak (matrix multiply: PyTorch, this repository's dense kernel)")
+        peak = {"n": plan.sgemm_n, "reps": plan.sgemm_reps}
+        self.child("bf16_matmul_torch", "torch_bf16_matmul", peak, "torch")
+        self.child("bf16_matmul_repo", "ms_bf16_matmul", peak, "repo")
+        self.bf16_training(plan.train_image, plan.train_batch, plan.train_warmup,
+                           plan.train_steps, plan.train_rounds, "")
+        if plan.train224:
+            self.bf16_training(224, plan.train224_batch, plan.train224_warmup,
+                               plan.train224_steps, 1, "224")
+        for cases in self.eval_groups():
+            self.log(f"bf16 evaluation {', '.join(f'{i}x{i} batch {b}' for i, b, _, _ in cases)}")
+            self.child("eval_bf16_repo", "ms_eval", {"cases": cases, "precision": "bfloat16"},
+                       "repo")
+            self.child("eval_bf16_torch", "torch_eval", {"cases": cases, "bf16": True}, "torch")
+
+    def bf16_training(self, image, batch, warmup, steps, rounds, tag):
+        """`rounds` processes per side, the order reversed every other round."""
+        self.log(f"bf16 training {image}x{image} batch {batch}")
+        spec = {"image": image, "batch": batch, "warmup": warmup, "steps": steps}
+        sides = [("repo", "ms_train", dict(spec, fast_conv="auto", precision="bfloat16"), "repo"),
+                 ("torch", "torch_train", dict(spec, bf16=True), "torch")]
+        for r in range(rounds):
+            for side, worker, side_spec, kind in (sides if r % 2 == 0 else sides[::-1]):
+                self.child(f"train{tag}_bf16_{side}", worker, side_spec, kind)
 
     def train_py(self):
         self.log("train.py: process start to first finished step")

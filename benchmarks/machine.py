@@ -1,6 +1,6 @@
 """What the benchmarks record of the machine they ran on: CPU model and instruction-set flags,
-cores, package versions, load average, the fp32 matrix-multiply peak and the GPUs nvidia-smi
-lists. Every script under benchmarks/ takes these from here."""
+cores, package versions, load average, the fp32 and bf16 matrix-multiply peaks and the GPUs
+nvidia-smi lists. Every script under benchmarks/ takes these from here."""
 import os
 import platform
 import subprocess
@@ -9,6 +9,7 @@ import timeit
 # The flags the result files name one by one: AVX2 and AVX-512 decide oneDNN's kernels, the
 # bfloat16 ones whether bfloat16 can be fast here.
 ISA_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
+BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # either makes oneDNN (PyTorch's and ours) run bf16
 VERSIONED_PACKAGES = ("mindspore", "torch", "onnxruntime", "numpy", "onnx")
 
 
@@ -42,6 +43,14 @@ def isa_flags(names=ISA_FLAGS):
     """{flag: whether the CPU has it} for each of `names`."""
     present = cpu_flag_set()
     return {name: name in present for name in names}
+
+
+def bf16_unavailable(cpu_flags):
+    """Why bfloat16 cannot be measured on a CPU with these flags (one line), or None: without
+    AVX512-BF16 or AMX-BF16 neither oneDNN path (PyTorch's, this repository's) runs it."""
+    if set(cpu_flags) & set(BF16_FLAGS):
+        return None
+    return f"the CPU has no bfloat16 instructions (neither {' nor '.join(BF16_FLAGS)})"
 
 
 def usable_cpus():
@@ -96,19 +105,30 @@ def sgemm_gflops(n, reps):
     rng = np.random.default_rng(0)
     a = rng.standard_normal((n, n), dtype=np.float32)
     b = rng.standard_normal((n, n), dtype=np.float32)
-    result = {"n": n, "numpy_gflops": _gflops(lambda: a @ b, n, reps)}
+    result = {"n": n, "numpy_gflops": matmul_gflops(lambda: a @ b, n, reps)}
     try:
         import torch
     except ImportError:
         result["torch_gflops"] = None
     else:
         ta, tb = torch.from_numpy(a), torch.from_numpy(b)
-        result["torch_gflops"] = _gflops(lambda: ta @ tb, n, reps)
+        result["torch_gflops"] = matmul_gflops(lambda: ta @ tb, n, reps)
     return result
 
 
-def _gflops(multiply, n, reps):
-    """Rate of the fastest of `reps` calls after an untimed one."""
+def bf16_matmul_gflops(n, reps):
+    """PyTorch's bfloat16 matrix multiply rate, n x n by n x n (GFLOP/s, best of `reps` after
+    one untimed call)."""
+    import torch
+
+    generator = torch.Generator().manual_seed(0)
+    a, b = (torch.randn(n, n, generator=generator).to(torch.bfloat16) for _ in range(2))
+    return matmul_gflops(lambda: a @ b, n, reps)
+
+
+def matmul_gflops(multiply, n, reps):
+    """Rate of an n x n by n x n multiply(): the fastest of `reps` calls after an untimed
+    one."""
     multiply()
     return 2.0 * n ** 3 / min(timeit.repeat(multiply, repeat=reps, number=1)) / 1e9
 

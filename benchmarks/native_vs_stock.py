@@ -1,4 +1,5 @@
-"""Native oneDNN kernels against stock MindSpore on real CIFAR-10: same short training, several seeds.
+"""Native oneDNN kernels against stock MindSpore on real CIFAR-10: the same short training,
+several seeds.
 
     python benchmarks/native_vs_stock.py [--cifar_dir DATA] [--work runs/native_vs_stock]
         [--train_images 2048] [--holdout 5000] [--epochs 3] [--warmup_epochs 1]
@@ -70,7 +71,8 @@ def prepare_data(args, work):
     data, n_rest = split_holdout(cifar_dir, work, args.holdout)
     train_file = os.path.join(data, "cifar-10-batches-bin", "data_batch_1.bin")
     if args.train_images > n_rest:
-        sys.exit(f"error: --train_images {args.train_images} exceeds the {n_rest} non-held-out images")
+        sys.exit(f"error: --train_images {args.train_images} exceeds the {n_rest} non-held-out "
+                 "images")
     records = cifar_bin.read_records([train_file])
     cifar_bin.write_records(train_file, records[:args.train_images])
     labels = np.bincount(records[:args.train_images, 0], minlength=10).tolist()

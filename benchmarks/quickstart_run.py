@@ -36,7 +36,7 @@ def run(workdir):
     main_job, _ = quick_start_commands()
     copy = fresh_copy(os.path.join(workdir, "repo"))
     load = machine.load_average(2)
-    started = datetime.datetime.now(datetime.timezone.utc)
+    started = datetime.datetime.now(datetime.UTC)
     steps = run_commands(main_job, cwd=copy)
     total = sum(step.seconds for step in steps)
     ok = len(steps) == len(main_job) and steps[-1].returncode == 0
@@ -69,7 +69,7 @@ def run(workdir):
         "training_epoch_seconds": epochs,
         "peak_rss_mb": round(max(s.peak_rss_mb for s in steps)),
         "accuracy": final_accuracy(steps[-1].stdout) if ok else None,
-        "result_line": next((l for l in steps[-1].stdout.splitlines() if "result: {" in l),
+        "result_line": next((line for line in steps[-1].stdout.splitlines() if "result: {" in line),
                             None) if ok else None,
     }
     if not ok:

@@ -21,9 +21,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GENERATED = (".git", "_build", "build", "outputs", "demo_data", "__pycache__", ".pytest_cache",
              "*.pyc", "*.so", "*.ckpt", "kernel_meta", "rank_*", "msrun_log")
 RESULT = re.compile(r"result: \{'acc': ([0-9.]+)\}")
+README = os.path.join(REPO, "README.md")
 
 
-def quick_start_commands(readme=os.path.join(REPO, "README.md")):
+def quick_start_commands(readme=README):
     """(main job, test commands): each a list of the commands of one ```bash block of the
     README's `## Quick start` section, in order."""
     with open(readme, encoding="utf-8") as handle:

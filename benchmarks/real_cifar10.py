@@ -1,6 +1,7 @@
 """One training epoch on the real CIFAR-10 training split, scored on a held-out part of it.
 
-    python benchmarks/real_cifar10.py --cifar_dir DATA [--epochs 1] [--holdout 5000] [--out runs/real_c10]
+    python benchmarks/real_cifar10.py --cifar_dir DATA [--epochs 1] [--holdout 5000]
+                                      [--out runs/real_c10]
 
 DATA holds `cifar-10-batches-bin/data_batch_*.bin` (e.g. written by
 `python ../shared/data/make_cifar10_bin.py DATA`). The last --holdout records (the files are
@@ -23,6 +24,7 @@ import numpy as np
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 import cifar_bin  # noqa: E402  (path set just above)
+
 from src.dataset import CIFAR10_EVAL_DIR, CIFAR10_TRAIN_DIR  # noqa: E402
 
 

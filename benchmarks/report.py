@@ -10,7 +10,6 @@ from vgg_table import layer_table
 from workers_cpu import NUM_CLASSES
 from workers_gpu import GPU_AMP_LEVEL, GPU_MODELS, MODEL_LABELS, UPSTREAM_GPU, case_key
 
-
 # ------------------------------------------------------------------- arithmetic
 
 def vgg_macs(layer_cfg=None, image=(32, 32), num_classes=NUM_CLASSES):
@@ -43,11 +42,11 @@ def ratio(a, b):
     return a / b if a is not None and b not in (None, 0) else None
 
 
-def _per_s(batch, seconds):
+def per_second(batch, seconds):
     return batch / seconds if seconds else None
 
 
-def _ms(seconds):
+def to_ms(seconds):
     return seconds * 1000 if seconds else None
 
 
@@ -74,6 +73,20 @@ class RawResults:
 
 # ------------------------------------------------------------------- the CPU report
 
+def advantage(repo, peer, better="higher"):
+    """How many times better this repository is than the peer: repo / peer for rates, the
+    peer's value over ours for times and sizes (> 1: ours is better either way)."""
+    return ratio(repo, peer) if better == "higher" else ratio(peer, repo)
+
+
+def cpu_row(name, unit, repo, torch=None, ort=None, better="higher", target=None, note=""):
+    """One row of the CPU table: the figures, and how many times better ours is than each."""
+    return {"figure": name, "unit": unit, "repo": repo, "torch": torch, "onnxruntime": ort,
+            "better": better, "target": target, "note": note,
+            "vs_torch": advantage(repo, torch, better),
+            "vs_onnxruntime": advantage(repo, ort, better)}
+
+
 class CpuSummary(RawResults):
     """Rows and figures of a CPU run."""
 
@@ -87,13 +100,7 @@ class CpuSummary(RawResults):
 
     def row(self, name, unit, repo, torch=None, ort=None, better="higher", target=None,
             note=""):
-        entry = {"figure": name, "unit": unit, "repo": repo, "torch": torch,
-                 "onnxruntime": ort, "better": better, "target": target, "note": note}
-        if better == "higher":
-            entry["vs_torch"], entry["vs_onnxruntime"] = ratio(repo, torch), ratio(repo, ort)
-        else:  # a time or a size: the peer's value over ours, so > 1 means ours is better
-            entry["vs_torch"], entry["vs_onnxruntime"] = ratio(torch, repo), ratio(ort, repo)
-        self.rows.append(entry)
+        self.rows.append(cpu_row(name, unit, repo, torch, ort, better, target, note))
 
     def train_rate(self, key, batch):
         per_step = self.step(key)
@@ -110,8 +117,8 @@ class CpuSummary(RawResults):
                 "torch": self.fraction_of_peak(torch, flops)}
         label = f"training {image}x{image} batch {batch}"
         self.row(label, "images/s", repo, torch, target=f">= {target}x PyTorch",
-                 note=f"fraction of fp32 peak: repo {_pct(frac['repo'])}, "
-                      f"PyTorch {_pct(frac['torch'])}")
+                 note=f"fraction of fp32 peak: repo {pct_text(frac['repo'])}, "
+                      f"PyTorch {pct_text(frac['torch'])}")
         figure = self.figures[f"train{tag}"] = {
             "image": image, "batch": batch, "repo_images_per_s": repo,
             "torch_images_per_s": torch, "repo_step_s": repo_step, "torch_step_s": torch_step,
@@ -120,7 +127,7 @@ class CpuSummary(RawResults):
         if self.raw.get(f"train{tag}_repo_stock"):
             stock, stock_step = self.train_rate(f"train{tag}_repo_stock", batch)
             self.row(f"{label}, fast_conv=off (stock MindSpore)", "images/s", stock, torch,
-                     note=f"fast_conv=auto is {_x(ratio(repo, stock))} this")
+                     note=f"fast_conv=auto is {x_text(ratio(repo, stock))} this")
             figure.update({"repo_stock_images_per_s": stock, "repo_stock_step_s": stock_step,
                            "fast_over_stock": ratio(repo, stock),
                            "repo_stock_fraction_of_peak": self.fraction_of_peak(stock, flops)})
@@ -131,14 +138,14 @@ class CpuSummary(RawResults):
         if plan.eval224:
             evals.append((224, plan.eval224_batch))
         for image, batch in evals:
-            rates = {side: _per_s(batch, self.seconds(f"eval_{side}", f"{image}x{batch}"))
+            rates = {side: per_second(batch, self.seconds(f"eval_{side}", f"{image}x{batch}"))
                      for side in sides}
             self.row(f"evaluation {image}x{image} batch {batch}", "images/s", rates["repo"],
                      rates["torch"], rates["onnxruntime"],
                      target=">= 1.2x PyTorch, >= 0.9x onnxruntime")
             self.figures[f"eval_{image}_b{batch}"] = rates
         image = plan.latency_image
-        lat_ms = {side: _ms(self.seconds(f"eval_{side}", f"{image}x1")) for side in sides}
+        lat_ms = {side: to_ms(self.seconds(f"eval_{side}", f"{image}x1")) for side in sides}
         self.row(f"latency {image}x{image} batch 1", "ms", lat_ms["repo"], lat_ms["torch"],
                  lat_ms["onnxruntime"], better="lower", target="<= PyTorch")
         self.figures["latency_ms"] = lat_ms
@@ -161,7 +168,7 @@ class CpuSummary(RawResults):
                for side in ("repo", "torch", "repo_stock")}
         self.row(f"peak memory, training {plan.train_image}x{plan.train_image} batch "
                  f"{plan.train_batch}", "MiB", mem["repo"], mem["torch"], better="lower",
-                 target="<= PyTorch", note=f"fast_conv=off: {_num(mem['repo_stock'])} MiB")
+                 target="<= PyTorch", note=f"fast_conv=off: {num_text(mem['repo_stock'])} MiB")
         self.figures["train_peak_rss_mb"] = mem
         if plan.train224:
             mem224 = {side: self.field(f"train224_{side}", "max_rss_mb")
@@ -248,7 +255,7 @@ def loss_check_line(check, perturbation):
 def run_line(report, plan):
     """The run's last line: fp32 peak, oneDNN ISA per process, load, duration."""
     machine = report["machine"]
-    return (f"fp32 peak {_num(report['peak_gflops'])} GFLOP/s (sgemm {plan.sgemm_n}); "
+    return (f"fp32 peak {num_text(report['peak_gflops'])} GFLOP/s (sgemm {plan.sgemm_n}); "
             f"ONEDNN_MAX_CPU_ISA per process: {machine['onednn_max_cpu_isa']}; load average "
             f"{machine['load_average_start']} -> {machine['load_average_end']}; "
             f"{report['duration_s'] / 60:.1f} min")
@@ -295,22 +302,22 @@ class GpuSummary(RawResults):
                    f"{UPSTREAM_GPU['device']}), not measured here") if up else ""
         case = f"{image}x{image} batch {batch}, {MODEL_LABELS[model]}"
         steps = {side: self.step(k) for side, k in keys.items()}
-        rate = {side: _per_s(batch, value) for side, value in steps.items()}
+        rate = {side: per_second(batch, value) for side, value in steps.items()}
         self.row(f"training {case}, mixed precision", "images/s", rate["repo"], rate["amp"],
                  up.get("images_per_s"), note="; ".join(filter(None, (self.train_note, up_note))),
                  repo_status=why)
-        self.row(f"training {case}, mixed precision, step time", "ms/step", _ms(steps["repo"]),
-                 _ms(steps["amp"]), up.get("ms_per_step"), better="lower", note=up_note,
+        self.row(f"training {case}, mixed precision, step time", "ms/step", to_ms(steps["repo"]),
+                 to_ms(steps["amp"]), up.get("ms_per_step"), better="lower", note=up_note,
                  repo_status=why)
         self.row(f"training {case}, float32, PyTorch reference", "images/s", None, rate["fp32"],
-                 repo_status="", note=f"{_num(_ms(steps['fp32']))} ms/step; PyTorch's defaults "
-                                      "(cuDNN may use TF32 in convolutions)")
+                 repo_status="", note=f"{num_text(to_ms(steps['fp32']))} ms/step; PyTorch's "
+                                      "defaults (cuDNN may use TF32 in convolutions)")
         launch, peak = self.training_process_rows(case, keys, why)
         self.figures[key[len("train_"):]] = {
             "model": model, "config": GPU_MODELS[model], "image": image, "batch": batch,
             **{f"{side}_images_per_s": rate[short] for side, short in
                (("repo", "repo"), ("torch_amp", "amp"), ("torch_fp32", "fp32"))},
-            **{f"{side}_ms_per_step": _ms(steps[short]) for side, short in
+            **{f"{side}_ms_per_step": to_ms(steps[short]) for side, short in
                (("repo", "repo"), ("torch_amp", "amp"), ("torch_fp32", "fp32"))},
             "launch_to_first_step_s": launch, "peak_device_memory_mb": peak,
             "upstream_ms_per_step": up.get("ms_per_step")}
@@ -333,7 +340,7 @@ class GpuSummary(RawResults):
         sides = {"repo": ("eval_repo", ""), "torch_amp": ("eval_torch", "amp/"),
                  "torch_fp32": ("eval_torch", "fp32/")}
         for model, image, batch in self.plan.eval_cases:
-            rate = {side: _per_s(batch, self.seconds(key, f"{prefix}{model}_{image}x{batch}"))
+            rate = {side: per_second(batch, self.seconds(key, f"{prefix}{model}_{image}x{batch}"))
                     for side, (key, prefix) in sides.items()}
             label = f"evaluation {image}x{image} batch {batch}, {MODEL_LABELS[model]}"
             self.row(f"{label}, mixed precision", "images/s", rate["repo"], rate["torch_amp"],
@@ -342,7 +349,7 @@ class GpuSummary(RawResults):
                      rate["torch_fp32"], repo_status="")
             self.figures[f"eval_{model}_{image}_b{batch}"] = rate
         model, image = self.plan.latency_case
-        lat = {side: _ms(self.seconds(key, f"{prefix}{model}_{image}x1"))
+        lat = {side: to_ms(self.seconds(key, f"{prefix}{model}_{image}x1"))
                for side, (key, prefix) in sides.items()}
         label = f"latency {image}x{image} batch 1, {MODEL_LABELS[model]}"
         self.row(f"{label}, mixed precision", "ms", lat["repo"], lat["torch_amp"],
@@ -379,15 +386,15 @@ def upstream_line():
 
 # ------------------------------------------------------------------- tables
 
-def _pct(value):
+def pct_text(value):
     return f"{100 * value:.0f} %" if value is not None else "n/a"
 
 
-def _x(value):
+def x_text(value):
     return f"{value:.2f}x" if value is not None else "n/a"
 
 
-def _num(value):
+def num_text(value):
     if value is None:
         return "n/a"
     return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}" if abs(value) < 10 \
@@ -397,15 +404,16 @@ def _num(value):
 def format_table(rows, markdown=False):
     head = ["figure", "unit", "this repo", "PyTorch", "repo vs PyTorch", "onnxruntime",
             "repo vs ORT", "target", "note"]
-    body = [[r["figure"], r["unit"], _num(r["repo"]), _num(r["torch"]), _x(r["vs_torch"]),
-             _num(r["onnxruntime"]), _x(r["vs_onnxruntime"]), r["target"] or "", r["note"]]
+    body = [[r["figure"], r["unit"], num_text(r["repo"]), num_text(r["torch"]),
+             x_text(r["vs_torch"]), num_text(r["onnxruntime"]), x_text(r["vs_onnxruntime"]),
+             r["target"] or "", r["note"]]
             for r in rows]
     return _layout(head, body, markdown)
 
 
 def _repo_cell(row, width=72):
     if row["repo_status"] is None:
-        return _num(row["repo"])
+        return num_text(row["repo"])
     text = row["repo_status"]
     return text if len(text) <= width else text[:width - 3] + "..."
 
@@ -413,9 +421,9 @@ def _repo_cell(row, width=72):
 def format_gpu_table(rows, markdown=False):
     head = ["figure", "unit", "this repo", "PyTorch", "repo vs PyTorch",
             "upstream V100 (published)", "note"]
-    body = [[r["figure"], r["unit"], _repo_cell(r), _num(r["torch"]),
-             "" if r["repo_status"] is not None else _x(r["vs_torch"]),
-             "" if r["upstream"] is None else _num(r["upstream"]), r["note"]] for r in rows]
+    body = [[r["figure"], r["unit"], _repo_cell(r), num_text(r["torch"]),
+             "" if r["repo_status"] is not None else x_text(r["vs_torch"]),
+             "" if r["upstream"] is None else num_text(r["upstream"]), r["note"]] for r in rows]
     return _layout(head, body, markdown)
 
 

@@ -8,14 +8,16 @@ first dense layer takes ``512 * (H / 32) * (W / 32)`` inputs (512 at 32x32, 2508
 momentum 0.1 (MindSpore's momentum 0.9). The optimiser mirrors ``src/trainer.py``: momentum
 SGD with weight decay on convolution and dense weights only (not BatchNorm, not biases).
 On a GPU the train step can run in mixed precision the usual PyTorch way (``torch.autocast``
-to float16 with a ``torch.amp.GradScaler``).
+to float16 with a ``torch.amp.GradScaler``); on a CPU in bfloat16 the usual way too
+(``torch.autocast("cpu", dtype=torch.bfloat16)``, no scaler: bfloat16 has float32's range).
 
 Only ``torch`` is needed (torchvision is not, nor MindSpore): the layer table is read from
 ``src/vgg.py``'s source (benchmarks/vgg_table.py), not imported.
 """
+import contextlib
+
 import torch
 from torch import nn
-
 from vgg_table import vgg_constants
 
 # src/vgg.py's table and sizes, read as data (importing it would import MindSpore)
@@ -79,22 +81,33 @@ def make_optimizer(net, lr=0.01, momentum=0.9, weight_decay=5e-4):
                            lr=lr, momentum=momentum)
 
 
-def make_train_step(net, optimizer, device=None, amp=False, label_smoothing=0.0):
+def bf16_autocast(device_type, enabled):
+    """torch.autocast to bfloat16 on `device_type` when enabled, else a context that does
+    nothing (the float32 path stays exactly as without it)."""
+    if not enabled:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device_type, dtype=torch.bfloat16)
+
+
+def make_train_step(net, optimizer, device=None, amp=False, label_smoothing=0.0, bf16=False):
     """A function (images, labels) -> loss value doing one forward/backward/update.
 
     With `device` the batch is copied there first (non-blocking from pinned memory), as a
     training loop feeds host batches; with `amp` the forward runs under float16 autocast and
-    the loss is scaled by a dynamic GradScaler."""
+    the loss is scaled by a dynamic GradScaler; with `bf16` the forward and the loss run under
+    bfloat16 autocast (no scaler)."""
     loss_fn = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
     if amp:
         return _amp_train_step(net, optimizer, loss_fn, torch.device(device or "cuda"))
+    device_type = torch.device(device or "cpu").type
 
     def step(images, labels):
         if device is not None:
             images = images.to(device, non_blocking=True)
             labels = labels.to(device, non_blocking=True)
         optimizer.zero_grad(set_to_none=True)
-        loss = loss_fn(net(images), labels)
+        with bf16_autocast(device_type, bf16):
+            loss = loss_fn(net(images), labels)
         loss.backward()
         optimizer.step()
         return float(loss.detach())
@@ -119,14 +132,15 @@ def _amp_train_step(net, optimizer, loss_fn, device):
     return step
 
 
-def make_forward(net, device=None, amp=False):
+def make_forward(net, device=None, amp=False, bf16=False):
     """A function images -> logits (float32, on the host) for inference: no_grad, the batch
-    copied to `device`, float16 autocast with `amp`."""
+    copied to `device`, float16 autocast with `amp`, bfloat16 autocast with `bf16`."""
     device = torch.device(device or "cpu")
+    dtype = torch.bfloat16 if bf16 else torch.float16
 
     def forward(images):
-        with torch.no_grad(), torch.autocast(device_type=device.type, dtype=torch.float16,
-                                             enabled=amp):
+        with torch.no_grad(), torch.autocast(device_type=device.type, dtype=dtype,
+                                             enabled=amp or bf16):
             logits = net(images.to(device, non_blocking=True))
         return logits.float().cpu()
 

@@ -12,7 +12,7 @@ VGG_SOURCE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file
                           "src", "vgg.py")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def vgg_constants(path=VGG_SOURCE):
     """{name: value} of the module-level literal assignments of src/vgg.py (LAYER_TABLE,
     FEATURE_STRIDE, HIDDEN, ...)."""

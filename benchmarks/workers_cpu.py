@@ -1,8 +1,10 @@
 """The CPU benchmark's workers. Each runs in a process of its own (harness.run_child starts
 `benchmark.py --worker NAME --spec JSON`) and ends with harness.emit: this repository's
 training step, evaluation and ONNX export, PyTorch's training and evaluation, onnxruntime's
-evaluation, the fp32 peak and the data pipelines. The helpers that build batches and train
-steps serve the GPU workers too.
+evaluation, the fp32 and bf16 matrix-multiply peaks and the data pipelines. Training and
+evaluation run in float32, or in bfloat16 when the spec asks ("precision": "bfloat16" for
+this repository's cpu_precision, "bf16": true for PyTorch's bfloat16 autocast). The helpers
+that build batches and train steps serve the GPU workers too.
 
 This repository's workers go through its own code: config from model_utils.config, network
 from src.factory.build_network, train step from src.trainer.build_train_step with the host
@@ -14,7 +16,7 @@ import os
 import cifar_bin
 import machine
 import native_kernels
-from harness import CONFIG, emit, timed, timed_steps
+from harness import CONFIG, ISA_VAR, emit, timed, timed_steps
 
 NUM_CLASSES = 10
 TRAIN_STEPS_PER_EPOCH = 50000 // 64  # the learning-rate array as for CIFAR-10 at batch 64
@@ -83,18 +85,25 @@ def ms_step_runner(step, batches, masks):
     return run_step
 
 
-def repo_config(image, batch, kernels="auto"):
-    """cifar10_config.yaml on CPU at this size and batch, the native kernels auto, on or off."""
+def repo_config(image, batch, kernels="auto", precision="float32"):
+    """cifar10_config.yaml on CPU at this size and batch, the native kernels auto, on or off,
+    in the cpu_precision `precision`."""
     from model_utils.config import get_config
 
     return get_config([f"--config_path={CONFIG}", "--device_target=CPU",
                        f"--image_size={image},{image}", f"--batch_size={batch}",
-                       native_kernels.config_option(kernels)])
+                       native_kernels.config_option(kernels),
+                       native_kernels.precision_option(precision)])
 
 
-def start_repo_runtime(config):
-    """oneDNN's ISA as the entry points choose it, then the runtime as train.py sets it."""
-    native_kernels.cap_onednn_isa()
+def start_repo_runtime(config, native_only=False):
+    """oneDNN's ISA as the entry points choose it (uncapped with `native_only`: a process that
+    runs no stock convolution, as for a network of native cells), then the runtime as train.py
+    sets it."""
+    if native_only:
+        native_kernels.lift_onednn_isa_cap()
+    else:
+        native_kernels.cap_onednn_isa()
     from src.runtime import setup_runtime
 
     setup_runtime("CPU", mode=config.context_mode, seed=config.seed)
@@ -112,14 +121,17 @@ def _perturbed(data, perturb):
 
 
 def worker_ms_train(spec):
-    """This repository's training step, as Trainer._run_epoch drives it."""
+    """This repository's training step, as Trainer._run_epoch drives it, in the cpu_precision
+    spec["precision"] asks for (float32 by default); reports the precision it resolved to."""
     from src.factory import build_network
 
-    config = repo_config(spec["image"], spec["batch"], spec["fast_conv"])
+    config = repo_config(spec["image"], spec["batch"], spec["fast_conv"],
+                         spec.get("precision", "float32"))
     start_repo_runtime(config)
     import mindspore as ms
 
     net = build_network(config, "CPU")
+    precision, precision_detail = native_kernels.network_precision(net)
     fast, convs = native_kernels.count_native_convolutions(net)
     step, masks = repo_train_step(net, config, "CPU")
     data = random_batches(2, spec["batch"], spec["image"])
@@ -128,26 +140,29 @@ def worker_ms_train(spec):
     losses, times, first_done, first_step_s = timed_steps(
         ms_step_runner(step, ms_batches(data), masks), spec["warmup"], spec["steps"])
     emit({"side": "repo", "fast_conv": spec["fast_conv"], "perturb": spec.get("perturb"),
-          "fast_cells": fast, "conv_cells": convs,
-          "step_s": times, "losses": losses, "first_step_s": first_step_s,
-          "first_step_done": first_done, "ms_threads": ms.get_context("runtime_num_threads"),
+          "fast_cells": fast, "conv_cells": convs, "precision": precision,
+          "precision_detail": precision_detail, "step_s": times, "losses": losses,
+          "first_step_s": first_step_s, "first_step_done": first_done,
+          "ms_threads": ms.get_context("runtime_num_threads"),
           "fast_conv_onednn": native_kernels.onednn_version() if fast else None})
 
 
 def worker_torch_train(spec):
+    """PyTorch eager's training step, float32 or (spec["bf16"]) under bfloat16 autocast."""
     import torch
-
     import torch_vgg
 
     torch.manual_seed(1)
     net = torch_vgg.vgg16_bn(NUM_CLASSES, (spec["image"], spec["image"]))
     net.train()
-    step = torch_vgg.make_train_step(net, torch_vgg.make_optimizer(net))
+    bf16 = spec.get("bf16", False)
+    step = torch_vgg.make_train_step(net, torch_vgg.make_optimizer(net), bf16=bf16)
     batches = torch_batches(spec["batch"], spec["image"])
     losses, times, first_done, first_step_s = timed_steps(
         lambda i: step(*batches[i % 2]), spec["warmup"], spec["steps"])
-    emit({"side": "torch", "step_s": times, "losses": losses, "first_step_s": first_step_s,
-          "first_step_done": first_done, "torch_threads": torch.get_num_threads(),
+    emit({"side": "torch", "autocast": "bfloat16" if bf16 else None, "step_s": times,
+          "losses": losses, "first_step_s": first_step_s, "first_step_done": first_done,
+          "torch_threads": torch.get_num_threads(),
           "torch_cpu_capability": torch.backends.cpu.get_cpu_capability()})
 
 
@@ -159,47 +174,64 @@ def _eval_cases(spec):
 
 
 def worker_ms_eval(spec):
-    """Inference as eval.py runs it: the config's network, set_train(False), forward."""
+    """Inference as eval.py runs it: the config's network, set_train(False), forward; in the
+    cpu_precision spec["precision"] asks for (float32 by default)."""
     import mindspore as ms
+
     from src.factory import build_network
 
-    out, fast_info, nets = {}, {}, {}
+    out, fast_info, nets, precisions = {}, {}, {}, {}
     for image, batch, warmup, reps in _eval_cases(spec):
-        config = repo_config(image, batch)
+        config = repo_config(image, batch, precision=spec.get("precision", "float32"))
         if image not in nets:
             if not nets:
                 start_repo_runtime(config)
             nets[image] = build_network(config, "CPU")
             nets[image].set_train(False)
             fast_info[image] = native_kernels.count_native_convolutions(nets[image])
+            precisions[image] = native_kernels.network_precision(nets[image])
         net, x = nets[image], ms.Tensor(random_images(batch, image))
-        out[f"{image}x{batch}"] = timed(lambda: net(x).asnumpy(), warmup, reps)
-    emit({"side": "repo", "times": out, "fast_cells": {str(k): v for k, v in fast_info.items()}})
+        out[f"{image}x{batch}"] = timed(lambda net=net, x=x: net(x).asnumpy(), warmup, reps)
+    emit({"side": "repo", "times": out, **_one_precision(precisions.values()),
+          "fast_cells": {str(k): v for k, v in fast_info.items()}})
+
+
+def _one_precision(resolved):
+    """{"precision", "precision_detail"} of a process's networks: bfloat16 only when every
+    one computes in it, else float32 with the first one's reason."""
+    resolved = list(resolved)
+    fallback = [pair for pair in resolved if pair[0] != "bfloat16"]
+    precision, detail = (fallback or resolved or [("float32", "no network")])[0]
+    return {"precision": precision, "precision_detail": detail}
 
 
 def worker_torch_eval(spec):
+    """PyTorch eager inference (eval, no_grad), float32 or (spec["bf16"]) under bfloat16
+    autocast."""
     import torch
-
     import torch_vgg
 
     out, nets = {}, {}
+    bf16 = spec.get("bf16", False)
     torch.manual_seed(1)
     for image, batch, warmup, reps in _eval_cases(spec):
         if image not in nets:
             nets[image] = torch_vgg.vgg16_bn(NUM_CLASSES, (image, image)).eval()
-        forward = torch_vgg.make_forward(nets[image])
+        forward = torch_vgg.make_forward(nets[image], bf16=bf16)
         x = torch.from_numpy(random_images(batch, image))
-        out[f"{image}x{batch}"] = timed(lambda: forward(x).numpy(), warmup, reps)
-    emit({"side": "torch", "times": out, "torch_threads": torch.get_num_threads()})
+        out[f"{image}x{batch}"] = timed(lambda forward=forward, x=x: forward(x).numpy(),
+                                        warmup, reps)
+    emit({"side": "torch", "autocast": "bfloat16" if bf16 else None, "times": out,
+          "torch_threads": torch.get_num_threads()})
 
 
 def worker_onnx_export(spec):
     """This repository's ONNX export (export.py's export_network) of a fresh network per size,
     built with MindSpore's own operators as export.py builds it."""
+    import mindspore as ms
     import numpy as np
 
     import export
-    import mindspore as ms
     from src.factory import build_network
 
     paths = {}
@@ -218,6 +250,7 @@ def worker_onnx_export(spec):
 def worker_ort_eval(spec):
     """onnxruntime through the repository's own runner (src.infer_runner.OnnxModel)."""
     import onnxruntime
+
     from src.infer_runner import OnnxModel
 
     out, models = {}, {}
@@ -225,7 +258,7 @@ def worker_ort_eval(spec):
         if image not in models:
             models[image] = OnnxModel(spec["paths"][str(image)])
         model, x = models[image], random_images(batch, image)
-        out[f"{image}x{batch}"] = timed(lambda: model(x), warmup, reps)
+        out[f"{image}x{batch}"] = timed(lambda model=model, x=x: model(x), warmup, reps)
     emit({"side": "onnxruntime", "times": out, "onnxruntime": onnxruntime.__version__})
 
 
@@ -234,6 +267,31 @@ def worker_ort_eval(spec):
 def worker_sgemm(spec):
     """fp32 matrix multiply rate, n x n by n x n, with numpy and with torch (GFLOP/s)."""
     emit(machine.sgemm_gflops(spec["n"], spec["reps"]))
+
+
+def worker_torch_bf16_matmul(spec):
+    """PyTorch's bfloat16 matrix multiply rate, n x n by n x n (GFLOP/s)."""
+    emit({"n": spec["n"], "torch_bf16_gflops": machine.bf16_matmul_gflops(spec["n"],
+                                                                          spec["reps"])})
+
+
+def worker_ms_bf16_matmul(spec):
+    """This repository's native dense kernel (oneDNN inner product) in bfloat16 on an n x n
+    input and n x n weights (GFLOP/s; its float32 -> bfloat16 casts of input and weights
+    included), in graph mode as the network runs it."""
+    import mindspore as ms
+    import numpy as np
+
+    start_repo_runtime(repo_config(32, 1), native_only=True)
+    n = spec["n"]
+    if not native_kernels.bf16_isa():
+        emit({"n": n, "native_bf16_gflops": None, "unavailable": "no bfloat16 instructions for "
+              f"oneDNN in this process ({ISA_VAR}={os.environ.get(ISA_VAR)})"})
+        return
+    cell = native_kernels.native_dense_cell(n, n, "bfloat16")
+    x = ms.Tensor(np.random.default_rng(0).standard_normal((n, n), dtype=np.float32))
+    emit({"n": n, "native_bf16_gflops": machine.matmul_gflops(lambda: cell(x).asnumpy(), n,
+                                                               spec["reps"])})
 
 
 def _cifar_source(spec):
@@ -257,6 +315,7 @@ def _passes(make_data, reps):
 def worker_data(spec):
     """Images/s of the CIFAR-10 training pipeline and of the ImageNet folder pipeline."""
     import bench_data
+
     from src import dataset as D
 
     cifar_root, kind = _cifar_source(spec)
@@ -288,4 +347,5 @@ def worker_data(spec):
 WORKERS = {"ms_train": worker_ms_train, "torch_train": worker_torch_train,
            "ms_eval": worker_ms_eval, "torch_eval": worker_torch_eval,
            "onnx_export": worker_onnx_export, "ort_eval": worker_ort_eval,
-           "sgemm": worker_sgemm, "data": worker_data}
+           "sgemm": worker_sgemm, "torch_bf16_matmul": worker_torch_bf16_matmul,
+           "ms_bf16_matmul": worker_ms_bf16_matmul, "data": worker_data}

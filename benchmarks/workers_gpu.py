@@ -13,8 +13,14 @@ from types import SimpleNamespace
 
 from harness import ROOT, Runner, emit, run_child, timed, timed_steps
 from machine import machine_description, nvidia_smi_query
-from workers_cpu import ms_batches, ms_step_runner, random_batches, random_images, \
-    repo_train_step, torch_batches
+from workers_cpu import (
+    ms_batches,
+    ms_step_runner,
+    random_batches,
+    random_images,
+    repo_train_step,
+    torch_batches,
+)
 
 GPU_MODELS = {"vgg16": "imagenet2012_config.yaml", "vgg16_bn": "cifar10_config.yaml"}
 MODEL_LABELS = {"vgg16": "VGG16", "vgg16_bn": "VGG16-BN"}
@@ -136,7 +142,6 @@ def worker_torch_gpu_train(spec):
     """PyTorch training on spec['device'] (cuda; cpu in the tests), float16 autocast + GradScaler
     when spec['amp'], else float32; the host batches copied in each step as a loader's are."""
     import torch
-
     import torch_vgg
 
     device, recipe = torch.device(spec["device"]), spec["recipe"]
@@ -163,7 +168,6 @@ def worker_torch_gpu_eval(spec):
     """PyTorch inference (eval, no_grad) per case and precision: float16 autocast for 'amp'
     when asked, float32 for 'fp32'; times keyed '<precision>/<model>_<image>x<batch>'."""
     import torch
-
     import torch_vgg
 
     device = torch.device(spec["device"])
@@ -178,8 +182,8 @@ def worker_torch_gpu_eval(spec):
             x = x.pin_memory()
         for precision, amp in spec["precisions"]:
             forward = torch_vgg.make_forward(nets[model, image], device, amp)
-            out[f"{precision}/{model}_{image}x{batch}"] = timed(lambda: forward(x), warmup,
-                                                                reps, sync)
+            out[f"{precision}/{model}_{image}x{batch}"] = timed(
+                lambda forward=forward, x=x: forward(x), warmup, reps, sync)
     emit({"side": "torch", "times": out, "settings": _torch_settings(torch)})
 
 
@@ -228,6 +232,7 @@ def _ms_gpu_train(spec, stage):
     import logging
 
     import mindspore as ms
+
     from src.factory import build_network
     from src.trainer import choose_precision
 
@@ -255,6 +260,7 @@ def _ms_gpu_train(spec, stage):
 def _ms_gpu_net(config, amp_level, stage):
     """The config's network for inference on the GPU, cast by amp_level like the training."""
     import mindspore as ms
+
     from src.factory import build_network
 
     stage.name = "build"
@@ -280,7 +286,8 @@ def _ms_gpu_eval(spec, stage):
             nets[model, image] = _ms_gpu_net(config, spec["amp_level"], stage)
         net, x = nets[model, image], ms.Tensor(random_images(batch, image))
         stage.name = "first step" if not out else "steps"
-        out[f"{model}_{image}x{batch}"] = timed(lambda: net(x).asnumpy(), warmup, reps)
+        out[f"{model}_{image}x{batch}"] = timed(lambda net=net, x=x: net(x).asnumpy(), warmup,
+                                                reps)
     emit({"side": "repo", "amp_level": spec["amp_level"], "times": out})
 
 

@@ -1,6 +1,7 @@
 """Smoke test of benchmarks/benchmark.py (and its harness, workers and report): every section
 runs in a tiny configuration and the report is valid JSON with the machine description and all
-figures. No timing assertions: the numbers of so small a run mean nothing."""
+figures; the bfloat16 part's wiring, targets and its skip on a CPU without bfloat16. No timing
+assertions: the numbers of so small a run mean nothing."""
 import dataclasses
 import json
 import math
@@ -15,7 +16,9 @@ from tests.helpers import REPO
 sys.path.insert(0, os.path.join(REPO, "benchmarks"))
 import benchmark  # noqa: E402  (path set just above)
 import harness  # noqa: E402
+import machine  # noqa: E402
 import report  # noqa: E402
+import report_bf16  # noqa: E402
 import workers_gpu  # noqa: E402
 
 TINY = dataclasses.replace(
@@ -39,9 +42,11 @@ def test_table_formats_missing_values():
     assert report.format_table(rows, markdown=True).startswith("| figure |")
 
 
-def test_tiny_run_writes_a_complete_report(tmp_path):
+def test_tiny_run_writes_a_complete_report(tmp_path, monkeypatch):
     pytest.importorskip("torch")
     pytest.importorskip("onnxruntime")
+    # the workers choose oneDNN's ISA as from a shell, not with the cap conftest.py set here
+    monkeypatch.delenv(harness.ISA_VAR, raising=False)
     out = tmp_path / "results.json"
     result = benchmark.run_benchmark(TINY, str(out), str(tmp_path / "work"), log=lambda *a: None)
     assert result["errors"] == []
@@ -74,6 +79,34 @@ def test_tiny_run_writes_a_complete_report(tmp_path):
     assert check["match"] is True, check
     assert check["failed_steps"] == []
     assert check["fast_path_active"] == machine["fast_conv_active"]
+    _check_bf16_part(saved, figures)
+
+
+def _check_bf16_part(saved, figures):
+    """The tiny run's bfloat16 rows where the CPU has bfloat16, else the stated skip."""
+    bf16 = saved["bf16"]
+    assert len(bf16["targets"]) == len(report_bf16.TARGETS)
+    skip = machine.bf16_unavailable(saved["machine"]["cpu_flags"])
+    if skip:
+        assert bf16["skipped_reason"] == skip
+        assert not [name for name in figures if "bfloat16" in name]
+        return
+    assert bf16["skipped_reason"] is None and saved["machine"]["peak_gflops_bf16"] > 0
+    for name in ("training 32x32 batch 4, bfloat16", "evaluation 32x32 batch 4, bfloat16",
+                 "latency 32x32 batch 1, bfloat16",
+                 "peak memory, training 32x32 batch 4, bfloat16"):
+        assert figures[name]["torch"] > 0, name  # ours: > 0 in every row, checked above
+    # this repository's processes computed in bfloat16, PyTorch's under bfloat16 autocast
+    assert {p[0] for p in bf16["repo_processes"].values()} == {"bfloat16"}
+    assert {r["autocast"] for r in saved["raw"]["train_bf16_torch"]} == {"bfloat16"}
+    assert bf16["cases"]["train"]["repo_fraction_of_bf16_peak"] > 0
+    # the tiny plan has no 224x224 rows: those targets say so instead of a verdict
+    not_run = [t for t in bf16["targets"] if t["met"] is None]
+    assert {t["figure"] for t in not_run} == {
+        "training 224x224 batch 8, bfloat16", "evaluation 224x224 batch 32, bfloat16",
+        "peak memory, training 224x224 batch 8, bfloat16"}
+    assert all("not in this plan" in t["not_measured"] for t in not_run)
+    assert len(not_run) == 4 and bf16["targets_measured"] == len(report_bf16.TARGETS) - 4
 
 
 def test_torch_peer_reads_the_layer_table_of_src_vgg():
@@ -177,6 +210,163 @@ def test_benchmark_exits_non_zero_when_the_loss_check_fails(monkeypatch, capsys)
     assert benchmark.main(["--quick", "--out", os.devnull]) == 1
     result["loss_check"] = check(STOCK)
     assert benchmark.main(["--quick", "--out", os.devnull]) == 0
+
+
+# ------------------------------------------------------------------- bfloat16
+
+def test_bf16_skip_reason_follows_the_cpu_flags_and_the_option():
+    no_bf16 = ["avx", "avx2", "avx512f", "fma"]
+    reason = benchmark.bf16_skip_reason(harness.QUICK, no_bf16)
+    assert "no bfloat16 instructions" in reason and "avx512_bf16" in reason
+    assert benchmark.bf16_skip_reason(harness.QUICK, no_bf16 + ["avx512_bf16"]) is None
+    assert benchmark.bf16_skip_reason(harness.QUICK, ["amx_bf16"]) is None
+    skipped = dataclasses.replace(harness.QUICK, bf16=False)
+    assert "--no-bf16" in benchmark.bf16_skip_reason(skipped, ["avx512_bf16"])
+
+
+def _run_without_processes(monkeypatch, tmp_path, cpu_flags):
+    """benchmark.run_benchmark with every worker answering 'not run' at once (no process
+    starts) on a machine with `cpu_flags`: (result, workers asked for, printed lines)."""
+    asked, lines = [], []
+    described = dict(machine.machine_description(), cpu_flags=cpu_flags)
+    monkeypatch.setattr(machine, "machine_description", lambda: dict(described))
+
+    def run_child(worker, spec, kind, work, timeout):
+        asked.append((worker, spec, kind))
+        return {"error": "not run"}
+
+    monkeypatch.setattr(harness, "run_child", run_child)
+    monkeypatch.setattr(harness, "time_train_py", lambda *a: {"error": "not run"})
+    result = benchmark.run_benchmark(harness.QUICK, str(tmp_path / "out.json"), str(tmp_path),
+                                     log=lines.append)
+    json.loads((tmp_path / "out.json").read_text())  # written, and JSON
+    return result, asked, lines
+
+
+def test_bf16_rows_are_skipped_with_the_reason_on_a_cpu_without_bf16(monkeypatch, tmp_path):
+    result, asked, lines = _run_without_processes(monkeypatch, tmp_path, ["avx2", "avx512f"])
+    reason = machine.bf16_unavailable(["avx2", "avx512f"])
+    assert result["bf16"]["skipped_reason"] == reason
+    assert not [a for a in asked if "bf16" in a[0] or a[1].get("precision") == "bfloat16"
+                or a[1].get("bf16")]
+    assert not [r for r in result["rows"] if "bfloat16" in r["figure"]]
+    assert all(t["met"] is None and t["not_measured"] == reason
+               for t in result["bf16"]["targets"])
+    assert lines.count(f"bfloat16: skipped ({reason})") == 2  # in the progress, at the end
+    assert [line for line in lines if line.startswith("figure")]  # the table still prints
+
+
+def test_bf16_workers_run_in_the_same_run_where_the_cpu_has_bf16(monkeypatch, tmp_path):
+    result, asked, lines = _run_without_processes(monkeypatch, tmp_path, ["avx512_bf16"])
+    bf16 = [(worker, kind) for worker, spec, kind in asked
+            if "bf16" in worker or spec.get("precision") == "bfloat16" or spec.get("bf16")]
+    plan = harness.QUICK  # rounds of training processes per side, one eval group per size
+    groups = len(harness.CpuRun(plan, str(tmp_path)).eval_groups())
+    assert sorted(bf16) == sorted(
+        [("torch_bf16_matmul", "torch"), ("ms_bf16_matmul", "repo")]
+        + [("ms_train", "repo"), ("torch_train", "torch")] * plan.train_rounds
+        + [("ms_eval", "repo"), ("torch_eval", "torch")] * groups)
+    assert result["bf16"]["skipped_reason"] is None
+    # every worker failed here: no figure, each target says why, nothing crashes
+    assert all(t["met"] is None for t in result["bf16"]["targets"])
+    assert any(line.startswith("  training 32x32 batch 64, bfloat16: n/a") for line in lines)
+
+
+def test_bf16_rows_stay_empty_where_onednn_is_capped_below_bf16(tmp_path, monkeypatch):
+    """The real float32 fallback: with ONEDNN_MAX_CPU_ISA=AVX2 this repository's processes
+    resolve cpu_precision=bfloat16 to float32, and its bfloat16 cells say so instead of
+    showing float32 figures; PyTorch's side (run without the variable) still measures."""
+    pytest.importorskip("torch")
+    if machine.bf16_unavailable(machine.cpu_flags()):
+        pytest.skip("no bfloat16 on this CPU (the skip is tested above)")
+    monkeypatch.setenv(harness.ISA_VAR, "AVX2")
+    plan = dataclasses.replace(TINY, train_rounds=1)
+    run = harness.CpuRun(plan, str(tmp_path), log=lambda *a: None)
+    run.bfloat16()
+    assert run.errors == []
+    result = report_bf16.summarise_bf16(plan, run.raw, {})
+    assert result["bf16"]["matmul_peak"]["repo_dense_gflops"] is None
+    assert "ONEDNN_MAX_CPU_ISA=AVX2" in result["bf16"]["matmul_peak"]["repo_dense_unavailable"]
+    assert result["bf16"]["matmul_peak"]["peak_gflops"] > 0  # PyTorch's
+    assert {p[0] for p in result["bf16"]["repo_processes"].values()} == {"float32"}
+    for row in result["rows"]:
+        assert row["repo"] is None and row["torch"] > 0, row
+        assert "this repository ran float32: no bfloat16 instructions for oneDNN (oneDNN is " \
+               "capped below them by ONEDNN_MAX_CPU_ISA=AVX2)" in row["note"], row
+
+
+def _bf16_raw(precision="bfloat16"):
+    """Raw bfloat16 results of the full plan, with round numbers (see the test below)."""
+    def repo(**fields):
+        return dict(fields, precision=precision, precision_detail=(
+            "avx512_core_bf16" if precision == "bfloat16" else
+            "no bfloat16 instructions for oneDNN (the CPU has neither AVX512-BF16 nor AMX-BF16)"))
+
+    return {
+        "bf16_matmul_torch": [{"torch_bf16_gflops": 1000.0}],
+        "bf16_matmul_repo": [{"native_bf16_gflops": 800.0}],
+        "train_bf16_repo": [repo(step_s=[0.25] * 3, max_rss_mb=900.0, losses=[2.3, 2.2])],
+        "train_bf16_torch": [{"step_s": [0.5] * 3, "max_rss_mb": 1000.0, "losses": [2.3]}],
+        "train224_bf16_repo": [repo(step_s=[2.0], max_rss_mb=3000.0, losses=[2.3])],
+        "train224_bf16_torch": [{"step_s": [2.5], "max_rss_mb": 2900.0, "losses": [2.3]}],
+        "eval_bf16_repo": [repo(times={"32x256": [0.4], "224x32": [2.0], "224x1": [0.1]})],
+        "eval_bf16_torch": [{"times": {"32x256": [0.8], "224x32": [4.0], "224x1": [0.08]}}]}
+
+
+FP32_FIGURES = {"train": {"repo_images_per_s": 120.0, "torch_images_per_s": 100.0},
+                "eval_32_b256": {"repo": 400.0, "torch": 300.0, "onnxruntime": 500.0},
+                "eval_224_b32": {"repo": 10.0, "torch": 6.0, "onnxruntime": 20.0},
+                "latency_ms": {"repo": 130.0, "torch": 150.0, "onnxruntime": 90.0},
+                "train_peak_rss_mb": {"repo": 1100.0, "torch": 1000.0}}
+
+
+def test_bf16_targets_are_judged_on_the_ratios():
+    result = report_bf16.summarise_bf16(harness.FULL, _bf16_raw(), FP32_FIGURES)
+    rows = {row["figure"]: row for row in result["rows"]}
+    train = rows["training 32x32 batch 64, bfloat16"]
+    assert (train["repo"], train["torch"], train["vs_torch"]) == (256.0, 128.0, 2.0)
+    assert "vs PyTorch float32 2.56x" in train["note"]
+    assert rows["latency 224x224 batch 1, bfloat16"]["vs_torch"] == pytest.approx(0.8)
+    assert rows["evaluation 32x32 batch 256, bfloat16"]["vs_onnxruntime"] == pytest.approx(1.28)
+    bf16 = result["bf16"]
+    assert bf16["matmul_peak"]["peak_gflops"] == 1000.0
+    # 256 images/s x 3 x 2 x 332 MFLOP of forward multiply-adds / 1000 GFLOP/s: about 51 %
+    assert bf16["cases"]["train"]["repo_fraction_of_bf16_peak"] == pytest.approx(
+        256 * report.train_flops_per_image(32) / 1e12)
+    verdicts = {(t["figure"], t["against"]): t["met"] for t in bf16["targets"]}
+    torch_bf16, torch_fp32, ort = (report_bf16.PEERS[k] for k in
+                                   ("torch_bf16", "torch_fp32", "onnxruntime"))
+    assert verdicts == {
+        ("training 32x32 batch 64, bfloat16", torch_bf16): True,    # 2.0 >= 2.0
+        ("training 32x32 batch 64, bfloat16", torch_fp32): False,   # 2.56 < 2.9
+        ("training 224x224 batch 8, bfloat16", torch_bf16): False,  # 1.25 < 1.5
+        ("evaluation 32x32 batch 256, bfloat16", torch_bf16): True,   # 2.0
+        ("evaluation 32x32 batch 256, bfloat16", ort): True,          # 640 > 500
+        ("evaluation 224x224 batch 32, bfloat16", torch_bf16): True,  # 2.0
+        ("evaluation 224x224 batch 32, bfloat16", ort): False,        # 16 < 20
+        ("latency 224x224 batch 1, bfloat16", torch_bf16): False,     # 100 ms > 80 ms
+        ("peak memory, training 32x32 batch 64, bfloat16", torch_bf16): True,     # 900 <= 1000
+        ("peak memory, training 224x224 batch 8, bfloat16", torch_bf16): False}  # 3000 > 2900
+    assert (bf16["targets_met"], bf16["targets_measured"]) == (5, 10)
+    lines = report_bf16.bf16_lines(bf16)
+    assert "bfloat16 targets met: 5 of 10 measured" in lines[0]
+    assert "  training 32x32 batch 64, bfloat16: 2.56x vs PyTorch float32 (target >= 2.9x " \
+           "PyTorch fp32): NOT MET" in lines
+    assert "training 32x32 batch 64, bfloat16" in report.format_table(result["rows"])
+    json.dumps(result)
+
+
+def test_bf16_rows_of_a_float32_fallback_stay_empty_with_the_reason():
+    """Where this repository's processes resolved cpu_precision=bfloat16 to float32 (e.g.
+    ONEDNN_MAX_CPU_ISA capped below bfloat16), its figures are not passed off as bfloat16."""
+    result = report_bf16.summarise_bf16(harness.FULL, _bf16_raw("float32"), FP32_FIGURES)
+    for row in result["rows"]:
+        assert row["repo"] is None and row["vs_torch"] is None, row
+        assert row["torch"] is not None and "this repository ran float32: no bfloat16" in \
+            row["note"], row
+    targets = result["bf16"]["targets"]
+    assert all(t["met"] is None and "ran float32" in t["not_measured"] for t in targets)
+    assert result["bf16"]["targets_measured"] == 0
 
 
 # ------------------------------------------------------------------- GPU mode, without a GPU

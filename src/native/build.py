@@ -135,7 +135,8 @@ def build(force=False, verbose=False):
     if proc.returncode != 0:
         if os.path.exists(tmp_out):
             os.remove(tmp_out)
-        errors = [l for l in proc.stderr.splitlines() if "error" in l] or proc.stderr.splitlines() or ["?"]
+        lines = proc.stderr.splitlines()
+        errors = [line for line in lines if "error" in line] or lines or ["?"]
         raise BuildError(f"compiling csrc/*.cc failed: {errors[0].strip()}")
     os.replace(tmp_out, LIB_PATH)
     with open(STAMP, "w") as handle:

@@ -94,7 +94,8 @@ def _config_reason(conv):
         top, bottom, left, right = conv.padding
         # the kernels derive padding from the shapes as top = total // 2
         if bottom - top not in (0, 1) or right - left not in (0, 1):
-            return f"padding {conv.padding} (the bottom/right side must equal top/left or exceed it by 1)"
+            return (f"padding {conv.padding} (the bottom/right side must equal top/left or "
+                    "exceed it by 1)")
     return ""
 
 
@@ -195,7 +196,8 @@ def _blocked_ops(act=ms.float32):
     """Custom operators of the blocked inference chain (see NativeFeatures) with activations
     of type act: (first convolution, later convolutions, max pool, unblock)."""
     return (_custom("FastConvInferPlain", _conv_shape, lambda *dtypes: act),
-            _custom("FastConvInferBlocked", _conv_shape), _custom("FastMaxPool2Blocked", _pool_shape),
+            _custom("FastConvInferBlocked", _conv_shape),
+            _custom("FastMaxPool2Blocked", _pool_shape),
             _unblock_op(act))
 
 

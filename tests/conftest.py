@@ -59,6 +59,18 @@ def id_coded_cifar(tmp_path_factory):
     return root
 
 
+@pytest.fixture(scope="session")
+def library():
+    """The native kernel library, built if it is not (a test that needs it fails, never
+    skips, when it cannot be built: CI builds it with --strict first)."""
+    from src.native import build as native_build
+
+    try:
+        return native_build.build()
+    except native_build.BuildError as exc:
+        pytest.fail(f"native kernel library not built: {exc}")
+
+
 @pytest.fixture(scope="module")
 def graph_mode_on_cpu():
     """MindSpore in graph mode on CPU for a whole module (use with pytest.mark.usefixtures)."""

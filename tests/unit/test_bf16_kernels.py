@@ -477,16 +477,6 @@ def has_bf16_cpu():
     return bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
 
 
-@pytest.fixture(scope="module")
-def library():
-    from src.native import build as native_build
-
-    try:
-        return native_build.build()
-    except native_build.BuildError as exc:
-        pytest.fail(f"native kernel library not built: {exc}")
-
-
 def run_worker(tmp_path, isa=None, verbose=False, layout=None):
     """The worker's report, and its stderr, with oneDNN uncapped or capped at `isa`, and the
     bfloat16 activations in `layout` (VGG_NATIVE_BF16_LAYOUT) or the default."""

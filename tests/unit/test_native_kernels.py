@@ -527,16 +527,6 @@ def cpu_flags():
     return flags()
 
 
-@pytest.fixture(scope="module")
-def library():
-    from src.native import build as ops_build
-
-    try:
-        return ops_build.build()
-    except ops_build.BuildError as exc:
-        pytest.fail(f"native kernel library not built: {exc}")
-
-
 @pytest.fixture(scope="module", params=sorted(ISAS))
 def measured(request, library, tmp_path_factory):
     """The worker's report for one ISA (one process per ISA, shared by the tests below)."""

@@ -30,7 +30,6 @@ import argparse
 import json
 import math
 import os
-import re
 import shutil
 import statistics
 import sys
@@ -40,7 +39,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [HERE, os.path.dirname(HERE)]  # benchmarks/ and the repository
 import cifar_bin  # noqa: E402  (path set just above)
 import machine  # noqa: E402
-from real_cifar10 import run, split_holdout  # noqa: E402
+from real_cifar10 import log_figures, run, shown, split_holdout  # noqa: E402
 
 from src.checkpoint import list_checkpoints  # noqa: E402
 from src.dataset import CIFAR10_TRAIN_DIR  # noqa: E402
@@ -103,10 +102,6 @@ def check_precision(log_text, precision, log_path):
                  "bfloat16 training; the comparison would be meaningless")
 
 
-def shown(command):
-    return " ".join(["python"] + command[1:])
-
-
 def train_and_evaluate(data, work, epochs, seed, precision):
     """One run: train, evaluate its last checkpoint on the held-out split, summarise."""
     name = f"seed{seed}_{precision}"
@@ -121,14 +116,14 @@ def train_and_evaluate(data, work, epochs, seed, precision):
     eval_cmd = [sys.executable, "eval.py", *common, f"--pre_trained={last}"]
     eval_log, _ = run(eval_cmd, os.path.join(work, f"eval_{name}.log"))
     check_precision(eval_log, precision, os.path.join(work, f"eval_{name}.log"))
-    speeds = [float(s) for s in re.findall(r"\| ([0-9.]+) img/s", train_log)]
+    figures = log_figures(train_log, eval_log)
+    speeds = figures["speeds"]
     return {
         "precision": precision, "seed": seed,
-        "holdout_top1": float(re.search(r"result: \{'acc': ([0-9.]+)\}", eval_log).group(1)),
-        "holdout_top1_after_each_epoch": [
-            float(a) for a in re.findall(r"eval after epoch \d+: top1 ([0-9.]+)", train_log)],
+        "holdout_top1": figures["holdout_top1"],
+        "holdout_top1_after_each_epoch": figures["top1_after_each_epoch"],
         "train_wall_seconds": round(train_seconds, 1),
-        "epoch_seconds": [float(s) for s in re.findall(r"epoch time: ([0-9.]+) s", train_log)],
+        "epoch_seconds": figures["epoch_seconds"],
         "images_per_second_median": round(statistics.median(speeds), 1) if speeds else None,
         "load_average_at_end": machine.load_average(2),
         "commands": [shown(train_cmd), shown(eval_cmd)],

@@ -18,7 +18,6 @@ import argparse
 import glob
 import json
 import os
-import re
 import shutil
 import statistics
 import sys
@@ -26,28 +25,23 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import machine  # noqa: E402  (path set just above)
-from real_cifar10 import run, split_holdout  # noqa: E402
+from real_cifar10 import log_figures, run, shown, split_holdout  # noqa: E402
 
 CONFIG = "cifar10_cpu_config.yaml"
 
 
-def shown(command):
-    return " ".join(["python"] + command[1:])
-
-
 def summarise(args, data, n_train, run_dir, train, evaluation):
     (train_log, train_s), (eval_log, eval_s), last = train, evaluation[:2], evaluation[2]
-    speeds = [float(s) for s in re.findall(r"\| ([0-9.]+) img/s", train_log)]
-    epoch_s = [float(s) for s in re.findall(r"epoch time: ([0-9.]+) s", train_log)]
-    in_training = [float(a) for a in re.findall(r"eval after epoch \d+: top1 ([0-9.]+)", train_log)]
+    figures = log_figures(train_log, eval_log)
+    speeds = figures["speeds"]
     return {
         "what": f"{CONFIG} on real CIFAR-10: {n_train} training images, the last "
                 f"{args.holdout} of the 50,000 held out (never trained on)",
         "epochs": args.epochs, "train_images": n_train, "holdout_images": args.holdout,
-        "holdout_top1": float(re.search(r"result: \{'acc': ([0-9.]+)\}", eval_log).group(1)),
-        "holdout_top1_after_each_epoch": in_training,
+        "holdout_top1": figures["holdout_top1"],
+        "holdout_top1_after_each_epoch": figures["top1_after_each_epoch"],
         "train_wall_seconds": round(train_s, 1), "eval_wall_seconds": round(eval_s, 1),
-        "epoch_seconds": epoch_s,
+        "epoch_seconds": figures["epoch_seconds"],
         "train_images_per_second_median": round(statistics.median(speeds), 1) if speeds else None,
         "checkpoint": os.path.basename(last), "machine": machine.cpu_summary(),
         "load_average_at_end": machine.load_average(2),

@@ -55,6 +55,24 @@ def run(command, log_path):
     return text, seconds
 
 
+def shown(command):
+    """A subprocess command as a user types it (python, not this interpreter's path)."""
+    return " ".join(["python"] + command[1:])
+
+
+def log_figures(train_log, eval_log):
+    """The figures train.py's and eval.py's logs print: held-out top-1 of eval.py, and from
+    training the images/s of every progress line, every epoch time and the in-training top-1
+    after each epoch."""
+    return {
+        "holdout_top1": float(re.search(r"result: \{'acc': ([0-9.]+)\}", eval_log).group(1)),
+        "speeds": [float(x) for x in re.findall(r"\| ([0-9.]+) img/s", train_log)],
+        "epoch_seconds": [float(x) for x in re.findall(r"epoch time: ([0-9.]+) s", train_log)],
+        "top1_after_each_epoch": [float(x) for x in re.findall(
+            r"eval after epoch \d+: top1 ([0-9.]+)", train_log)],
+    }
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -74,14 +92,13 @@ def main():
     checkpoint = sorted(glob.glob(os.path.join(out, "run", "vgg16_bn-*_*.ckpt")))[-1]
     eval_cmd = [sys.executable, "eval.py", *common, f"--pre_trained={checkpoint}"]
     eval_log, _ = run(eval_cmd, os.path.join(out, "eval.log"))
-    acc = float(re.search(r"result: \{'acc': ([0-9.]+)\}", eval_log).group(1))
-    speeds = [float(s) for s in re.findall(r"\| ([0-9.]+) img/s", train_log)]
-    epoch_times = [float(s) for s in re.findall(r"epoch time: ([0-9.]+) s", train_log)]
+    figures = log_figures(train_log, eval_log)
     summary = {
         "train_images": n_train, "holdout_images": args.holdout, "epochs": args.epochs,
-        "holdout_top1": acc, "train_images_per_sec_median": float(np.median(speeds)),
-        "epoch_seconds": epoch_times, "train_wall_seconds": round(train_seconds, 1),
-        "command": " ".join(["python"] + train_cmd[1:]),
+        "holdout_top1": figures["holdout_top1"],
+        "train_images_per_sec_median": float(np.median(figures["speeds"])),
+        "epoch_seconds": figures["epoch_seconds"], "train_wall_seconds": round(train_seconds, 1),
+        "command": shown(train_cmd),
     }
     with open(os.path.join(out, "summary.json"), "w", encoding="utf-8") as handle:
         json.dump(summary, handle, indent=2)

@@ -2,6 +2,7 @@
 
     python benchmarks/benchmark.py [--quick] [--out benchmarks/results/benchmark.json]
                                    [--work DIR] [--markdown] [--no-bf16]
+    python benchmarks/benchmark.py --tables benchmarks/results/benchmark.json
     python benchmarks/benchmark.py --device gpu [--quick]
                                    [--out benchmarks/results/benchmark_gpu.json]
 
@@ -181,6 +182,27 @@ def _log_end(result, table, notes, out_path, log):
         log(f"wrote {out_path}")
 
 
+def print_tables(path):
+    """The Markdown tables of a saved report (exit status 2 when it cannot be read)."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            result = json.load(handle)
+        rows = result["rows"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        print(f"benchmark.py --tables: {path}: not a readable benchmark report ({err})",
+              file=sys.stderr)
+        return 2
+    gpu = any("upstream" in row for row in rows)  # only the GPU table has that column
+    print((report.format_gpu_table if gpu else report.format_table)(rows, markdown=True))
+    bf16 = result.get("bf16")
+    if bf16 and not bf16.get("skipped_reason"):
+        print()
+        print(report_bf16.format_bf16_table(bf16, markdown=True))
+        print()
+        print("\n".join(report_bf16.bf16_lines(bf16)))
+    return 0
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", choices=("cpu", "gpu"), default="cpu",
@@ -195,6 +217,8 @@ def parse_args(argv=None):
                         help="folder for generated data, exports and run folders (reused)")
     parser.add_argument("--markdown", action="store_true",
                         help="also print the table as Markdown")
+    parser.add_argument("--tables", metavar="JSON",
+                        help="measure nothing: print the Markdown tables of a saved report")
     parser.add_argument("--no-bf16", dest="bf16", action="store_false",
                         help="CPU: skip the bfloat16 rows (measured by default where the CPU has "
                              "AVX512-BF16 or AMX-BF16)")
@@ -208,6 +232,8 @@ def main(argv=None):
     if args.worker:  # one measurement, in the process harness.run_child started
         WORKERS[args.worker](json.loads(args.spec))
         return 0
+    if args.tables:
+        return print_tables(args.tables)
     work, out = os.path.abspath(args.work), args.out or DEFAULT_OUT[args.device]
     plan = PLANS[args.device][args.quick]
     if args.device == "cpu" and not args.bf16:
@@ -225,6 +251,9 @@ def main(argv=None):
     if args.markdown:
         print()
         print(table(result["rows"], markdown=True))
+        if result.get("bf16") and not result["bf16"]["skipped_reason"]:
+            print()
+            print(report_bf16.format_bf16_table(result["bf16"], markdown=True))
     if harness.loss_check_failure(result.get("loss_check", {})):
         return 1  # said above, as "error: loss check failed: ..."
     return 1 if result["errors"] else 0

@@ -408,7 +408,7 @@ def format_table(rows, markdown=False):
              x_text(r["vs_torch"]), num_text(r["onnxruntime"]), x_text(r["vs_onnxruntime"]),
              r["target"] or "", r["note"]]
             for r in rows]
-    return _layout(head, body, markdown)
+    return layout(head, body, markdown)
 
 
 def _repo_cell(row, width=72):
@@ -424,10 +424,10 @@ def format_gpu_table(rows, markdown=False):
     body = [[r["figure"], r["unit"], _repo_cell(r), num_text(r["torch"]),
              "" if r["repo_status"] is not None else x_text(r["vs_torch"]),
              "" if r["upstream"] is None else num_text(r["upstream"]), r["note"]] for r in rows]
-    return _layout(head, body, markdown)
+    return layout(head, body, markdown)
 
 
-def _layout(head, body, markdown):
+def layout(head, body, markdown):
     """Columns padded to their widest cell (the last one, a free-text note, not padded)."""
     if markdown:
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]

@@ -9,6 +9,7 @@ from report import (
     RawResults,
     advantage,
     cpu_row,
+    layout,
     num_text,
     pct_text,
     per_second,
@@ -103,7 +104,10 @@ class Bf16Summary(RawResults):
         self.rows.append(cpu_row(self.names[case], unit, repo, torch, ort, better, target, note))
         self.cases[case] = {"figure": self.names[case], "unit": unit, "better": better,
                             "repo": repo, "torch_bf16": torch, "onnxruntime": ort,
-                            "repo_status": why, **figures}
+                            "repo_status": why, **figures,
+                            "vs_torch_bf16": advantage(repo, torch, better),
+                            "vs_torch_fp32": advantage(repo, figures.get("torch_fp32"), better),
+                            "vs_onnxruntime": advantage(repo, ort, better)}
 
     def training(self, case, tag, image, batch):
         key = f"train{tag}_bf16"
@@ -238,3 +242,21 @@ def bf16_lines(bf16):
         lines.append(f"  {t['figure']}: {x_text(t['ratio'])} vs {t['against']} "
                      f"(target {t['target']}): {verdict}")
     return lines
+
+
+def format_bf16_table(bf16, markdown=False):
+    """The bfloat16 cases side by side with every peer, and each target met or not."""
+    head = ["figure", "unit", "this repo bf16", "PyTorch bf16 autocast", "vs PyTorch bf16",
+            "PyTorch float32", "vs PyTorch float32", "onnxruntime (float32 export)", "vs ORT",
+            "target", "met"]
+    body = []
+    for case in bf16["cases"].values():
+        targets = [t for t in bf16["targets"] if t["figure"] == case["figure"]]
+        met = ", ".join("n/a" if t["met"] is None else "yes" if t["met"] else "no"
+                        for t in targets)
+        body.append([case["figure"], case["unit"], num_text(case["repo"]),
+                     num_text(case["torch_bf16"]), x_text(case["vs_torch_bf16"]),
+                     num_text(case.get("torch_fp32")), x_text(case["vs_torch_fp32"]),
+                     num_text(case["onnxruntime"]), x_text(case["vs_onnxruntime"]),
+                     ", ".join(t["target"] for t in targets), met])
+    return layout(head, body, markdown)

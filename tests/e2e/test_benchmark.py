@@ -356,6 +356,26 @@ def test_bf16_targets_are_judged_on_the_ratios():
     json.dumps(result)
 
 
+def test_bf16_table_and_tables_option_print_a_saved_report(tmp_path, capsys):
+    """--tables re-prints a saved report's tables: every peer's ratio and each target's verdict."""
+    result = report_bf16.summarise_bf16(harness.FULL, _bf16_raw(), FP32_FIGURES)
+    table = report_bf16.format_bf16_table(result["bf16"], markdown=True).splitlines()
+    train = next(line for line in table if line.startswith("| training 32x32"))
+    # 256 vs 128 (bf16) and vs 100 (float32); its two targets: 2.0 met, 2.9 not
+    assert "| 256 | 128 | 2.00x | 100 | 2.56x | n/a | n/a |" in train
+    assert train.endswith("yes, no |")
+    latency = next(line for line in table if line.startswith("| latency"))
+    assert "| 100 | 80.0 | 0.80x | 150 | 1.50x | 90.0 | 0.90x |" in latency  # times: peer / ours
+    saved = tmp_path / "report.json"
+    saved.write_text(json.dumps({"rows": result["rows"], "bf16": result["bf16"]}))
+    assert benchmark.main(["--tables", str(saved)]) == 0
+    out = capsys.readouterr().out
+    assert train in out and "bfloat16 targets met: 5 of 10 measured" in out
+    saved.write_text("{not json")
+    assert benchmark.main(["--tables", str(saved)]) == 2
+    assert "not a readable benchmark report" in capsys.readouterr().err
+
+
 def test_bf16_rows_of_a_float32_fallback_stay_empty_with_the_reason():
     """Where this repository's processes resolved cpu_precision=bfloat16 to float32 (e.g.
     ONEDNN_MAX_CPU_ISA capped below bfloat16), its figures are not passed off as bfloat16."""

@@ -31,6 +31,7 @@ import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+MATMUL_WEIGHTS_VAR = "VGG_NATIVE_MATMUL_WEIGHTS_MAX_PIXELS"
 
 # ---------------------------------------------------------------- error bounds
 # bfloat16 keeps 8 significant bits: one rounding to nearest is off by at most u = 2^-8 =
@@ -181,6 +182,7 @@ class _KernelChecks:
                                           (False, 5, 32, (2, 5, 2, 2)),
                                           (True, 16, 32, (2, 16, 8, 8)),
                                           (True, 48, 32, (3, 48, 11, 13)),
+                                          (True, 48, 32, (3, 48, 7, 5)),
                                           (True, 64, 64, (8, 64, 4, 4)),
                                           (True, 512, 512, (4, 512, 2, 2))):
             for kind in ("exact", "float32"):
@@ -477,17 +479,22 @@ def has_bf16_cpu():
     return bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
 
 
-def run_worker(tmp_path, isa=None, verbose=False, layout=None):
-    """The worker's report, and its stderr, with oneDNN uncapped or capped at `isa`, and the
-    bfloat16 activations in `layout` (VGG_NATIVE_BF16_LAYOUT) or the default."""
+def run_worker(tmp_path, isa=None, verbose=False, layout=None, matmul_weights=None):
+    """The worker's report, and its stderr, with oneDNN uncapped or capped at `isa`, the
+    bfloat16 activations in `layout` (VGG_NATIVE_BF16_LAYOUT) or the default, and the
+    im2col + matmul weight gradients up to `matmul_weights` output pixels
+    (VGG_NATIVE_MATMUL_WEIGHTS_MAX_PIXELS; 0: never) or the default."""
     out = tmp_path / "report.json"
     env = dict(os.environ, GLOG_v="3", ONEDNN_MAX_CPU_ISA=isa or "ALL")
-    for name in ("VGG_NATIVE_KERNELS", "FAST_CONV", "FAST_CONV_CHAIN", "VGG_NATIVE_BF16_LAYOUT"):
+    for name in ("VGG_NATIVE_KERNELS", "FAST_CONV", "FAST_CONV_CHAIN", "VGG_NATIVE_BF16_LAYOUT",
+                 MATMUL_WEIGHTS_VAR):
         env.pop(name, None)
     if verbose:
         env["VGG_NATIVE_VERBOSE"] = "1"
     if layout:
         env["VGG_NATIVE_BF16_LAYOUT"] = layout
+    if matmul_weights is not None:
+        env[MATMUL_WEIGHTS_VAR] = str(matmul_weights)
     proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", str(out)],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -497,15 +504,17 @@ def run_worker(tmp_path, isa=None, verbose=False, layout=None):
 
 @pytest.fixture(scope="module", params=["default", "nhwc"])
 def measured(request, library, tmp_path_factory):
-    """The worker's report with the layout this CPU gets (nChw16c, or NHWC with AMX), and
-    with NHWC forced: the AMX layout's correctness is checked on any bfloat16 CPU."""
-    layout = None if request.param == "default" else request.param
-    return run_worker(tmp_path_factory.mktemp(f"bf16_{request.param}"), verbose=True,
-                      layout=layout)
+    """The worker's report with the kernels this CPU gets (nChw16c and im2col + matmul weight
+    gradients on small outputs without AMX; NHWC and convolution kernels only with AMX), and
+    with AMX's choice forced: its correctness is checked on any bfloat16 CPU."""
+    amx = request.param == "nhwc"
+    return request.param, *run_worker(tmp_path_factory.mktemp(f"bf16_{request.param}"),
+                                      verbose=True, layout="nhwc" if amx else None,
+                                      matmul_weights=0 if amx else None)
 
 
 def test_bf16_is_used_exactly_where_the_cpu_has_it(measured):
-    report, _ = measured
+    _, report, _ = measured
     if has_bf16_cpu():
         assert report["bf16_isa"], "the CPU has AVX512-BF16/AMX-BF16 but oneDNN runs no bf16 ISA"
         assert not report["failures"], "\n".join(report["failures"])
@@ -515,7 +524,7 @@ def test_bf16_is_used_exactly_where_the_cpu_has_it(measured):
 
 
 def test_bf16_kernels_match_float32_kernels(measured):
-    report, _ = measured
+    _, report, _ = measured
     if not report["bf16_isa"]:
         pytest.skip("no bfloat16 on this CPU: the fallback is asserted instead")
     checks = [c for c in report["checks"] if c["kernel"] != "reference_kernels"]
@@ -530,7 +539,7 @@ def test_bf16_kernels_match_float32_kernels(measured):
 def test_bf16_primitives_run_bf16_kernels_never_reference(measured):
     """Every bfloat16 primitive oneDNN built runs a bfloat16 implementation (its ISA name
     has bf16 or AMX in it: jit_bf16:avx512_core_bf16, brg_matmul:avx512_core_amx, ...)."""
-    report, stderr = measured
+    variant, report, stderr = measured
     if not report["bf16_isa"]:
         pytest.skip("no bfloat16 on this CPU")
     assert not [c for c in report["checks"] if c["kernel"] == "reference_kernels" and c["err"]]
@@ -542,6 +551,10 @@ def test_bf16_primitives_run_bf16_kernels_never_reference(measured):
             "batch norm + relu backward", "max pool forward", "max pool backward",
             "max pool inference", "inference (plain in)", "inference (blocked in)",
             "dense forward", "dense backward data", "dense backward weights"} <= kinds
+    # the weight gradients of outputs of at most 64 pixels (8x8, 4x4, 2x2 here) as one matrix
+    # product, where the CPU's default asks for it (AVX-512 without AMX), never when turned off
+    matmul = "training backward weights (im2col + matmul)" in kinds
+    assert matmul == (variant == "default" and "amx_bf16" not in cpu_flags()), kinds
     wrong = [line for line in lines
              if line.split("-> ")[-1].startswith("ref")
              or not any(word in line.split("-> ")[-1] for word in BF16_ISA_WORDS)]

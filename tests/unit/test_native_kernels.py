@@ -263,6 +263,7 @@ def _worker(out_path):
         (True, 64, 64, (8, 64, 4, 4)),
         (True, 16, 16, (1, 16, 224, 224)),
         (True, 48, 32, (3, 48, 11, 13)),
+        (True, 48, 32, (3, 48, 7, 5)),  # non-square, below the im2col + matmul weights limit
     ]
     for blocked, cin, cout, shape in chain_conv_cases:
         kind = "Blocked" if blocked else "Plain"

@@ -159,6 +159,11 @@ void Engine::TrainConvBwd(const ConvShape &s, bool x_blocked, const void *dy, co
   } else {  // the network input (plain float32): nothing consumes its gradient
     std::memset(dx, 0, static_cast<size_t>(s.n * s.c * s.h * s.w) * sizeof(float));
   }
+  if (p.matmul_weights) {
+    MatmulWeights(p, s, dy, x, dw, scratch);
+    stream_.wait();
+    return;
+  }
   memory ddst = Bind(p.ddst_w, dy, kDst, true);
   memory src = Bind(p.src_w, x, kSrc, true);
   memory dwei = BindOut(p.diff_wei, dw, kDiffWei);
@@ -166,6 +171,47 @@ void Engine::TrainConvBwd(const ConvShape &s, bool x_blocked, const void *dy, co
                                   {DNNL_ARG_DIFF_WEIGHTS, dwei}, {DNNL_ARG_SCRATCHPAD, scratch}});
   Finish(p.diff_wei, dwei, dw);
   stream_.wait();
+}
+
+void Engine::MatmulWeights(const TrainConvPlan &p, const ConvShape &s, const void *dy, const void *x,
+                           float *dw, const memory &scratch) {
+  memory x_nhwc(p.x_nhwc, eng_, arena_.Get(kSrcNhwc, p.x_nhwc.get_size()));
+  memory dy_nhwc(p.dy_nhwc, eng_, arena_.Get(kDstNhwc, p.dy_nhwc.get_size()));
+  memory x_in(p.x_chain, eng_, const_cast<void *>(x)), dy_in(p.dy_chain, eng_, const_cast<void *>(dy));
+  p.x_to_nhwc.execute(stream_, x_in, x_nhwc);
+  p.dy_to_nhwc.execute(stream_, dy_in, dy_nhwc);
+  stream_.wait();  // im2col reads x_nhwc on the engine's threads
+  char *col = static_cast<char *>(arena_.Get(kCol, p.col.get_size()));
+  Im2Col(s, static_cast<const char *>(x_nhwc.get_data_handle()), col);
+  memory rows(p.dw_rows, eng_, arena_.Get(kDiffWei, p.dw_rows.get_size()));
+  p.weights_mm.execute(stream_, {{DNNL_ARG_SRC, memory(p.dy_t, eng_, dy_nhwc.get_data_handle())},
+                                 {DNNL_ARG_WEIGHTS, memory(p.col, eng_, col)},
+                                 {DNNL_ARG_DST, rows}, {DNNL_ARG_SCRATCHPAD, scratch}});
+  memory ohwi(p.dw_ohwi, eng_, rows.get_data_handle()), oihw(p.dw_oihw, eng_, dw);
+  p.dw_to_oihw.execute(stream_, ohwi, oihw);
+}
+
+void Engine::Im2Col(const ConvShape &s, const char *x, char *col) {
+  const size_t pixel = static_cast<size_t>(s.c) * (s.act == dt::bf16 ? 2 : 4);  // bytes
+  const int64_t rows = s.n * s.oh * s.ow, per_image = s.oh * s.ow;
+  const int chunks = static_cast<int>(std::min<int64_t>(rows, 4 * nthreads_));
+  ParallelFor(chunks, [&](int t) {
+    for (int64_t r = rows * t / chunks; r < rows * (t + 1) / chunks; ++r) {
+      const int64_t n = r / per_image, oh = r % per_image / s.ow, ow = r % s.ow;
+      char *out = col + static_cast<size_t>(r * s.kh * s.kw) * pixel;
+      for (int64_t kh = 0; kh < s.kh; ++kh) {
+        const int64_t ih = oh - s.pt + kh;
+        for (int64_t kw = 0; kw < s.kw; ++kw, out += pixel) {
+          const int64_t iw = ow - s.pl + kw;
+          if (ih < 0 || ih >= s.h || iw < 0 || iw >= s.w) {
+            std::memset(out, 0, pixel);
+          } else {
+            std::memcpy(out, x + static_cast<size_t>((n * s.h + ih) * s.w + iw) * pixel, pixel);
+          }
+        }
+      }
+    }
+  });
 }
 
 TrainConvPlan &Engine::TrainConvFor(const ConvShape &s, bool x_blocked) {
@@ -187,20 +233,44 @@ TrainConvPlan &Engine::TrainConvFor(const ConvShape &s, bool x_blocked) {
     return dnnl::convolution_forward::primitive_desc(eng_, dnnl::prop_kind::forward_training, direct, a,
                                                      any_wei, b, s.Strides(), s.PadL(), s.PadR(), attr);
   });
-  auto wpd = Preferring(src_pref, dst, any_src, any_dst, [&](const memory::desc &a, const memory::desc &b) {
-    return dnnl::convolution_backward_weights::primitive_desc(eng_, direct, a, any_diff_wei, b, s.Strides(),
-                                                              s.PadL(), s.PadR(), fpd, attr);
-  });
   auto plan = std::make_unique<TrainConvPlan>();
   plan->fwd = dnnl::convolution_forward(fpd);
-  plan->bwd_weights = dnnl::convolution_backward_weights(wpd);
   plan->src_f = OperandFor(eng_, x, fpd.src_desc(), true, false);
   plan->wei_f = MakeOperand(eng_, s.Wei(), tag::oihw, fpd.weights_desc(), true, false);
   plan->dst_f = OperandFor(eng_, dst, fpd.dst_desc(), false, true);
-  plan->src_w = OperandFor(eng_, x, wpd.src_desc(), true, false);
-  plan->ddst_w = OperandFor(eng_, dst, wpd.diff_dst_desc(), true, false);
-  plan->diff_wei = MakeOperand(eng_, s.Wei(), tag::oihw, wpd.diff_weights_desc(), false, true);
-  size_t scratch = std::max(fpd.scratchpad_desc().get_size(), wpd.scratchpad_desc().get_size());
+  size_t scratch = fpd.scratchpad_desc().get_size();
+  plan->matmul_weights = x_blocked && s.oh * s.ow <= MatmulWeightsMaxPixels(s.act);
+  if (plan->matmul_weights) {
+    const int64_t rows = s.n * s.oh * s.ow, cols = s.kh * s.kw * s.c;
+    plan->x_chain = x;
+    plan->dy_chain = dst;
+    plan->x_nhwc = memory::desc(s.Src(), s.act, tag::nhwc);
+    plan->dy_nhwc = memory::desc(s.Dst(), s.act, tag::nhwc);
+    plan->x_to_nhwc = dnnl::reorder(dnnl::reorder::primitive_desc(eng_, x, eng_, plan->x_nhwc));
+    plan->dy_to_nhwc = dnnl::reorder(dnnl::reorder::primitive_desc(eng_, dst, eng_, plan->dy_nhwc));
+    plan->dy_t = memory::desc({s.o, rows}, s.act, tag::ba);  // dy in NHWC, read transposed
+    plan->col = memory::desc({rows, cols}, s.act, tag::ab);
+    plan->dw_rows = memory::desc({s.o, cols}, dt::f32, tag::ab);
+    dnnl::matmul::primitive_desc mpd(eng_, plan->dy_t, plan->col, plan->dw_rows, attr);
+    plan->weights_mm = dnnl::matmul(mpd);
+    plan->dw_ohwi = memory::desc(s.Wei(), dt::f32, tag::ohwi);  // the same bytes as dw_rows
+    plan->dw_oihw = memory::desc(s.Wei(), dt::f32, tag::oihw);
+    plan->dw_to_oihw =
+        dnnl::reorder(dnnl::reorder::primitive_desc(eng_, plan->dw_ohwi, eng_, plan->dw_oihw));
+    scratch = std::max(scratch, mpd.scratchpad_desc().get_size());
+    Describe("training backward weights (im2col + matmul)", s, mpd.impl_info_str());
+  } else {
+    auto wpd = Preferring(src_pref, dst, any_src, any_dst, [&](const memory::desc &a, const memory::desc &b) {
+      return dnnl::convolution_backward_weights::primitive_desc(eng_, direct, a, any_diff_wei, b, s.Strides(),
+                                                                s.PadL(), s.PadR(), fpd, attr);
+    });
+    plan->bwd_weights = dnnl::convolution_backward_weights(wpd);
+    plan->src_w = OperandFor(eng_, x, wpd.src_desc(), true, false);
+    plan->ddst_w = OperandFor(eng_, dst, wpd.diff_dst_desc(), true, false);
+    plan->diff_wei = MakeOperand(eng_, s.Wei(), tag::oihw, wpd.diff_weights_desc(), false, true);
+    scratch = std::max(scratch, wpd.scratchpad_desc().get_size());
+    Describe("training backward weights", s, wpd.impl_info_str());
+  }
   if (x_blocked) {
     auto dpd = Preferring(x, dst, any_src, any_dst, [&](const memory::desc &a, const memory::desc &b) {
       return dnnl::convolution_backward_data::primitive_desc(eng_, direct, a, any_wei, b, s.Strides(),
@@ -215,7 +285,6 @@ TrainConvPlan &Engine::TrainConvFor(const ConvShape &s, bool x_blocked) {
   }
   plan->scratch_bytes = scratch;
   Describe(x_blocked ? "training forward (blocked in)" : "training forward (plain in)", s, fpd.impl_info_str());
-  Describe("training backward weights", s, wpd.impl_info_str());
   return *cache.emplace(s, std::move(plan)).first->second;
 }
 

@@ -51,6 +51,22 @@ tag ActivationTag(dt act) {
   return chosen;
 }
 
+int64_t MatmulWeightsMaxPixels(dt act) {
+  // Measured with benchmarks/profile_step.py (VGG16-BN at 32x32, batch 64, AVX-512 without
+  // AMX): oneDNN's direct backward-weights kernels work image by image, and on outputs of 8x8
+  // pixels and less run at a quarter to a half of the forward pass's rate in both precisions;
+  // one matrix product over the whole batch does not. Not measured on AVX2-only CPUs, nor in
+  // bfloat16 with AMX (NHWC activations, BRGEMM kernels): those keep the convolution kernel.
+  static const int64_t from_env = [] {
+    const char *env = std::getenv("VGG_NATIVE_MATMUL_WEIGHTS_MAX_PIXELS");
+    return env != nullptr && env[0] != '\0' ? std::strtoll(env, nullptr, 10) : -1LL;
+  }();
+  if (from_env >= 0) return from_env;
+  if (!Runs(dnnl_cpu_isa_avx512_core)) return 0;
+  if (act == dt::bf16 && Runs(dnnl_cpu_isa_avx512_core_amx)) return 0;
+  return kMatmulWeightsMaxPixels;
+}
+
 const char *Bf16Isa() {
   static const std::pair<dnnl_cpu_isa_t, const char *> kNames[] = {
       {dnnl_cpu_isa_avx10_2_512_amx_2, "avx10_2_512_amx_2"},

@@ -58,12 +58,22 @@ tag ActivationTag(dt act);
 // ONEDNN_MAX_CPU_ISA).
 const char *Bf16Isa();
 
+// Output size (height x width) at or below which a training convolution of the blocked chain
+// computes its weight gradient as one matrix product over the whole batch (im2col, then
+// oneDNN's matmul) instead of oneDNN's convolution kernel: kMatmulWeightsMaxPixels with
+// AVX-512 (float32, and bfloat16 without AMX), otherwise 0 (never);
+// VGG_NATIVE_MATMUL_WEIGHTS_MAX_PIXELS=N overrides it (0: never). It depends only on the
+// shape and the machine, so every process of a run, and a resumed one, makes the same choice.
+constexpr int64_t kMatmulWeightsMaxPixels = 64;
+int64_t MatmulWeightsMaxPixels(dt act);
+
 const char *DtName(dt d);
 
 // ---------------------------------------------------------------------------------------
 // Grow-only 64-byte aligned buffers, one per role. Used only under the engine's mutex.
 
-enum Slot { kSrc = 0, kWei, kDst, kDiffDst, kDiffSrc, kDiffWei, kScratch, kNumSlots };
+enum Slot { kSrc = 0, kWei, kDst, kDiffDst, kDiffSrc, kDiffWei, kScratch, kCol, kSrcNhwc, kDstNhwc,
+            kNumSlots };
 
 class Arena {
  public:
@@ -142,6 +152,12 @@ struct TrainConvPlan {
   Operand src_f, wei_f, dst_f;                // forward
   Operand ddst_d, wei_d, dsrc_d;              // backward data
   Operand src_w, ddst_w, diff_wei;            // backward weights
+  // Or the weight gradient as dw (O, KH*KW*C) = dy^T (O, N*OH*OW) x col (N*OH*OW, KH*KW*C),
+  // col = im2col(x in NHWC): where matmul_weights (see MatmulWeightsMaxPixels).
+  bool matmul_weights = false;
+  memory::desc x_chain, dy_chain, x_nhwc, dy_nhwc, dy_t, col, dw_rows, dw_ohwi, dw_oihw;
+  dnnl::reorder x_to_nhwc, dy_to_nhwc, dw_to_oihw;
+  dnnl::matmul weights_mm;
   size_t scratch_bytes = 0;
 };
 
@@ -270,6 +286,12 @@ class Engine {
     auto other = make(any_src, any_dst);
     return IsReference(other.impl_info_str()) ? pd : other;
   }
+
+  // The weight gradient of a plan with matmul_weights (see TrainConvPlan).
+  void MatmulWeights(const TrainConvPlan &p, const ConvShape &s, const void *dy, const void *x,
+                     float *dw, const memory &scratch);
+  // x (N, H, W, C) -> col (N*OH*OW, KH*KW*C), zeros where the kernel overlaps the padding.
+  void Im2Col(const ConvShape &s, const char *x, char *col);
 
   // Plans, built on first use of a shape.
   FwdPlan &FwdFor(const ConvShape &s);

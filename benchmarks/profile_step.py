@@ -143,6 +143,7 @@ def main(argv=None):
            f"--batch={args.batch}", f"--precision={args.precision}", f"--warmup={args.warmup}",
            f"--steps={args.steps}"]
     started = time.time()
+    described = machine.machine_description()  # its load average: at the start
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=harness.ROOT)
     out = proc.stdout.splitlines()
     result = next((json.loads(line[len(harness.RESULT_MARK):]) for line in reversed(out)
@@ -158,7 +159,6 @@ def main(argv=None):
         print("profile_step.py: oneDNN printed no exec lines (ONEDNN_VERBOSE not honoured?)",
               file=sys.stderr)
         return 1
-    described = machine.machine_description()
     report = {"command": " ".join(["benchmarks/profile_step.py"] + (argv or sys.argv[1:])),
               "image": args.image, "batch": args.batch, "precision": result["precision"],
               "precision_detail": result["precision_detail"], "steps": args.steps,

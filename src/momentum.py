@@ -59,9 +59,9 @@ def nesterov_momentum_class():
     dampening: ``accum = momentum * accum + g; w -= lr * (g + momentum * accum)``.
 
     Written out in MindSpore ops because MindSpore 2.10's CPU ApplyMomentum ignores its
-    use_nesterov flag (measured: the same update with and without it), and the native
-    FastMomentumUpdate kernel has no Nesterov form. Same state (``moments.*``) and the same
-    loss-scale-aware weight decay as DecayedMomentum."""
+    use_nesterov flag (measured: the same update with and without it); where the native
+    library runs, FusedMomentum(nesterov=True) does the same update in one pass. Same state
+    (``moments.*``) and the same loss-scale-aware weight decay as DecayedMomentum."""
     from mindspore import ops
 
     update = ops.MultitypeFuncGraph("nesterov_update")

@@ -1,6 +1,5 @@
 """Training: optimiser and train step from a config, and the epoch loop (class Trainer) that
 checkpoints, resumes exactly, logs progress and stops cleanly on a bad loss or Ctrl-C."""
-import logging
 import math
 import os
 import signal
@@ -51,14 +50,11 @@ def build_optimizer(net, config, lr_per_step, loss_scale, device_target="CPU"):
     groups.append({"order_params": net.trainable_params()})
     rates = ms.Tensor(lr_per_step, ms.float32)
     fused = _fused_optimizer_usable(config, device_target)
-    if config.get("nesterov", False):
-        if fused:
-            logging.getLogger("vgg").info(
-                "optimizer: Nesterov momentum in MindSpore ops instead of the native "
-                "FastMomentumUpdate kernel, which has no Nesterov form")
-        cls = nesterov_momentum_class()
-    else:
-        cls = fused_momentum_class() if fused else decayed_momentum_class()
+    nesterov = bool(config.get("nesterov", False))
+    if fused:
+        return fused_momentum_class()(groups, rates, config.momentum, loss_scale, decay_by_name,
+                                      nesterov=nesterov)
+    cls = nesterov_momentum_class() if nesterov else decayed_momentum_class()
     return cls(groups, rates, config.momentum, loss_scale, decay_by_name)
 
 

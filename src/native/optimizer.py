@@ -21,19 +21,23 @@ class FusedMomentum(nn.Momentum):
     23 ms a step for VGG16's 34 M parameters on 2 CPU cores against about 90 ms for
     nn.Momentum's weight decay and update. Same update as nn.Momentum
     (accum = momentum * accum + g + wd * w; w -= lr * accum), same state (``moments.*``),
-    so checkpoints and resumes are unchanged.
+    so checkpoints and resumes are unchanged. With ``nesterov``, the Nesterov update of
+    src.momentum's NesterovMomentum (FastNesterovUpdate): with d = g + wd * w,
+    accum = momentum * accum + d; w -= lr * (d + momentum * accum).
 
     The kernel takes every gradient, so it runs after the whole backward pass, which is
     the last reader of the weights in a step. It is given the gradients after scale_grad
     has divided them by the loss scale, so its weight decay needs no compensation."""
 
-    def __init__(self, params, learning_rate, momentum, loss_scale, decay_by_name):
+    def __init__(self, params, learning_rate, momentum, loss_scale, decay_by_name,
+                 nesterov=False):
         super().__init__(params, learning_rate=learning_rate, momentum=momentum,
                          loss_scale=loss_scale)
         self.decays = ms.Tensor([decay_by_name[p.name] for p in self._parameters], ms.float32)
         self.momentum_value = ms.Tensor([momentum], ms.float32)
         self.count = len(self._parameters)
-        self.update = ops.Custom(f"{LIB_PATH}:FastMomentumUpdate",
+        kernel = "FastNesterovUpdate" if nesterov else "FastMomentumUpdate"
+        self.update = ops.Custom(f"{LIB_PATH}:{kernel}",
                                  out_shape=lambda *shapes: [1],
                                  out_dtype=lambda *dtypes: ms.float32, func_type="aot")
 

@@ -14,8 +14,9 @@ channel counts (3, 5, 17), 2x2 maps and 224x224 maps (few channels there, to sta
 - the blocked training chain as a whole (``NativeFeatures`` vs the same cells in an
   ``nn.SequentialCell``): output, every parameter gradient, and the BatchNorm moving
   statistics it updates (momentum, unbiased variance, as ``nn.BatchNorm2d``);
-- the fused optimizer (``FastMomentumUpdate`` through ``FusedMomentum``) vs ``nn.Momentum``
-  with per-group weight decay and a loss scale: parameters and momentum accumulators.
+- the fused optimizer (``FastMomentumUpdate`` through ``FusedMomentum``) vs ``nn.Momentum``,
+  and its Nesterov form (``FastNesterovUpdate``) vs the same update in MindSpore ops, with
+  per-group weight decay and a loss scale: parameters and momentum accumulators.
 
 oneDNN fixes its instruction set once per process (``ONEDNN_MAX_CPU_ISA``, read when it
 first runs), so each ISA runs in its own worker process: this file re-invoked as
@@ -152,6 +153,7 @@ def _worker(out_path):
     # graph mode resolves names used in the cells defined below among this module's globals
     globals().update(ms=ms, nn=nn, ops=ops)
     from src import native
+    from src.momentum import nesterov_momentum_class
     from src.native import layers as fast_conv
     from src.native.optimizer import FusedMomentum
     FastConv2d, FastFeatures = fast_conv.NativeConv2d, fast_conv.NativeFeatures
@@ -447,10 +449,11 @@ def _worker(out_path):
     shapes = {"big.weight": (300, 301), "conv.weight": (17, 5, 3, 3), "bn.gamma": (17,),
               "long.bias": (70001,)}  # > 65,536 elements: several parallel chunks
     decay = {"big.weight": 0.01, "conv.weight": 0.01, "bn.gamma": 0.0, "long.bias": 0.0}
-    for loss_scale in (1.0, 8.0):
-        case = f"FastMomentumUpdate loss_scale {loss_scale:g}"
+    for loss_scale, nesterov in ((1.0, False), (8.0, False), (1.0, True), (8.0, True)):
+        kernel = "FastNesterovUpdate" if nesterov else "FastMomentumUpdate"
+        case = f"{kernel} loss_scale {loss_scale:g}"
 
-        def optimizer_check(loss_scale=loss_scale):
+        def optimizer_check(loss_scale=loss_scale, nesterov=nesterov):
             lrs = np.array([0.1, 0.05, 0.02], np.float32)
             start = {n: rng.standard_normal(s).astype(np.float32) for n, s in shapes.items()}
             grads = [[rng.standard_normal(s).astype(np.float32) * loss_scale
@@ -468,13 +471,18 @@ def _worker(out_path):
                     return self.opt(gradients)
 
             ours = params()
-            fused = FusedMomentum(ours, ms.Tensor(lrs), 0.9, loss_scale, decay)
+            fused = FusedMomentum(ours, ms.Tensor(lrs), 0.9, loss_scale, decay, nesterov=nesterov)
             theirs = params()
-            groups = [{"params": [p for p in theirs if decay[p.name]], "weight_decay": 0.01},
-                      {"params": [p for p in theirs if not decay[p.name]], "weight_decay": 0.0},
-                      {"order_params": theirs}]
-            reference = nn.Momentum(groups, learning_rate=ms.Tensor(lrs), momentum=0.9,
-                                    loss_scale=loss_scale)
+            if nesterov:  # the same update in MindSpore ops
+                reference = nesterov_momentum_class()(theirs, ms.Tensor(lrs), 0.9, loss_scale,
+                                                      decay)
+            else:
+                groups = [{"params": [p for p in theirs if decay[p.name]], "weight_decay": 0.01},
+                          {"params": [p for p in theirs if not decay[p.name]],
+                           "weight_decay": 0.0},
+                          {"order_params": theirs}]
+                reference = nn.Momentum(groups, learning_rate=ms.Tensor(lrs), momentum=0.9,
+                                        loss_scale=loss_scale)
             for opt in (fused, reference):
                 step = Apply(opt)
                 for g in grads:

@@ -1,8 +1,10 @@
-// The optimizer kernel: momentum SGD with weight decay for every parameter in one call,
+// The optimizer kernels: momentum SGD with weight decay for every parameter in one call,
 // in place and in one pass over memory, on the engine's threads (FusedMomentum in
 // src/native/optimizer.py).
 //   FastMomentumUpdate   : w_0..w_n-1, accum_0.., g_0.., lr_0.., wd (n), momentum (1) -> done (1)
 //                          per parameter: accum = momentum * accum + (g + wd * w); w -= lr * accum
+//   FastNesterovUpdate   : the same arguments; with d = g + wd * w:
+//                          accum = momentum * accum + d; w -= lr * (d + momentum * accum)
 #include <algorithm>
 #include <cstdint>
 #include <vector>
@@ -27,6 +29,20 @@ void MomentumRange(float *w, float *accum, const float *g, float lr, float wd, f
   }
 }
 
+// The same with the Nesterov update (PyTorch's SGD(nesterov=True) without dampening).
+__attribute__((target_clones("avx512f", "avx2", "default")))
+void NesterovRange(float *w, float *accum, const float *g, float lr, float wd, float momentum,
+                   int64_t begin, int64_t end) {
+  for (int64_t i = begin; i < end; ++i) {
+    const float d = g[i] + wd * w[i];
+    const float a = momentum * accum[i] + d;
+    accum[i] = a;
+    w[i] -= lr * (d + momentum * a);
+  }
+}
+
+using RangeFn = void (*)(float *, float *, const float *, float, float, float, int64_t, int64_t);
+
 float ScalarOf(const void *p) { return *static_cast<const float *>(p); }
 
 bool IsScalarF32(int ndims, const int64_t *shape, const char *dtype) {
@@ -36,13 +52,11 @@ bool IsScalarF32(int ndims, const int64_t *shape, const char *dtype) {
   return n == 1;
 }
 
-}  // namespace
-
 // Updates the parameters and momentum accumulators in place (MindSpore passes parameters
-// by their own buffers); the output is a one-element flag (1.0) to order the step on.
-VGG_NATIVE_EXPORT int FastMomentumUpdate(int nparam, void **params, int *ndims, int64_t **shapes,
-                                          const char **dtypes, void *stream, void *extra) {
-  const char *name = "FastMomentumUpdate";
+// by their own buffers) with `range` over chunks of each; the output is a one-element flag
+// (1.0) to order the step on.
+int Update(const char *name, RangeFn range, int nparam, void **params, int *ndims,
+           int64_t **shapes, const char **dtypes) {
   if (nparam < 7 || (nparam - 3) % 4 != 0) {
     Fail(name, "expects n weights, n accumulators, n gradients, n learning rates, wd, momentum, flag");
     return 1;
@@ -85,8 +99,20 @@ VGG_NATIVE_EXPORT int FastMomentumUpdate(int nparam, void **params, int *ndims, 
   return Guarded(name, [&](Engine &e) {
     e.ParallelFor(static_cast<int>(jobs.size()), [&](int j) {
       const Job &job = jobs[j];
-      MomentumRange(job.w, job.accum, job.g, job.lr, job.wd, momentum, job.begin, job.end);
+      range(job.w, job.accum, job.g, job.lr, job.wd, momentum, job.begin, job.end);
     });
   });
+}
+
+}  // namespace
+
+VGG_NATIVE_EXPORT int FastMomentumUpdate(int nparam, void **params, int *ndims, int64_t **shapes,
+                                          const char **dtypes, void *stream, void *extra) {
+  return Update("FastMomentumUpdate", MomentumRange, nparam, params, ndims, shapes, dtypes);
+}
+
+VGG_NATIVE_EXPORT int FastNesterovUpdate(int nparam, void **params, int *ndims, int64_t **shapes,
+                                          const char **dtypes, void *stream, void *extra) {
+  return Update("FastNesterovUpdate", NesterovRange, nparam, params, ndims, shapes, dtypes);
 }
 

@@ -151,7 +151,7 @@ KEYS = (
     Key("batch_size", int, "Images per step and device", check=at_least_1),
     Key("max_epoch", int, "Number of training epochs", check=at_least_1),
     Key("momentum", float, "SGD momentum", check=not_negative),
-    Key("nesterov", bool, "Nesterov momentum (on CPU it replaces the native optimizer kernel)"),
+    Key("nesterov", bool, "Nesterov momentum (on CPU in the native optimizer kernel too)"),
     Key("weight_decay", float,
         "Weight decay of convolution and dense weights (not BatchNorm, not biases)",
         check=not_negative),

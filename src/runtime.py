@@ -1,4 +1,7 @@
-"""Sets up the device, the execution mode and, when asked, distributed communication."""
+"""Sets up the device, the execution mode and, when asked, distributed communication; hands
+the C heap's free pages back to the system after graph compilation."""
+import ctypes
+import ctypes.util
 import os
 from dataclasses import dataclass
 
@@ -88,3 +91,28 @@ def _init_communication(device_target):
                                  gradients_mean=True, device_num=group_size,
                                  comm_fusion={"allreduce": {"mode": "size", "config": 64}})
     return rank, group_size
+
+
+_malloc_trim = []  # [glibc's malloc_trim or None], looked up once
+
+
+def release_freed_heap():
+    """Return the free pages of the C heap to the system (glibc's ``malloc_trim(0)``, which
+    also releases free pages in the middle of the heap); True when it could.
+
+    Graph compilation allocates and frees about 110 MiB of small objects (VGG16-BN's train
+    step); glibc keeps the freed pages resident, so they would count in the process's peak
+    memory for the rest of training. About 40 MiB of them are whole free pages that this
+    returns; the rest share pages with objects that live on. A no-op (False) where the C
+    library is not glibc."""
+    if not _malloc_trim:
+        try:
+            trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+            trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+        except (OSError, AttributeError):
+            trim = None
+        _malloc_trim.append(trim)
+    if _malloc_trim[0] is None:
+        return False
+    _malloc_trim[0](0)
+    return True

@@ -38,7 +38,8 @@ OFF_WORDS = ("0", "false", "no", "off")
 SYMBOLS = ("FastConvFwd", "FastConvBwd", "FastConvOneDnnVersion", "FastConvInferPlain",
            "FastConvInferBlocked", "FastMaxPool2Blocked", "FastUnblock", "FastBlockSize",
            "FastBnWorkspaceBytes", "FastMomentumUpdate", "FastReferenceKernels", "FastBf16Isa",
-           "FastDenseFwdBf16", "FastDenseBwdBf16", "FastDenseFwdF32", "FastDenseBwdF32")
+           "FastDenseFwdBf16", "FastDenseBwdBf16", "FastDenseFwdF32", "FastDenseBwdF32",
+           "FastBnStatsUpdate")
 
 _load_result = None  # (ctypes.CDLL or None, reason or "")
 

@@ -194,7 +194,8 @@ class _KernelChecks:
             checks.append((f"bn_relu x{shape}", lambda s=shape: self.bn_relu(s)))
         for shape in ((1, 16, 2, 2), (3, 48, 6, 10)):
             checks.append((f"maxpool x{shape}", lambda s=shape: self.pool(s)))
-        for n, k, o in ((5, 64, 10), (64, 512, 4096), (3, 17, 33)):
+        # (3, 1100, 2048): a bfloat16 weight over 4 MiB, run in chunks of rows (1904 + 144)
+        for n, k, o in ((5, 64, 10), (64, 512, 4096), (3, 17, 33), (3, 1100, 2048)):
             for kind in ("exact", "float32"):
                 checks.append((f"dense {n}x{k}->{o} {kind}",
                                lambda n=n, k=k, o=o, kind=kind: self.dense(n, k, o, kind)))

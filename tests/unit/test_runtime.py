@@ -43,3 +43,28 @@ def test_convolution_avoids_reference_kernel():
 def test_user_isa_choice_is_respected():
     out, _ = _run_probe({"ONEDNN_MAX_CPU_ISA": "SSE41"})
     assert "isa SSE41" in out
+
+
+def test_heap_is_trimmed_once_after_the_first_compilation(monkeypatch):
+    """trim_heap_after_first_compile: the freed C heap goes back to the system once, right
+    after the first compilation (before its graph runs), never again; the compile itself
+    still happens every time the runtime asks for it."""
+    import ctypes.util
+    import platform
+
+    from src import runtime, trainer
+
+    calls = []
+
+    class Cell:
+        def compile(self, *args, **kwargs):
+            calls.append(("compile", args))
+
+    monkeypatch.setattr(runtime, "release_freed_heap", lambda: calls.append(("trim",)))
+    cell = trainer.trim_heap_after_first_compile(Cell())
+    cell.compile(1)
+    cell.compile(2)
+    assert calls == [("compile", (1,)), ("trim",), ("compile", (2,))]
+    monkeypatch.undo()
+    if platform.libc_ver()[0] == "glibc" and ctypes.util.find_library("c"):
+        assert runtime.release_freed_heap() is True  # glibc's malloc_trim was found and ran

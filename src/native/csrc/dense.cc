@@ -1,14 +1,46 @@
 // Dense layers (y = x w^T + b) on oneDNN's inner product, for the classifier of a network
 // whose feature extractor runs in bfloat16: x, w, b, y and every gradient are float32
 // tensors; inside, x, w and the incoming gradient are cast to the compute type by the
-// reorders into the primitive's layouts, and the primitives write float32 (y, dx, dw, db).
+// reorders into the primitives' layouts, and the primitives write float32 (y, dx, dw, db).
+//
+// In bfloat16, a layer whose weight would take more than kChunkWeightBytes once cast runs in
+// chunks of rows of w (of output features): the cast copy of w then takes one chunk of the
+// engine's grow-only arena instead of the whole weight for the rest of the process (VGG16's
+// 4096x4096 classifier layer: 4 MiB instead of 32 MiB; at 224x224, its 25088x4096 layer:
+// 4 MiB instead of 196 MiB), at the same speed (each chunk is still a large product). Each
+// chunk's y columns and db, dw rows are its own; dx is the sum of the chunks' products.
 #include <algorithm>
+#include <cstring>
 
 #include "engine.h"
 
 namespace vgg_native {
 
+namespace {
+
+constexpr int64_t kChunkWeightBytes = int64_t{4} << 20;
+
+// dst[i, :cols] = src[i, offset : offset + cols] for i < rows (row strides given).
+void CopyColumns(const float *src, int64_t src_stride, int64_t offset, float *dst, int64_t dst_stride,
+                 int64_t rows, int64_t cols) {
+  for (int64_t i = 0; i < rows; ++i)
+    std::memcpy(dst + i * dst_stride, src + i * src_stride + offset, cols * sizeof(float));
+}
+
+}  // namespace
+
+int64_t Engine::DenseChunkRows(const DenseShape &s) {
+  if (s.act != dt::bf16 || s.o * s.k * 2 <= kChunkWeightBytes) return s.o;
+  const int64_t rows = kChunkWeightBytes / (2 * s.k) / 16 * 16;  // whole 16-row blocks
+  return std::min(s.o, std::max<int64_t>(rows, 16));
+}
+
 void Engine::DenseFwd(const DenseShape &s, const float *x, const float *w, const float *b, float *y) {
+  const int64_t chunk = DenseChunkRows(s);
+  if (chunk < s.o) {
+    DenseFwdChunked(s, chunk, x, w, b, y);
+    return;
+  }
   DensePlan &p = DenseFor(s);
   memory src = Bind(p.src_f, x, kSrc, true);
   memory wei = Bind(p.wei_f, w, kWei, true);
@@ -21,8 +53,78 @@ void Engine::DenseFwd(const DenseShape &s, const float *x, const float *w, const
   stream_.wait();
 }
 
+void Engine::DenseFwdChunked(const DenseShape &s, int64_t chunk, const float *x, const float *w,
+                             const float *b, float *y) {
+  const memory::desc *src_bound = nullptr;  // x is cast once while the chunks' layouts agree
+  memory src;
+  for (int64_t o0 = 0; o0 < s.o; o0 += chunk) {
+    const int64_t rows = std::min(chunk, s.o - o0);
+    DensePlan &p = DenseFor(DenseShape{s.n, s.k, rows, s.act});
+    if (src_bound == nullptr || !(*src_bound == p.src_f.inner)) {
+      src = Bind(p.src_f, x, kSrc, true);
+      src_bound = &p.src_f.inner;
+    }
+    memory wei = Bind(p.wei_f, w + o0 * s.k, kWei, true);
+    float *out = static_cast<float *>(arena_.Get(kChunk, s.n * rows * sizeof(float)));
+    memory dst = BindOut(p.dst_f, out, kDst);
+    memory scratch = Scratch(p.scratch_bytes);
+    p.fwd.execute(stream_, {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, wei},
+                            {DNNL_ARG_BIAS, memory(p.bias, eng_, const_cast<float *>(b + o0))},
+                            {DNNL_ARG_DST, dst}, {DNNL_ARG_SCRATCHPAD, scratch}});
+    Finish(p.dst_f, dst, out);
+    stream_.wait();
+    CopyColumns(out, rows, 0, y + o0, s.o, s.n, rows);
+  }
+}
+
+void Engine::DenseBwdChunked(const DenseShape &s, int64_t chunk, const float *dy, const float *x,
+                             const float *w, float *dx, float *dw, float *db) {
+  const memory::desc *src_bound = nullptr;
+  memory src;
+  for (int64_t o0 = 0; o0 < s.o; o0 += chunk) {
+    const int64_t rows = std::min(chunk, s.o - o0);
+    DensePlan &p = DenseFor(DenseShape{s.n, s.k, rows, s.act});
+    memory scratch = Scratch(p.scratch_bytes);
+    float *dy_rows = static_cast<float *>(arena_.Get(kChunk, s.n * rows * sizeof(float)));
+    CopyColumns(dy, s.o, o0, dy_rows, rows, s.n, rows);
+    memory ddst_d = Bind(p.ddst_d, dy_rows, kDiffDst, true);
+    memory wei = Bind(p.wei_d, w + o0 * s.k, kWei, true);
+    // the first chunk writes dx, the others a partial sum added to it
+    float *part = o0 == 0 ? dx : static_cast<float *>(arena_.Get(kChunkSum, s.n * s.k * sizeof(float)));
+    memory dsrc = BindOut(p.dsrc_d, part, kDiffSrc);
+    p.bwd_data.execute(stream_, {{DNNL_ARG_DIFF_DST, ddst_d}, {DNNL_ARG_WEIGHTS, wei},
+                                 {DNNL_ARG_DIFF_SRC, dsrc}, {DNNL_ARG_SCRATCHPAD, scratch}});
+    Finish(p.dsrc_d, dsrc, part);
+    const bool shared = p.ddst_w.inner == p.ddst_d.inner;
+    memory ddst_w = shared ? ddst_d : Bind(p.ddst_w, dy_rows, kDst, true);
+    if (src_bound == nullptr || !(*src_bound == p.src_w.inner)) {
+      src = Bind(p.src_w, x, kSrc, true);
+      src_bound = &p.src_w.inner;
+    }
+    memory dwei = BindOut(p.dwei_w, dw + o0 * s.k, kDiffWei);
+    p.bwd_weights.execute(stream_, {{DNNL_ARG_SRC, src}, {DNNL_ARG_DIFF_DST, ddst_w},
+                                    {DNNL_ARG_DIFF_WEIGHTS, dwei},
+                                    {DNNL_ARG_DIFF_BIAS, memory(p.bias, eng_, db + o0)},
+                                    {DNNL_ARG_SCRATCHPAD, scratch}});
+    Finish(p.dwei_w, dwei, dw + o0 * s.k);
+    stream_.wait();
+    if (part != dx) {
+      const int64_t size = s.n * s.k, block = int64_t{1} << 16;
+      ParallelFor(static_cast<int>((size + block - 1) / block), [&](int j) {
+        const int64_t end = std::min(size, (j + 1) * block);
+        for (int64_t i = j * block; i < end; ++i) dx[i] += part[i];
+      });
+    }
+  }
+}
+
 void Engine::DenseBwd(const DenseShape &s, const float *dy, const float *x, const float *w, float *dx,
                       float *dw, float *db) {
+  const int64_t chunk = DenseChunkRows(s);
+  if (chunk < s.o) {
+    DenseBwdChunked(s, chunk, dy, x, w, dx, dw, db);
+    return;
+  }
   DensePlan &p = DenseFor(s);
   memory scratch = Scratch(p.scratch_bytes);
   memory ddst_d = Bind(p.ddst_d, dy, kDiffDst, true);

@@ -72,8 +72,10 @@ const char *DtName(dt d);
 // ---------------------------------------------------------------------------------------
 // Grow-only 64-byte aligned buffers, one per role. Used only under the engine's mutex.
 
+// kChunk, kChunkSum: a row-chunked dense layer's per-chunk output or output gradient, and
+// partial input gradient (dense.cc).
 enum Slot { kSrc = 0, kWei, kDst, kDiffDst, kDiffSrc, kDiffWei, kScratch, kCol, kSrcNhwc, kDstNhwc,
-            kNumSlots };
+            kChunk, kChunkSum, kNumSlots };
 
 class Arena {
  public:
@@ -303,6 +305,12 @@ class Engine {
   PoolPlan &PoolFor(const memory::dims &src_dims, dt act);
   UnblockPlan &UnblockFor(const memory::dims &dims, dt act);
   DensePlan &DenseFor(const DenseShape &s);
+  // Rows of w per chunk of a dense layer in bfloat16 (s.o when it is not chunked).
+  static int64_t DenseChunkRows(const DenseShape &s);
+  void DenseFwdChunked(const DenseShape &s, int64_t chunk, const float *x, const float *w,
+                       const float *b, float *y);
+  void DenseBwdChunked(const DenseShape &s, int64_t chunk, const float *dy, const float *x,
+                       const float *w, float *dx, float *dw, float *db);
 
   std::mutex mu_;
   dnnl::engine eng_;

@@ -37,24 +37,7 @@ int64_t Engine::DenseChunkRows(const DenseShape &s) {
 
 void Engine::DenseFwd(const DenseShape &s, const float *x, const float *w, const float *b, float *y) {
   const int64_t chunk = DenseChunkRows(s);
-  if (chunk < s.o) {
-    DenseFwdChunked(s, chunk, x, w, b, y);
-    return;
-  }
-  DensePlan &p = DenseFor(s);
-  memory src = Bind(p.src_f, x, kSrc, true);
-  memory wei = Bind(p.wei_f, w, kWei, true);
-  memory dst = BindOut(p.dst_f, y, kDst);
-  memory scratch = Scratch(p.scratch_bytes);
-  p.fwd.execute(stream_, {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, wei},
-                          {DNNL_ARG_BIAS, memory(p.bias, eng_, const_cast<float *>(b))},
-                          {DNNL_ARG_DST, dst}, {DNNL_ARG_SCRATCHPAD, scratch}});
-  Finish(p.dst_f, dst, y);
-  stream_.wait();
-}
-
-void Engine::DenseFwdChunked(const DenseShape &s, int64_t chunk, const float *x, const float *w,
-                             const float *b, float *y) {
+  const bool whole = chunk >= s.o;  // one chunk: y is written in place, no column copies
   const memory::desc *src_bound = nullptr;  // x is cast once while the chunks' layouts agree
   memory src;
   for (int64_t o0 = 0; o0 < s.o; o0 += chunk) {
@@ -65,7 +48,7 @@ void Engine::DenseFwdChunked(const DenseShape &s, int64_t chunk, const float *x,
       src_bound = &p.src_f.inner;
     }
     memory wei = Bind(p.wei_f, w + o0 * s.k, kWei, true);
-    float *out = static_cast<float *>(arena_.Get(kChunk, s.n * rows * sizeof(float)));
+    float *out = whole ? y : static_cast<float *>(arena_.Get(kChunk, s.n * rows * sizeof(float)));
     memory dst = BindOut(p.dst_f, out, kDst);
     memory scratch = Scratch(p.scratch_bytes);
     p.fwd.execute(stream_, {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, wei},
@@ -73,20 +56,26 @@ void Engine::DenseFwdChunked(const DenseShape &s, int64_t chunk, const float *x,
                             {DNNL_ARG_DST, dst}, {DNNL_ARG_SCRATCHPAD, scratch}});
     Finish(p.dst_f, dst, out);
     stream_.wait();
-    CopyColumns(out, rows, 0, y + o0, s.o, s.n, rows);
+    if (!whole) CopyColumns(out, rows, 0, y + o0, s.o, s.n, rows);
   }
 }
 
-void Engine::DenseBwdChunked(const DenseShape &s, int64_t chunk, const float *dy, const float *x,
-                             const float *w, float *dx, float *dw, float *db) {
+void Engine::DenseBwd(const DenseShape &s, const float *dy, const float *x, const float *w, float *dx,
+                      float *dw, float *db) {
+  const int64_t chunk = DenseChunkRows(s);
+  const bool whole = chunk >= s.o;  // one chunk: dy is read in place, dx written in place
   const memory::desc *src_bound = nullptr;
   memory src;
   for (int64_t o0 = 0; o0 < s.o; o0 += chunk) {
     const int64_t rows = std::min(chunk, s.o - o0);
     DensePlan &p = DenseFor(DenseShape{s.n, s.k, rows, s.act});
     memory scratch = Scratch(p.scratch_bytes);
-    float *dy_rows = static_cast<float *>(arena_.Get(kChunk, s.n * rows * sizeof(float)));
-    CopyColumns(dy, s.o, o0, dy_rows, rows, s.n, rows);
+    const float *dy_rows = dy;
+    if (!whole) {
+      float *copy = static_cast<float *>(arena_.Get(kChunk, s.n * rows * sizeof(float)));
+      CopyColumns(dy, s.o, o0, copy, rows, s.n, rows);
+      dy_rows = copy;
+    }
     memory ddst_d = Bind(p.ddst_d, dy_rows, kDiffDst, true);
     memory wei = Bind(p.wei_d, w + o0 * s.k, kWei, true);
     // the first chunk writes dx, the others a partial sum added to it
@@ -95,6 +84,7 @@ void Engine::DenseBwdChunked(const DenseShape &s, int64_t chunk, const float *dy
     p.bwd_data.execute(stream_, {{DNNL_ARG_DIFF_DST, ddst_d}, {DNNL_ARG_WEIGHTS, wei},
                                  {DNNL_ARG_DIFF_SRC, dsrc}, {DNNL_ARG_SCRATCHPAD, scratch}});
     Finish(p.dsrc_d, dsrc, part);
+    // dy in the compute type is reused when both primitives want it in the same layout
     const bool shared = p.ddst_w.inner == p.ddst_d.inner;
     memory ddst_w = shared ? ddst_d : Bind(p.ddst_w, dy_rows, kDst, true);
     if (src_bound == nullptr || !(*src_bound == p.src_w.inner)) {
@@ -116,34 +106,6 @@ void Engine::DenseBwdChunked(const DenseShape &s, int64_t chunk, const float *dy
       });
     }
   }
-}
-
-void Engine::DenseBwd(const DenseShape &s, const float *dy, const float *x, const float *w, float *dx,
-                      float *dw, float *db) {
-  const int64_t chunk = DenseChunkRows(s);
-  if (chunk < s.o) {
-    DenseBwdChunked(s, chunk, dy, x, w, dx, dw, db);
-    return;
-  }
-  DensePlan &p = DenseFor(s);
-  memory scratch = Scratch(p.scratch_bytes);
-  memory ddst_d = Bind(p.ddst_d, dy, kDiffDst, true);
-  memory wei = Bind(p.wei_d, w, kWei, true);
-  memory dsrc = BindOut(p.dsrc_d, dx, kDiffSrc);
-  p.bwd_data.execute(stream_, {{DNNL_ARG_DIFF_DST, ddst_d}, {DNNL_ARG_WEIGHTS, wei},
-                               {DNNL_ARG_DIFF_SRC, dsrc}, {DNNL_ARG_SCRATCHPAD, scratch}});
-  Finish(p.dsrc_d, dsrc, dx);
-  // dy in the compute type is reused when both primitives want it in the same layout
-  const bool shared = p.ddst_w.inner == p.ddst_d.inner;
-  memory ddst_w = shared ? ddst_d : Bind(p.ddst_w, dy, kDst, true);
-  memory src = Bind(p.src_w, x, kSrc, true);
-  memory dwei = BindOut(p.dwei_w, dw, kDiffWei);
-  p.bwd_weights.execute(stream_, {{DNNL_ARG_SRC, src}, {DNNL_ARG_DIFF_DST, ddst_w},
-                                  {DNNL_ARG_DIFF_WEIGHTS, dwei},
-                                  {DNNL_ARG_DIFF_BIAS, memory(p.bias, eng_, db)},
-                                  {DNNL_ARG_SCRATCHPAD, scratch}});
-  Finish(p.dwei_w, dwei, dw);
-  stream_.wait();
 }
 
 DensePlan &Engine::DenseFor(const DenseShape &s) {

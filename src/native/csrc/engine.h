@@ -307,10 +307,6 @@ class Engine {
   DensePlan &DenseFor(const DenseShape &s);
   // Rows of w per chunk of a dense layer in bfloat16 (s.o when it is not chunked).
   static int64_t DenseChunkRows(const DenseShape &s);
-  void DenseFwdChunked(const DenseShape &s, int64_t chunk, const float *x, const float *w,
-                       const float *b, float *y);
-  void DenseBwdChunked(const DenseShape &s, int64_t chunk, const float *dy, const float *x,
-                       const float *w, float *dx, float *dw, float *db);
 
   std::mutex mu_;
   dnnl::engine eng_;

@@ -214,6 +214,12 @@ void Engine::Im2Col(const ConvShape &s, const char *x, char *col) {
   });
 }
 
+Engine::ChainDescs Engine::ChainDescsFor(const ConvShape &s, bool x_blocked) const {
+  return {BlockedDesc(s.Dst(), s.act),
+          x_blocked ? BlockedDesc(s.Src(), s.act) : memory::desc(s.Src(), dt::f32, tag::nchw),
+          memory::desc(s.Src(), s.act, tag::any), memory::desc(s.Dst(), s.act, tag::any)};
+}
+
 TrainConvPlan &Engine::TrainConvFor(const ConvShape &s, bool x_blocked) {
   auto &cache = x_blocked ? train_blocked_ : train_plain_;
   auto it = cache.find(s);
@@ -221,9 +227,7 @@ TrainConvPlan &Engine::TrainConvFor(const ConvShape &s, bool x_blocked) {
   dnnl_threadpool_interop_set_max_concurrency(nthreads_);
   // Computed in s.act (float32 or bfloat16); the plain network input and the weights come in
   // float32 and are cast by their reorders, and the weight gradient is written in float32.
-  const memory::desc dst = BlockedDesc(s.Dst(), s.act);
-  const memory::desc x = x_blocked ? BlockedDesc(s.Src(), s.act) : memory::desc(s.Src(), dt::f32, tag::nchw);
-  const memory::desc any_src(s.Src(), s.act, tag::any), any_dst(s.Dst(), s.act, tag::any);
+  const auto [dst, x, any_src, any_dst] = ChainDescsFor(s, x_blocked);
   const memory::desc src_pref = x_blocked ? x : any_src;
   const memory::desc any_wei(s.Wei(), s.act, tag::any), any_diff_wei(s.Wei(), dt::f32, tag::any);
   dnnl::primitive_attr attr;
@@ -316,9 +320,7 @@ InferPlan &Engine::InferFor(const ConvShape &s, bool x_blocked) {
   dnnl_threadpool_interop_set_max_concurrency(nthreads_);
   // Computed in s.act; the folded weights are scaled and cast by one reorder, the bias
   // (shift) stays float32.
-  const memory::desc dst = BlockedDesc(s.Dst(), s.act);
-  const memory::desc x = x_blocked ? BlockedDesc(s.Src(), s.act) : memory::desc(s.Src(), dt::f32, tag::nchw);
-  const memory::desc any_src(s.Src(), s.act, tag::any), any_dst(s.Dst(), s.act, tag::any);
+  const auto [dst, x, any_src, any_dst] = ChainDescsFor(s, x_blocked);
   auto plan = std::make_unique<InferPlan>();
   plan->chan = memory::desc({s.o}, dt::f32, tag::a);
   dnnl::post_ops po;

@@ -274,6 +274,12 @@ class Engine {
   memory Scratch(size_t bytes);
   // The chain's activation layout for `dims` of type `act` (see ActivationTag).
   memory::desc BlockedDesc(const memory::dims &dims, dt act = dt::f32) const;
+  // A chain convolution's operands in s.act: its blocked output, its input (the previous
+  // layer's blocked output, or the network's plain float32 input) and the `any` descriptors.
+  struct ChainDescs {
+    memory::desc dst, x, any_src, any_dst;
+  };
+  ChainDescs ChainDescsFor(const ConvShape &s, bool x_blocked) const;
   // Counts reference kernels; with Verbose(), prints the implementation oneDNN picked.
   void Describe(const char *what, const ConvShape &s, const char *impl);
   void Describe(const char *what, const memory::dims &dims, dt act, const char *impl);

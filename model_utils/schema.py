@@ -209,6 +209,9 @@ KEYS = (
     Key("random_erasing", float,
         "Probability of erasing one random rectangle of a training image (0: off)",
         check=probability),
+    Key("crop_padding", int,
+        "CIFAR-10 training: pixels of zero padding on each side before the random 32x32 crop "
+        "(0: no crop, flip only)", check=not_negative),
 
     # distributed
     Key("is_distributed", bool, "Data-parallel training over all launched processes"),

@@ -176,12 +176,11 @@ class Cifar10Batches:
     where an epoch was resumed. Usable without MindSpore (plain indexing or iteration).
     """
 
-    PAD = 4
-
     def __init__(self, images, labels, indices, *, batch_size, training, image_size=(32, 32),
                  seed=1, epoch=0, num_shards=1, shard_id=0, drop_remainder=None, start_step=0,
-                 auto_augment="none", random_erasing=0.0):
+                 auto_augment="none", random_erasing=0.0, crop_padding=4):
         self.images, self.labels, self.indices = images, labels, np.asarray(indices)
+        self.pad = int(crop_padding)
         self.batch_size, self.training = int(batch_size), bool(training)
         self.key = [int(seed), int(epoch), int(num_shards), int(shard_id)]
         self.drop_remainder = training if drop_remainder is None else bool(drop_remainder)
@@ -230,8 +229,9 @@ class Cifar10Batches:
         return (self[i] for i in range(len(self)))
 
     def _crop_and_flip(self, batch, rng):
-        """Random 32x32 crop of the zero-padded image, then a random horizontal flip."""
-        count, pad = len(batch), self.PAD
+        """Random 32x32 crop of the image zero-padded by self.pad pixels on each side (the
+        image itself when 0), then a random horizontal flip."""
+        count, pad = len(batch), self.pad
         padded = np.pad(batch, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
         top = rng.integers(0, 2 * pad + 1, count)
         left = rng.integers(0, 2 * pad + 1, count)
@@ -245,7 +245,7 @@ class Cifar10Batches:
 
 def _cifar10_dataset(data_dir, *, batch_size, training, image_size, num_classes, num_shards,
                      shard_id, workers, seed, epoch, start_step, drop_remainder, auto_augment,
-                     random_erasing):
+                     random_erasing, crop_padding):
     import mindspore.dataset as ds
     files = cifar10_files(data_dir, training)
     images, labels = _read_cifar10_chw(files, num_classes)
@@ -255,7 +255,8 @@ def _cifar10_dataset(data_dir, *, batch_size, training, image_size, num_classes,
     source = Cifar10Batches(images, labels, indices, batch_size=batch_size, training=training,
                             image_size=image_size, seed=seed, epoch=epoch, num_shards=num_shards,
                             shard_id=shard_id, drop_remainder=drop_remainder, start_step=start_step,
-                            auto_augment=auto_augment, random_erasing=random_erasing)
+                            auto_augment=auto_augment, random_erasing=random_erasing,
+                            crop_padding=crop_padding)
     # Threads, not processes: the NumPy work releases the GIL and nothing gets pickled.
     return ds.GeneratorDataset(source, column_names=["image", "label"], shuffle=False,
                                num_parallel_workers=workers, python_multiprocessing=False)
@@ -468,7 +469,7 @@ def pipeline_user_error(error):
 def create_dataset(name, data_dir, *, batch_size, training, image_size=(32, 32), num_classes=10,
                    num_shards=1, shard_id=0, num_parallel_workers=None, seed=1, epoch=0,
                    start_step=0, list_file=None, skip_corrupt=False, drop_remainder=None,
-                   auto_augment="none", random_erasing=0.0):
+                   auto_augment="none", random_erasing=0.0, crop_padding=4):
     """One epoch of `name` ('cifar10' | 'imagenet2012') as a batched mindspore Dataset.
 
     Columns ('image', 'label'): image float32 NCHW normalised, label int32 of shape (B,).
@@ -478,7 +479,8 @@ def create_dataset(name, data_dir, *, batch_size, training, image_size=(32, 32),
     shard_id): build a new dataset per epoch. start_step skips that many batches of the
     epoch; get_dataset_size() is the number of batches left. ImageNet datasets carry
     `skipped_files` (corrupt images replaced when skip_corrupt=True). auto_augment and
-    random_erasing (src/augment.py) apply to training only.
+    random_erasing (src/augment.py) apply to training only; crop_padding is CIFAR-10's random
+    crop (the image zero-padded by that many pixels on each side; 0: flip only).
     """
     _check_common(name, data_dir, batch_size, num_shards, shard_id)
     if drop_remainder is None:
@@ -490,5 +492,5 @@ def create_dataset(name, data_dir, *, batch_size, training, image_size=(32, 32),
                    start_step=int(start_step), drop_remainder=bool(drop_remainder),
                    auto_augment=auto_augment, random_erasing=float(random_erasing))
     if name == "cifar10":
-        return _cifar10_dataset(data_dir, **options)
+        return _cifar10_dataset(data_dir, crop_padding=int(crop_padding), **options)
     return _imagenet_dataset(data_dir, list_file=list_file, skip_corrupt=skip_corrupt, **options)

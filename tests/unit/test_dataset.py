@@ -137,6 +137,21 @@ def test_training_augments_and_drops_partial_batch(tmp_path):
     assert len({int(round(v)) for v in values[:, 0, 16, 16]}) > 3  # random crop offsets
 
 
+@pytest.mark.parametrize("pad", [0, 2, 4])
+def test_crop_padding_bounds_the_random_shift(pad):
+    rows, cols = np.mgrid[0:32, 0:32]
+    image = np.stack([rows * 8, cols * 8, np.full((32, 32), 99)]).astype(np.uint8)
+    source = D.Cifar10Batches(np.stack([image] * 400), np.zeros(400, np.int32), np.arange(400),
+                              batch_size=400, training=True, crop_padding=pad)
+    values = pixels(source[0][0])
+    shifts = set(np.rint(values[:, 0, 16, 16] / 8 - 16).astype(int))
+    assert shifts == set(range(-pad, pad + 1))  # every vertical offset, none beyond the pad
+    if pad == 0:  # no crop: each image is the original or its mirror image, nothing else
+        same = np.all(np.abs(values - image) < 1e-3, axis=(1, 2, 3))
+        flipped = np.all(np.abs(values[:, :, :, ::-1] - image) < 1e-3, axis=(1, 2, 3))
+        assert np.all(same | flipped) and same.any() and flipped.any()
+
+
 def test_resize_to_image_size(tmp_path):
     image = np.stack([np.full((32, 32), v, np.uint8) for v in (200, 100, 50)])
     D.write_cifar10_bin(str(tmp_path / D.CIFAR10_EVAL_DIR / "test_batch.bin"), image[None], [1])

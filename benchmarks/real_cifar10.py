@@ -60,6 +60,11 @@ def shown(command):
     return " ".join(["python"] + command[1:])
 
 
+def epoch_seconds(train_log):
+    """The 'epoch time: X s' figures of a train.py log."""
+    return [float(x) for x in re.findall(r"epoch time: ([0-9.]+) s", train_log)]
+
+
 def log_figures(train_log, eval_log):
     """The figures train.py's and eval.py's logs print: held-out top-1 of eval.py, and from
     training the images/s of every progress line, every epoch time and the in-training top-1
@@ -67,7 +72,7 @@ def log_figures(train_log, eval_log):
     return {
         "holdout_top1": float(re.search(r"result: \{'acc': ([0-9.]+)\}", eval_log).group(1)),
         "speeds": [float(x) for x in re.findall(r"\| ([0-9.]+) img/s", train_log)],
-        "epoch_seconds": [float(x) for x in re.findall(r"epoch time: ([0-9.]+) s", train_log)],
+        "epoch_seconds": epoch_seconds(train_log),
         "top1_after_each_epoch": [float(x) for x in re.findall(
             r"eval after epoch \d+: top1 ([0-9.]+)", train_log)],
     }

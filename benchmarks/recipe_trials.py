@@ -24,7 +24,6 @@ import argparse
 import csv
 import json
 import os
-import re
 import shlex
 import statistics
 import sys
@@ -34,7 +33,7 @@ import yaml
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import machine  # noqa: E402  (path set just above)
-from real_cifar10 import run, shown, split_holdout  # noqa: E402
+from real_cifar10 import epoch_seconds, run, shown, split_holdout  # noqa: E402
 
 CONFIG = "cifar10_cpu_config.yaml"
 
@@ -81,13 +80,13 @@ def check_config(run_dir, overrides):
     return unrecorded
 
 
-def epoch_seconds(run_dir):
-    """The 'epoch time: X s' figures of the run's training log."""
+def run_epoch_seconds(run_dir):
+    """The epoch times of the run folder's training log ([] without one)."""
     path = os.path.join(run_dir, "train_rank0.log")
     if not os.path.exists(path):
         return []
     with open(path, encoding="utf-8") as handle:
-        return [float(x) for x in re.findall(r"epoch time: ([0-9.]+) s", handle.read())]
+        return epoch_seconds(handle.read())
 
 
 def summarise(name, overrides, command, run_dir, epochs, unrecorded):
@@ -100,7 +99,7 @@ def summarise(name, overrides, command, run_dir, epochs, unrecorded):
                                       if all(scores[e][1] is not None for e in scores) else None),
         "final_top1": scores[epochs][0],
         "train_images_per_second_median": round(statistics.median(speeds), 1) if speeds else None,
-        "epoch_seconds": epoch_seconds(run_dir), "unrecorded_overrides": unrecorded,
+        "epoch_seconds": run_epoch_seconds(run_dir), "unrecorded_overrides": unrecorded,
     }
 
 

@@ -2,6 +2,7 @@
 
     python benchmarks/cpu_recipe.py --cifar_dir DATA --epochs 2 [--holdout 5000]
                                     [--work runs/cpu_recipe] [--resume]
+                                    [--set=--crop_padding=4 ... --tag pad4]
 
 DATA holds `cifar-10-batches-bin/data_batch_*.bin` with the 50,000 real training images (e.g.
 written by `python ../shared/data/make_cifar10_bin.py DATA`). The last --holdout records become
@@ -12,7 +13,10 @@ commands:
     python eval.py --config_path=cifar10_cpu_config.yaml --data_dir=SPLIT --pre_trained=LAST
 
 Writes benchmarks/results/cifar10_cpu_<N>ep.json (held-out top-1, wall times, images/s, the
-commands, the machine's CPU flags) and the run's metrics.csv and metrics.png beside it.
+commands, the machine's CPU flags) and the run's metrics.csv and metrics.png beside it. Each
+--set adds one `--key=value` to the training command (a longer run may want other values than
+the recipe's short-run ones); --tag then names the run folder and the result files
+(cifar10_cpu_<N>ep_<TAG>.*) so that they never mix with the plain recipe's.
 """
 import argparse
 import glob
@@ -45,12 +49,12 @@ def summarise(args, data, n_train, run_dir, train, evaluation):
         "train_images_per_second_median": round(statistics.median(speeds), 1) if speeds else None,
         "checkpoint": os.path.basename(last), "machine": machine.cpu_summary(),
         "load_average_at_end": machine.load_average(2),
-        "commands": [args.train_command, args.eval_command],
+        "overrides": args.set, "commands": [args.train_command, args.eval_command],
         "data": data, "run_dir": run_dir,
     }
 
 
-def main():
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cifar_dir", required=True)
@@ -61,21 +65,44 @@ def main():
     parser.add_argument("--resume", action="store_true",
                         help="continue an interrupted run of the same --work/--epochs "
                              "(adds --resume=auto to the training command)")
-    args = parser.parse_args()
+    parser.add_argument("--set", action="append", default=[], metavar="--KEY=VALUE",
+                        help="one more training option, e.g. --set=--crop_padding=4 (repeatable)")
+    parser.add_argument("--tag", default="", help="suffix for the run folder and result files; "
+                        "required with --set")
+    args = parser.parse_args(argv)
+    bad = [item for item in args.set if not (item.startswith("--") and "=" in item)]
+    if bad:
+        parser.error(f"--set {bad[0]!r}: expected --key=value")
+    if args.set and not args.tag:
+        parser.error("--set changes the recipe: give --tag so its results are not filed as the "
+                     "plain recipe's")
+    args.suffix = f"_{args.tag}" if args.tag else ""
+    return args
+
+
+def train_command(args, data, run_dir):
+    """The README's training command for this run, with the --set options and --resume."""
+    return [sys.executable, "train.py", f"--config_path={CONFIG}", f"--data_dir={data}",
+            f"--max_epoch={args.epochs}", f"--ckpt_path={run_dir}", *args.set] + (
+                ["--resume=auto"] if args.resume else [])
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    suffix = args.suffix
     work = os.path.abspath(args.work)
     data, n_train = split_holdout(args.cifar_dir, work, args.holdout)
-    run_dir = os.path.join(work, f"ep{args.epochs}")
+    run_dir = os.path.join(work, f"ep{args.epochs}{suffix}")
     common = [f"--config_path={CONFIG}", f"--data_dir={data}"]
-    train_cmd = [sys.executable, "train.py", *common, f"--max_epoch={args.epochs}",
-                 f"--ckpt_path={run_dir}"] + (["--resume=auto"] if args.resume else [])
+    train_cmd = train_command(args, data, run_dir)
     args.train_command = shown(train_cmd)
-    train = run(train_cmd, os.path.join(work, f"train_ep{args.epochs}.log"))
+    train = run(train_cmd, os.path.join(work, f"train_ep{args.epochs}{suffix}.log"))
     last = max(glob.glob(os.path.join(run_dir, "vgg16_bn-*_*.ckpt")), key=os.path.getmtime)
     eval_cmd = [sys.executable, "eval.py", *common, f"--pre_trained={last}"]
     args.eval_command = shown(eval_cmd)
-    evaluation = run(eval_cmd, os.path.join(work, f"eval_ep{args.epochs}.log")) + (last,)
+    evaluation = run(eval_cmd, os.path.join(work, f"eval_ep{args.epochs}{suffix}.log")) + (last,)
     summary = summarise(args, data, n_train, run_dir, train, evaluation)
-    name = f"cifar10_cpu_{args.epochs}ep"
+    name = f"cifar10_cpu_{args.epochs}ep{suffix}"
     os.makedirs(args.out_dir, exist_ok=True)
     for suffix in ("csv", "png"):
         source = os.path.join(run_dir, f"metrics.{suffix}")

@@ -19,7 +19,6 @@ import datetime
 import json
 import os
 import platform
-import re
 import shutil
 import sys
 import tempfile
@@ -28,6 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import machine  # noqa: E402  (path set just above)
 import native_kernels  # noqa: E402
 from readme_commands import REPO, final_accuracy, fresh_copy, quick_start_commands, run_commands  # noqa: E402
+from real_cifar10 import epoch_seconds  # noqa: E402
 
 DEFAULT_OUT = os.path.join(REPO, "benchmarks", "results", "quickstart.json")
 
@@ -42,8 +42,7 @@ def run(workdir):
     ok = len(steps) == len(main_job) and steps[-1].returncode == 0
     build = next((s for s in steps if native_kernels.BUILD_MODULE in s.command), None)
     train = next((s for s in steps if s.command.startswith("python train.py")), None)
-    epochs = [float(x) for x in re.findall(r"epoch time: ([0-9.]+) s",
-                                           train.stdout + train.stderr)] if train else []
+    epochs = epoch_seconds(train.stdout + train.stderr) if train else []
     load_end = machine.load_average(2)
     record = {
         "what": "README.md quick start, main job, run as written in a fresh copy of the "

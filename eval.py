@@ -13,7 +13,7 @@ from src import checkpoint as ckpt
 from src.class_names import find_class_names, read_class_names
 from src.cli import run_entry
 from src.errors import UserError
-from src.evaluation import allreduce_counts, evaluate
+from src.evaluation import allreduce_counts, evaluate, tta_options
 from src.factory import build_dataset, build_network, model_name
 from src.progress import setup_logger
 from src.runtime import setup_runtime
@@ -86,7 +86,7 @@ def evaluate_checkpoints(config, runtime, paths):
         if index == 0:
             warm_up(net, dataset)
             dataset = build_dataset(config, training=False, runtime=runtime)
-        local = evaluate(net, dataset, flip_tta=config.get("eval_flip_tta", False))
+        local = evaluate(net, dataset, **tta_options(config))
         counts = allreduce_counts(local, runtime.group_size)
         results.append((path, counts))
         report(config, runtime, counts, local, path, class_names_for(config, path))
@@ -98,7 +98,7 @@ def evaluate_onnx_file(config, runtime, path):
 
     model = load_onnx_model(path, config.image_size)
     local = evaluate_onnx(model, build_dataset(config, training=False, runtime=runtime),
-                          flip_tta=config.get("eval_flip_tta", False))
+                          **tta_options(config))
     counts = allreduce_counts(local, runtime.group_size)
     report(config, runtime, counts, local, path, class_names_for(config, path))
     return [(path, counts)]

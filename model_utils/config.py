@@ -174,6 +174,10 @@ def _check_consistency(v):
     if v.get("pad_mode") == "pad" and v.get("padding", 1) != 1:
         raise UserError(f"config key 'padding' is {v.get('padding')}; pad_mode 'pad' keeps the "
                         "feature size of a 3x3 convolution only with padding 1")
+    shift, size = v.get("eval_tta_shift", 0), v.get("image_size")
+    if shift and size and shift >= min(size):
+        raise UserError(f"config key 'eval_tta_shift' is {shift}; it must be smaller than the "
+                        f"image size ({min(size)})")
 
 
 def _check_per_step_warmup(v):

@@ -236,6 +236,10 @@ KEYS = (
         check=not_negative),
     Key("eval_flip_tta", bool,
         "Evaluation: average the softmax of each image and its horizontal flip"),
+    Key("eval_tta_shift", int,
+        "Evaluation: also score each image moved by this many pixels down-right and up-left "
+        "(reflected border), weights 1/2 as is and 1/4 per shift, each with its flip when "
+        "eval_flip_tta is on (0: off)", check=not_negative),
 
     # export and inference
     Key("ckpt_file", str, "Export: checkpoint to export"),

@@ -76,9 +76,47 @@ def flip_tta_scores(predict, images):
     return (softmax(predict(images)) + softmax(predict(mirrored))) / 2
 
 
-def evaluate(net, dataset, flip_tta=False):
+def shifted_views(images, shift):
+    """The images (N,C,H,W) moved by `shift` pixels down and right, then up and left, the
+    uncovered border filled by reflection (what a random crop of a reflect-padded image
+    would show)."""
+    height, width = images.shape[-2:]
+    if not 0 < shift < min(height, width):
+        raise ValueError(f"eval_tta_shift must be between 1 and {min(height, width) - 1} for "
+                         f"{height}x{width} images, got {shift}")
+    padded = np.pad(images, ((0, 0), (0, 0), (shift, shift), (shift, shift)), mode="reflect")
+    far = 2 * shift
+    return (np.ascontiguousarray(padded[..., :height, :width]),
+            np.ascontiguousarray(padded[..., far:far + height, far:far + width]))
+
+
+def tta_scores(predict, images, flip=False, shift=0):
+    """Test-time augmentation over the images (N,C,H,W): with shift > 0, half the weight on
+    the images as they are and a quarter on each of shifted_views; with flip, each view is
+    flip_tta_scores (the mean over it and its mirror image), otherwise its softmax. Neither:
+    the plain logits."""
+    if not flip and not shift:
+        return predict(images)
+
+    def view(x):
+        return flip_tta_scores(predict, x) if flip else softmax(predict(x))
+
+    if not shift:
+        return view(images)
+    ahead, behind = shifted_views(images, shift)
+    return 0.5 * view(images) + 0.25 * view(ahead) + 0.25 * view(behind)
+
+
+def tta_options(config):
+    """evaluate()'s test-time augmentation arguments from the config (eval_flip_tta and
+    eval_tta_shift)."""
+    return {"flip_tta": bool(config.get("eval_flip_tta", False)),
+            "tta_shift": int(config.get("eval_tta_shift", 0))}
+
+
+def evaluate(net, dataset, flip_tta=False, tta_shift=0):
     """Run `net` in inference mode over every batch of `dataset` (columns image, label);
-    with flip_tta the scores are flip_tta_scores."""
+    with flip_tta or tta_shift the scores are tta_scores."""
     import mindspore as ms
 
     was_training = net.training
@@ -87,8 +125,9 @@ def evaluate(net, dataset, flip_tta=False):
     start = time.perf_counter()
     try:
         for image, label in dataset.create_tuple_iterator(num_epochs=1):
-            if flip_tta:
-                scores = flip_tta_scores(lambda x: net(ms.Tensor(x)).asnumpy(), image.asnumpy())
+            if flip_tta or tta_shift:
+                scores = tta_scores(lambda x: net(ms.Tensor(x)).asnumpy(), image.asnumpy(),
+                                    flip_tta, tta_shift)
             else:
                 scores = net(image).asnumpy()
             counts.add_batch(scores, label.asnumpy())

@@ -16,7 +16,7 @@ import time
 import numpy as np
 
 from src.errors import UserError
-from src.evaluation import EvalCounts, flip_tta_scores
+from src.evaluation import EvalCounts, tta_scores
 
 
 def load_onnx_model(path, image_size):
@@ -49,16 +49,13 @@ def predict(model, images):
     return np.concatenate(outputs)
 
 
-def evaluate_onnx(model, dataset, flip_tta=False):
+def evaluate_onnx(model, dataset, flip_tta=False, tta_shift=0):
     """Top-1/top-5 counts of `model` over every batch of `dataset` (columns image, label);
-    with flip_tta the scores are evaluation.flip_tta_scores."""
+    with flip_tta or tta_shift the scores are evaluation.tta_scores."""
     counts = EvalCounts()
     start = time.perf_counter()
     for images, labels in dataset.create_tuple_iterator(num_epochs=1, output_numpy=True):
-        if flip_tta:
-            scores = flip_tta_scores(lambda x: predict(model, x), images)
-        else:
-            scores = predict(model, images)
+        scores = tta_scores(lambda x: predict(model, x), images, flip_tta, tta_shift)
         counts.add_batch(scores, labels)
     counts.seconds = time.perf_counter() - start
     return counts

@@ -1,12 +1,12 @@
 """Evaluation during training: every eval_interval epochs, the network on the evaluation data
-(flip TTA with eval_flip_tta), then its EMA weights when EMA is on; the best result so far
-kept as <arch>-best.ckpt."""
+(test-time augmentation with eval_flip_tta and eval_tta_shift), then its EMA weights when EMA
+is on; the best result so far kept as <arch>-best.ckpt."""
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from src.evaluation import allreduce_counts, evaluate
+from src.evaluation import allreduce_counts, evaluate, tta_options
 from src.training_checkpoints import TrainingCheckpoints
 from src.training_ema import TrainingEMA
 
@@ -51,8 +51,7 @@ class TrainingEvaluator:
         return counts
 
     def _counts(self):
-        local = evaluate(self.net, self.make_dataset(),
-                         flip_tta=self.config.get("eval_flip_tta", False))
+        local = evaluate(self.net, self.make_dataset(), **tta_options(self.config))
         return allreduce_counts(local, self.group_size)
 
     def _save_best(self, pos, acc):

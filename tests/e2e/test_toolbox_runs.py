@@ -20,7 +20,8 @@ from tests.helpers import REPO, SMALL_RUN_ARGS, checkpoint_arrays, interrupt_at
 TOOLBOX = ["--batch_size=8", "--log_interval=1", "--eval_interval=1", "--accumulate_steps=3",
            "--clip_grad_norm=1.0", "--nesterov=True", "--ema_decay=0.9", "--ema_warmup=True",
            "--mixup_alpha=0.4", "--cutmix_alpha=1.0", "--label_smooth=True",
-           "--auto_augment=randaugment", "--random_erasing=0.25", "--eval_flip_tta=True"]
+           "--auto_augment=randaugment", "--random_erasing=0.25", "--eval_flip_tta=True",
+           "--eval_tta_shift=2"]
 FINAL = "vgg11_bn-2_6.ckpt"
 
 
@@ -115,7 +116,8 @@ def test_eval_py_takes_the_ema_and_the_averaged_weights(reference, data, tmp_pat
     run([sys.executable, "avg_checkpoints.py", run_dir, "--n=2",
          f"--output={folder / 'vgg11_bn-avg.ckpt'}"])
     result = run([sys.executable, "eval.py", *SMALL_RUN_ARGS, f"--data_dir={data}",
-                  f"--pre_trained={folder}", "--eval_flip_tta=True"])
+                  f"--pre_trained={folder}", "--eval_flip_tta=True",
+                  "--eval_tta_shift=1"])
     found = {kind: float(acc) for acc, kind in
              re.findall(r"result: \{'acc': ([\d.]+)\} ckpt=.*-(ema|avg)\.ckpt", result)}
     assert set(found) == {"ema", "avg"}, result

@@ -71,6 +71,9 @@ def test_list_forms_agree():
     (["--warmup_fraction=0.05"], "'warmup_fraction' (0.05) applies to lr_scheduler cosine or "
                                  "linear, not 'step'"),
     (["--lr_scheduler=multistep", "--warmup_steps=3"], "not 'multistep'"),
+    (["--eval_tta_shift=-1"], "'eval_tta_shift' is -1"),
+    (["--image_size=32,32", "--eval_tta_shift=32"],
+     "'eval_tta_shift' is 32; it must be smaller than the image size"),
 ])
 def test_bad_command_line_values_are_one_line_errors(args, expected):
     with pytest.raises(UserError) as info:

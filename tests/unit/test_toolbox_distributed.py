@@ -46,7 +46,8 @@ def test_toolbox_job_keeps_ranks_identical(id_coded_cifar, tmp_path):
     assert "2 batches per optimizer step, 64 images per optimizer step" in logs[0]
 
 
-def test_flip_tta_over_shards_adds_up_to_one_process(id_coded_cifar):
+@pytest.mark.parametrize("tta", [{"flip_tta": True}, {"flip_tta": True, "tta_shift": 1}])
+def test_tta_over_shards_adds_up_to_one_process(id_coded_cifar, tta):
     import mindspore as ms
 
     from model_utils.config import get_config
@@ -63,7 +64,7 @@ def test_flip_tta_over_shards_adds_up_to_one_process(id_coded_cifar):
 
     def counts(rank, size):
         return evaluate(net, build_dataset(config, training=False,
-                                           runtime=Runtime("CPU", 0, rank, size)), flip_tta=True)
+                                           runtime=Runtime("CPU", 0, rank, size)), **tta)
 
     whole = counts(0, 1)
     parts = [counts(rank, 3) for rank in range(3)]  # 40 images: shards of 14, 13, 13
@@ -86,3 +87,39 @@ def test_flip_tta_averages_the_softmax_of_the_horizontal_mirror():
     np.testing.assert_allclose(flip_tta_scores(halves, images), 0.5, rtol=1e-6)
     one_view = np.exp(halves(images)) / np.exp(halves(images)).sum(axis=1, keepdims=True)
     assert not np.allclose(one_view, 0.5, atol=1e-3)
+
+
+def test_shift_tta_weights_each_shifted_view():
+    """A 'network' that reads only pixel (1, 1): the view moved down-right shows it pixel
+    (0, 0), the one moved up-left pixel (2, 2); the scores are 1/2, 1/4, 1/4 of their
+    softmaxes. With flip too, each view is averaged with its mirror image, which reads
+    column W-2 instead."""
+    from src.evaluation import softmax, tta_scores
+
+    images = np.random.default_rng(1).standard_normal((3, 1, 4, 5)).astype(np.float32)
+
+    def pixel(x):
+        return np.stack([x[:, 0, 1, 1], -x[:, 0, 1, 1]], axis=1)
+
+    def reads(row, col):
+        value = images[:, 0, row, col]
+        return softmax(np.stack([value, -value], axis=1))
+
+    expected = 0.5 * reads(1, 1) + 0.25 * reads(0, 0) + 0.25 * reads(2, 2)
+    np.testing.assert_allclose(tta_scores(pixel, images, shift=1), expected, rtol=1e-6)
+    # mirrored, pixel (1, 1) is column 3 of a 5-wide image; shifted, columns 2 and 4
+    mirrored = 0.5 * reads(1, 3) + 0.25 * reads(0, 2) + 0.25 * reads(2, 4)
+    np.testing.assert_allclose(tta_scores(pixel, images, flip=True, shift=1),
+                               (expected + mirrored) / 2, rtol=1e-6)
+    np.testing.assert_array_equal(tta_scores(pixel, images), pixel(images))  # no TTA: logits
+
+
+def test_shift_tta_reflects_the_border_and_refuses_too_large_a_shift():
+    from src.evaluation import shifted_views
+
+    image = np.arange(9, dtype=np.float32).reshape(1, 1, 3, 3)
+    ahead, behind = shifted_views(image, 1)
+    np.testing.assert_array_equal(ahead[0, 0], [[4, 3, 4], [1, 0, 1], [4, 3, 4]])
+    np.testing.assert_array_equal(behind[0, 0], [[4, 5, 4], [7, 8, 7], [4, 5, 4]])
+    with pytest.raises(ValueError, match="eval_tta_shift must be between 1 and 2 for 3x3"):
+        shifted_views(image, 3)

@@ -174,6 +174,9 @@ def _check_consistency(v):
     if v.get("pad_mode") == "pad" and v.get("padding", 1) != 1:
         raise UserError(f"config key 'padding' is {v.get('padding')}; pad_mode 'pad' keeps the "
                         "feature size of a 3x3 convolution only with padding 1")
+    if v.get("alternate_flip") and v.get("dataset", "cifar10") != "cifar10":
+        raise UserError(f"config key 'alternate_flip' applies to dataset cifar10, not "
+                        f"{v.get('dataset')!r}")
     shift, size = v.get("eval_tta_shift", 0), v.get("image_size")
     if shift and size and shift >= min(size):
         raise UserError(f"config key 'eval_tta_shift' is {shift}; it must be smaller than the "

@@ -212,6 +212,10 @@ KEYS = (
     Key("crop_padding", int,
         "CIFAR-10 training: pixels of zero padding on each side before the random 32x32 crop "
         "(0: no crop, flip only)", check=not_negative),
+    Key("alternate_flip", bool,
+        "CIFAR-10 training: mirror a fixed random half of the images in even epochs and the "
+        "other half in odd epochs, instead of each image at random (every image is seen both "
+        "ways over two epochs)"),
 
     # distributed
     Key("is_distributed", bool, "Data-parallel training over all launched processes"),

@@ -178,9 +178,15 @@ class Cifar10Batches:
 
     def __init__(self, images, labels, indices, *, batch_size, training, image_size=(32, 32),
                  seed=1, epoch=0, num_shards=1, shard_id=0, drop_remainder=None, start_step=0,
-                 auto_augment="none", random_erasing=0.0, crop_padding=4):
+                 auto_augment="none", random_erasing=0.0, crop_padding=4, alternate_flip=False):
         self.images, self.labels, self.indices = images, labels, np.asarray(indices)
         self.pad = int(crop_padding)
+        self.flipped_half = None
+        if alternate_flip and training:
+            # a fixed half of the whole set (same for every shard) is mirrored in even epochs,
+            # the other half in odd epochs: over two epochs each image is seen both ways
+            order = np.random.default_rng([int(seed), 7]).permutation(len(images))
+            self.flipped_half = (order < len(images) // 2) ^ bool(int(epoch) % 2)
         self.batch_size, self.training = int(batch_size), bool(training)
         self.key = [int(seed), int(epoch), int(num_shards), int(shard_id)]
         self.drop_remainder = training if drop_remainder is None else bool(drop_remainder)
@@ -209,7 +215,7 @@ class Cifar10Batches:
         picked = self.indices[step * self.batch_size:(step + 1) * self.batch_size]
         batch = self.images[picked]
         if self.training:
-            batch = self._crop_and_flip(batch, np.random.default_rng(self.key + [step]))
+            batch = self._crop_and_flip(batch, np.random.default_rng(self.key + [step]), picked)
         if self.policy is not None:  # generators of their own: crop and flip stay as they were
             seeds = np.random.default_rng(self.key + [step, 1]).integers(0, 2 ** 31, len(batch))
             batch = self.policy(batch, seeds)
@@ -228,14 +234,17 @@ class Cifar10Batches:
     def __iter__(self):
         return (self[i] for i in range(len(self)))
 
-    def _crop_and_flip(self, batch, rng):
+    def _crop_and_flip(self, batch, rng, picked):
         """Random 32x32 crop of the image zero-padded by self.pad pixels on each side (the
-        image itself when 0), then a random horizontal flip."""
+        image itself when 0), then a horizontal flip: at random, or with alternate_flip as
+        self.flipped_half says for the images `picked`."""
         count, pad = len(batch), self.pad
         padded = np.pad(batch, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
         top = rng.integers(0, 2 * pad + 1, count)
         left = rng.integers(0, 2 * pad + 1, count)
         flip = rng.random(count) < 0.5
+        if self.flipped_half is not None:
+            flip = self.flipped_half[picked]
         span = np.arange(32)
         rows = top[:, None] + span
         cols = left[:, None] + np.where(flip[:, None], span[::-1], span)
@@ -245,7 +254,7 @@ class Cifar10Batches:
 
 def _cifar10_dataset(data_dir, *, batch_size, training, image_size, num_classes, num_shards,
                      shard_id, workers, seed, epoch, start_step, drop_remainder, auto_augment,
-                     random_erasing, crop_padding):
+                     random_erasing, crop_padding, alternate_flip):
     import mindspore.dataset as ds
     files = cifar10_files(data_dir, training)
     images, labels = _read_cifar10_chw(files, num_classes)
@@ -256,7 +265,7 @@ def _cifar10_dataset(data_dir, *, batch_size, training, image_size, num_classes,
                             image_size=image_size, seed=seed, epoch=epoch, num_shards=num_shards,
                             shard_id=shard_id, drop_remainder=drop_remainder, start_step=start_step,
                             auto_augment=auto_augment, random_erasing=random_erasing,
-                            crop_padding=crop_padding)
+                            crop_padding=crop_padding, alternate_flip=alternate_flip)
     # Threads, not processes: the NumPy work releases the GIL and nothing gets pickled.
     return ds.GeneratorDataset(source, column_names=["image", "label"], shuffle=False,
                                num_parallel_workers=workers, python_multiprocessing=False)
@@ -469,7 +478,8 @@ def pipeline_user_error(error):
 def create_dataset(name, data_dir, *, batch_size, training, image_size=(32, 32), num_classes=10,
                    num_shards=1, shard_id=0, num_parallel_workers=None, seed=1, epoch=0,
                    start_step=0, list_file=None, skip_corrupt=False, drop_remainder=None,
-                   auto_augment="none", random_erasing=0.0, crop_padding=4):
+                   auto_augment="none", random_erasing=0.0, crop_padding=4,
+                   alternate_flip=False):
     """One epoch of `name` ('cifar10' | 'imagenet2012') as a batched mindspore Dataset.
 
     Columns ('image', 'label'): image float32 NCHW normalised, label int32 of shape (B,).
@@ -480,7 +490,9 @@ def create_dataset(name, data_dir, *, batch_size, training, image_size=(32, 32),
     epoch; get_dataset_size() is the number of batches left. ImageNet datasets carry
     `skipped_files` (corrupt images replaced when skip_corrupt=True). auto_augment and
     random_erasing (src/augment.py) apply to training only; crop_padding is CIFAR-10's random
-    crop (the image zero-padded by that many pixels on each side; 0: flip only).
+    crop (the image zero-padded by that many pixels on each side; 0: flip only), and
+    alternate_flip its flip of a fixed half of the images in even epochs and of the other half
+    in odd ones (CIFAR-10 only).
     """
     _check_common(name, data_dir, batch_size, num_shards, shard_id)
     if drop_remainder is None:
@@ -492,5 +504,8 @@ def create_dataset(name, data_dir, *, batch_size, training, image_size=(32, 32),
                    start_step=int(start_step), drop_remainder=bool(drop_remainder),
                    auto_augment=auto_augment, random_erasing=float(random_erasing))
     if name == "cifar10":
-        return _cifar10_dataset(data_dir, crop_padding=int(crop_padding), **options)
+        return _cifar10_dataset(data_dir, crop_padding=int(crop_padding),
+                                alternate_flip=bool(alternate_flip), **options)
+    if alternate_flip:
+        raise UserError("alternate_flip applies to dataset cifar10 only")
     return _imagenet_dataset(data_dir, list_file=list_file, skip_corrupt=skip_corrupt, **options)

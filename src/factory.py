@@ -77,4 +77,5 @@ def build_dataset(config, training, runtime=None, epoch=0, start_step=0, batch_s
         start_step=start_step, list_file=config.data_list or None,
         skip_corrupt=config.skip_corrupt, auto_augment=config.get("auto_augment", "none"),
         random_erasing=config.get("random_erasing", 0.0),
-        crop_padding=config.get("crop_padding", 4))
+        crop_padding=config.get("crop_padding", 4),
+        alternate_flip=config.get("alternate_flip", False))

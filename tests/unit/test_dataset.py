@@ -294,3 +294,31 @@ def test_demo_data_is_a_stratified_repeatable_split(tmp_path):
     assert images.shape == (359, 32, 32, 3)
     assert np.bincount(labels, minlength=10).min() >= 35
     assert images.max() > 200 and (images[..., 0] == images[..., 2]).all()
+
+
+def test_alternate_flip_mirrors_each_image_in_every_other_epoch():
+    """Image i holds i in its blue plane and values rising left to right in the others. With
+    alternate_flip exactly half the images are mirrored in epoch 0, exactly the others in
+    epoch 1 and the first half again in epoch 2, whatever the shard; without it, the flips of
+    two epochs are independent."""
+    count = 64
+    cols = np.tile(np.arange(32, dtype=np.uint8) * 4, (32, 1))
+    images = np.stack([np.stack([cols, cols, np.full((32, 32), i, np.uint8)])
+                       for i in range(count)])
+
+    def flipped(epoch, alternate, shard=0, shards=1):
+        source = D.Cifar10Batches(images, np.zeros(count, np.int32),
+                                  np.arange(count)[shard::shards],
+                                  batch_size=count // shards, training=True, epoch=epoch,
+                                  crop_padding=0, alternate_flip=alternate)
+        values = pixels(source[0][0])
+        ids = np.rint(values[:, 2, 0, 0]).astype(int)
+        return dict(zip(ids, values[:, 0, 0, 1] < values[:, 0, 0, 0]))
+
+    epochs = [flipped(epoch, True) for epoch in range(3)]
+    assert sum(epochs[0].values()) == count // 2
+    assert all(epochs[1][i] != epochs[0][i] and epochs[2][i] == epochs[0][i] for i in range(count))
+    halves = {**flipped(1, True, 0, 2), **flipped(1, True, 1, 2)}
+    assert halves == epochs[1]  # the half is of the whole set, not of each shard
+    random_flips = [flipped(epoch, False) for epoch in range(2)]
+    assert any(random_flips[1][i] == random_flips[0][i] for i in range(count))

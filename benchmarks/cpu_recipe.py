@@ -80,10 +80,14 @@ def parse_args(argv=None):
     return args
 
 
+def recipe_options(data):
+    """The options the README's training and evaluation commands share."""
+    return [f"--config_path={CONFIG}", f"--data_dir={data}"]
+
+
 def train_command(args, data, run_dir):
     """The README's training command for this run, with the --set options and --resume."""
-    return [sys.executable, "train.py", f"--config_path={CONFIG}", f"--data_dir={data}",
-            f"--max_epoch={args.epochs}", f"--ckpt_path={run_dir}", *args.set] + (
+    return [sys.executable, "train.py", *recipe_options(data), f"--max_epoch={args.epochs}", f"--ckpt_path={run_dir}", *args.set] + (
                 ["--resume=auto"] if args.resume else [])
 
 
@@ -93,21 +97,20 @@ def main(argv=None):
     work = os.path.abspath(args.work)
     data, n_train = split_holdout(args.cifar_dir, work, args.holdout)
     run_dir = os.path.join(work, f"ep{args.epochs}{suffix}")
-    common = [f"--config_path={CONFIG}", f"--data_dir={data}"]
     train_cmd = train_command(args, data, run_dir)
     args.train_command = shown(train_cmd)
     train = run(train_cmd, os.path.join(work, f"train_ep{args.epochs}{suffix}.log"))
     last = max(glob.glob(os.path.join(run_dir, "vgg16_bn-*_*.ckpt")), key=os.path.getmtime)
-    eval_cmd = [sys.executable, "eval.py", *common, f"--pre_trained={last}"]
+    eval_cmd = [sys.executable, "eval.py", *recipe_options(data), f"--pre_trained={last}"]
     args.eval_command = shown(eval_cmd)
     evaluation = run(eval_cmd, os.path.join(work, f"eval_ep{args.epochs}{suffix}.log")) + (last,)
     summary = summarise(args, data, n_train, run_dir, train, evaluation)
     name = f"cifar10_cpu_{args.epochs}ep{suffix}"
     os.makedirs(args.out_dir, exist_ok=True)
-    for suffix in ("csv", "png"):
-        source = os.path.join(run_dir, f"metrics.{suffix}")
+    for kind in ("csv", "png"):
+        source = os.path.join(run_dir, f"metrics.{kind}")
         if os.path.exists(source):
-            shutil.copyfile(source, os.path.join(args.out_dir, f"{name}_metrics.{suffix}"))
+            shutil.copyfile(source, os.path.join(args.out_dir, f"{name}_metrics.{kind}"))
     with open(os.path.join(args.out_dir, f"{name}.json"), "w", encoding="utf-8") as handle:
         json.dump(summary, handle, indent=2)
     print(json.dumps(summary, indent=2))

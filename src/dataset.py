@@ -242,8 +242,9 @@ class Cifar10Batches:
         padded = np.pad(batch, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
         top = rng.integers(0, 2 * pad + 1, count)
         left = rng.integers(0, 2 * pad + 1, count)
-        flip = rng.random(count) < 0.5
-        if self.flipped_half is not None:
+        if self.flipped_half is None:
+            flip = rng.random(count) < 0.5
+        else:
             flip = self.flipped_half[picked]
         span = np.arange(32)
         rows = top[:, None] + span

@@ -87,8 +87,8 @@ def recipe_options(data):
 
 def train_command(args, data, run_dir):
     """The README's training command for this run, with the --set options and --resume."""
-    return [sys.executable, "train.py", *recipe_options(data), f"--max_epoch={args.epochs}", f"--ckpt_path={run_dir}", *args.set] + (
-                ["--resume=auto"] if args.resume else [])
+    return [sys.executable, "train.py", *recipe_options(data), f"--max_epoch={args.epochs}",
+            f"--ckpt_path={run_dir}", *args.set] + (["--resume=auto"] if args.resume else [])
 
 
 def main(argv=None):

@@ -37,6 +37,7 @@ the network input by design (nothing consumes it).
 """
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -107,6 +108,23 @@ ISAS = {
     "AVX2": (("avx2", "fma"), 8),
     "AVX512_CORE": (("avx512f", "avx512bw", "avx512vl", "avx512dq"), 16),
 }
+# output pixels up to which a blocked training convolution computes its float32 weight
+# gradient as one im2col + matmul (engine.cc, MatmulWeightsMaxPixels), per ISA
+MATMUL_WEIGHTS_MAX_PIXELS = {"AVX2": 16, "AVX512_CORE": 64}
+# the training chain's convolution kernels: blocked input?, cin, cout, input shape ('same'
+# padding, as in the chain)
+CHAIN_CONV_CASES = [
+    (False, 3, 16, (1, 3, 224, 224)),
+    (False, 5, 32, (2, 5, 2, 2)),
+    (False, 17, 16, (3, 17, 9, 7)),
+    (True, 16, 32, (2, 16, 2, 2)),
+    (True, 32, 16, (1, 32, 2, 2)),
+    (True, 64, 64, (8, 64, 4, 4)),
+    (True, 16, 16, (1, 16, 224, 224)),
+    (True, 48, 32, (3, 48, 11, 13)),
+    (True, 48, 32, (3, 48, 7, 5)),  # non-square, within the AVX-512 im2col + matmul limit
+    (True, 24, 16, (2, 24, 3, 5)),  # non-square, within the AVX2 im2col + matmul limit
+]
 
 
 RELU_MARGIN = 1e-3  # BatchNorm+ReLU inputs keep their pre-ReLU values this far from 0
@@ -255,19 +273,7 @@ def _worker(out_path):
         run("conv", case, conv_check)
 
     # ------------------------------------------------ convolution: training chain kernels
-    chain_conv_cases = [
-        # blocked input?, cin, cout, input shape ('same' padding, as in the chain)
-        (False, 3, 16, (1, 3, 224, 224)),
-        (False, 5, 32, (2, 5, 2, 2)),
-        (False, 17, 16, (3, 17, 9, 7)),
-        (True, 16, 32, (2, 16, 2, 2)),
-        (True, 32, 16, (1, 32, 2, 2)),
-        (True, 64, 64, (8, 64, 4, 4)),
-        (True, 16, 16, (1, 16, 224, 224)),
-        (True, 48, 32, (3, 48, 11, 13)),
-        (True, 48, 32, (3, 48, 7, 5)),  # non-square, below the im2col + matmul weights limit
-    ]
-    for blocked, cin, cout, shape in chain_conv_cases:
+    for blocked, cin, cout, shape in CHAIN_CONV_CASES:
         kind = "Blocked" if blocked else "Plain"
         case = f"FastConvTrain{kind} {cin}->{cout} x{shape}"
 
@@ -545,8 +551,9 @@ def measured(request, library, tmp_path_factory):
     if missing:
         pytest.skip(f"this CPU lacks {', '.join(missing)}: no {isa} code path to test")
     out = tmp_path_factory.mktemp(f"native_{isa}") / "report.json"
-    env = dict(os.environ, ONEDNN_MAX_CPU_ISA=isa, GLOG_v="3")
-    for name in ("VGG_NATIVE_KERNELS", "FAST_CONV", "FAST_CONV_CHAIN"):
+    env = dict(os.environ, ONEDNN_MAX_CPU_ISA=isa, GLOG_v="3", VGG_NATIVE_VERBOSE="1")
+    for name in ("VGG_NATIVE_KERNELS", "FAST_CONV", "FAST_CONV_CHAIN",
+                 "VGG_NATIVE_MATMUL_WEIGHTS_MAX_PIXELS"):
         env.pop(name, None)
     proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", str(out)],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
@@ -554,7 +561,30 @@ def measured(request, library, tmp_path_factory):
     with open(out, encoding="utf-8") as handle:
         report = json.load(handle)
     report["isa"] = isa
+    report["native_lines"] = [line for line in proc.stderr.splitlines()
+                              if line.startswith("vgg_native: ")]
     return report
+
+
+def test_small_weight_gradients_run_as_one_matmul_per_the_isa_rule(measured):
+    """A blocked training convolution's weight gradient is one im2col + matmul exactly when
+    its output has at most MATMUL_WEIGHTS_MAX_PIXELS[isa] pixels (the checks above cover its
+    values); the first convolution, whose input is plain, never is."""
+    limit = MATMUL_WEIGHTS_MAX_PIXELS[measured["isa"]]
+    pattern = re.compile(r"vgg_native: training backward weights( \(im2col \+ matmul\))? f32 "
+                         r"n\d+ c(\d+) h(\d+) w(\d+) ")
+    taken = {}  # (channels, height, width) -> {took the matmul?}
+    for line in measured["native_lines"]:
+        match = pattern.match(line)
+        if match:
+            key = tuple(int(v) for v in match.groups()[1:])
+            taken.setdefault(key, set()).add(bool(match.group(1)))
+    wrong = [f"{key}: {sorted(kinds)}" for key, kinds in taken.items()
+             if True in kinds and key[1] * key[2] > limit]
+    assert not wrong, "matmul above the limit: " + ", ".join(wrong)
+    for blocked, cin, _, (_, _, height, width) in CHAIN_CONV_CASES:
+        want = blocked and height * width <= limit
+        assert taken.get((cin, height, width)) == {want}, (cin, height, width, taken)
 
 
 def test_worker_ran_the_requested_isa(measured):

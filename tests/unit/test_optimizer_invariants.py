@@ -101,6 +101,15 @@ def _check_overflow_with_isfinite(step):
     step.enable_allfinite = False
 
 
+def _builder(path):
+    """(device_target, make_optimizer or None for build_optimizer) that yields `path`: the
+    native kernel is chosen on CPU in graph mode when the library is built; DecayedMomentum
+    is what build_optimizer gives every device but CPU; nn.Momentum is built directly."""
+    if path == "Momentum":
+        return "CPU", _plain_momentum
+    return ("GPU" if path == "DecayedMomentum" else "CPU"), None
+
+
 def _train(path, amp_level, scale, steps=STEPS):
     """(parameters, moments) by name after `steps` steps of one composition."""
     import mindspore as ms
@@ -110,14 +119,8 @@ def _train(path, amp_level, scale, steps=STEPS):
     config = _config(scale)
     ms.set_seed(SEED)
     net = vgg.vgg11_bn(num_classes=10, image_size=(32, 32), dropout=True)
-    kwargs = {"amp_dtype": ms.float32}
-    if path == "FusedMomentum":
-        # the native kernel is chosen on CPU in graph mode when the library is built
-        device_target = "CPU"
-    elif path == "DecayedMomentum":
-        device_target = "GPU"  # what build_optimizer gives every device but CPU
-    else:
-        device_target, kwargs["make_optimizer"] = "CPU", _plain_momentum
+    device_target, make_optimizer = _builder(path)
+    kwargs = {"amp_dtype": ms.float32, "make_optimizer": make_optimizer}
     scale_type = next(s[1] for s in SCALES if s[0] == scale)
     step = trainer.compose_train_step(net, config, np.full(steps, LR, np.float32),
                                       device_target, amp_level, scale_type, **kwargs)
@@ -178,22 +181,23 @@ def test_loss_scale_leaves_parameters_and_momenta_unchanged(path, amp_level, sca
                         "fixed-1 run")
 
 
-def _optimizer_only(path, gradients):
-    """(parameters, moments) after feeding the same gradients to one optimizer path, with no
-    network in between: what is compared is the update arithmetic alone."""
+def _optimizer_only(path):
+    """(parameters, moments) after STEPS updates of one optimizer path with the same random
+    gradients (one seed) and no network in between: the update arithmetic alone."""
     import mindspore as ms
 
     from src import trainer, vgg
 
     ms.set_seed(SEED)
     net = vgg.vgg11_bn(num_classes=10, image_size=(32, 32), dropout=True)
-    make = _plain_momentum if path == "Momentum" else trainer.build_optimizer
-    device_target = "GPU" if path == "DecayedMomentum" else "CPU"
-    optimizer = make(net, _config("fixed-1"), np.full(max(len(gradients), 1), LR, np.float32),
-                     1.0, device_target)
+    device_target, make_optimizer = _builder(path)
+    optimizer = (make_optimizer or trainer.build_optimizer)(
+        net, _config("fixed-1"), np.full(STEPS, LR, np.float32), 1.0, device_target)
     assert type(optimizer).__name__ == path
-    for step_gradients in gradients:
-        optimizer(tuple(ms.Tensor(g) for g in step_gradients))
+    rng = np.random.default_rng(SEED)
+    for _ in range(STEPS):
+        optimizer(tuple(ms.Tensor((0.05 * rng.standard_normal(p.shape)).astype(np.float32))
+                        for p in optimizer.parameters))
     return ({p.name: p.asnumpy().copy() for p in optimizer.parameters},
             {m.name: m.asnumpy().copy() for m in optimizer.moments})
 
@@ -218,13 +222,9 @@ def test_the_paths_agree_at_loss_scale_1():
             np.testing.assert_allclose(params[name], want, rtol=1e-5, atol=1e-8,
                                        err_msg=f"{path} (one training step): {name}")
 
-    rng = np.random.default_rng(SEED)
-    shapes = [p.shape for p in _optimizer_only("Momentum", [])[0].values()]
-    gradients = [[(0.05 * rng.standard_normal(shape)).astype(np.float32) for shape in shapes]
-                 for _ in range(STEPS)]
-    want_params, want_moments = _optimizer_only("Momentum", gradients)
+    want_params, want_moments = _optimizer_only("Momentum")
     for path in paths:
-        params, moments = _optimizer_only(path, gradients)
+        params, moments = _optimizer_only(path)
         for kind, got, want in (("parameter", params, want_params),
                                 ("momentum", moments, want_moments)):
             for name in want:

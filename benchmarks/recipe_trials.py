@@ -3,7 +3,7 @@ values in cifar10_cpu_config.yaml were chosen, and how to try others.
 
     python benchmarks/recipe_trials.py --cifar_dir DATA [--epochs 2] [--holdout 5000]
         [--work runs/recipe_trials] [--out benchmarks/results/cifar10_cpu_trials.json]
-        --trial NAME="--lr=0.05 --crop_padding=2" [--trial NAME2="..."] [--rerun]
+        --trial NAME="--lr=0.05 --crop_padding=2" [--trial NAME2="..."] [--rerun] [--append]
 
 DATA holds `cifar-10-batches-bin/data_batch_*.bin` with the 50,000 real training images; the
 last --holdout records are held out (real_cifar10.split_holdout, as benchmarks/cpu_recipe.py
@@ -18,7 +18,11 @@ metrics.csv with every epoch evaluated is read, not run again (--rerun runs it a
 config.yaml must hold every overridden value, else it is refused (a key the run's config.yaml
 does not know at all, from before the key existed, is listed as unrecorded). Writes, per trial:
 the command, the held-out top-1 after each epoch (raw and EMA weights), the epoch times and
-median images/s, and the machine's CPU flags.
+median images/s, and the CPU flags and load average of the machine that ran it.
+
+--append keeps the trials --out already holds (a trial of the same name is replaced), so trials
+run in another session, perhaps on another CPU, land in the same file; the file must be for the
+same number of epochs and the same held-out split.
 """
 import argparse
 import csv
@@ -103,6 +107,28 @@ def summarise(name, overrides, command, run_dir, epochs, unrecorded):
     }
 
 
+def merge_reports(old, new):
+    """new's trials added to old's, a trial of the same name replaced; each trial keeps the
+    machine it ran on (a file from before per-trial machines lends its own to its trials)."""
+    for key in ("epochs", "what"):
+        if old.get(key) != new[key]:
+            raise SystemExit(f"error: --append: the file holds {key}={old.get(key)!r}, "
+                             f"these trials have {new[key]!r}")
+    kept = []
+    for trial in old.get("trials", []):
+        trial = dict(trial)
+        for key in ("machine", "load_average_at_end"):
+            if key not in trial and key in old:
+                trial[key] = old[key]
+        kept.append(trial)
+    names = {trial["trial"] for trial in new["trials"]}
+    merged = dict(new, trials=[t for t in kept if t["trial"] not in names] + new["trials"])
+    notes = [text for text in (old.get("note"), new.get("note")) if text]
+    if notes:
+        merged["note"] = " ".join(notes)
+    return merged
+
+
 def complete(run_dir, epochs):
     path = os.path.join(run_dir, "metrics.csv")
     return os.path.exists(path) and epochs in epoch_scores(path)
@@ -118,6 +144,8 @@ def main():
     parser.add_argument("--out", default=os.path.join(HERE, "results", "cifar10_cpu_trials.json"))
     parser.add_argument("--trial", action="append", required=True, type=parse_trial)
     parser.add_argument("--rerun", action="store_true")
+    parser.add_argument("--append", action="store_true",
+                        help="keep the trials --out already holds (same-name ones are replaced)")
     parser.add_argument("--note", default="", help="free text stored in the report")
     args = parser.parse_args()
     work = os.path.abspath(args.work)
@@ -132,15 +160,19 @@ def main():
         unrecorded = check_config(run_dir, overrides)
         results.append(summarise(name, overrides, shown(command), run_dir, args.epochs,
                                  unrecorded))
+        results[-1].update(machine=machine.cpu_summary(),
+                           load_average_at_end=machine.load_average(2))
         print(f"{name}: top-1 after each epoch {results[-1]['top1_after_each_epoch']}")
     report = {
         "what": f"{CONFIG} with overridden keys on real CIFAR-10: {n_train} training images, "
                 f"the last {args.holdout} of the 50,000 held out (never trained on)",
-        "epochs": args.epochs, "trials": results, "machine": machine.cpu_summary(),
-        "load_average_at_end": machine.load_average(2),
+        "epochs": args.epochs, "trials": results,
     }
     if args.note:
         report["note"] = args.note
+    if args.append and os.path.exists(args.out):
+        with open(args.out, encoding="utf-8") as handle:
+            report = merge_reports(json.load(handle), report)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w", encoding="utf-8") as handle:
         json.dump(report, handle, indent=2)

@@ -2,13 +2,15 @@
 no TTA, with flip TTA, and with flip TTA plus each diagonal shift.
 
     python benchmarks/tta_eval.py --data_dir SPLIT --checkpoint CKPT [--shifts 1,2]
-                                  [--config cifar10_cpu_config.yaml] --out FILE.json
+                                  [--config cifar10_cpu_config.yaml] [--logs runs/tta_eval]
+                                  --out FILE.json
 
 SPLIT is a CIFAR-10 binary folder whose evaluation file holds the held-out images (e.g. the
 `data` folder that benchmarks/cpu_recipe.py writes into its --work folder). Each setting is one
 `python eval.py --config_path=CONFIG --data_dir=SPLIT --pre_trained=CKPT --eval_flip_tta=...
 --eval_tta_shift=...` command; the JSON records its top-1, its evaluation time and images/s
-(eval.py's own figures, without start-up) and the command.
+(eval.py's own figures, without start-up) and the command. Each eval.py log is kept in --logs
+(not beside --out, which is usually benchmarks/results), named after the JSON and the setting.
 """
 import argparse
 import json
@@ -47,15 +49,19 @@ def main(argv=None):
     parser.add_argument("--config", default="cifar10_cpu_config.yaml")
     parser.add_argument("--shifts", default="1,2",
                         type=lambda text: [int(x) for x in text.split(",") if x])
+    parser.add_argument("--logs", default=os.path.join("runs", "tta_eval"),
+                        help="folder for the eval.py logs")
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
+    os.makedirs(args.logs, exist_ok=True)
+    stem = os.path.splitext(os.path.basename(args.out))[0]
     rows = []
     for flip, shift in settings(args.shifts):
         command = [sys.executable, "eval.py", f"--config_path={args.config}",
                    f"--data_dir={os.path.abspath(args.data_dir)}",
                    f"--pre_trained={os.path.abspath(args.checkpoint)}",
                    f"--eval_flip_tta={flip}", f"--eval_tta_shift={shift}"]
-        log = os.path.splitext(os.path.abspath(args.out))[0] + f"_flip{int(flip)}_shift{shift}.log"
+        log = os.path.join(os.path.abspath(args.logs), f"{stem}_flip{int(flip)}_shift{shift}.log")
         text, _ = run(command, log)
         top1, images, seconds, speed = parse_eval_log(text)
         rows.append({"flip": flip, "shift": shift, "top1": top1, "images": images,

@@ -65,3 +65,25 @@ def test_a_run_made_with_other_values_is_refused(tmp_path):
     with pytest.raises(SystemExit, match="has lr=0.05, the trial asks for 0.1"):
         recipe_trials.check_config(run, ["--lr=0.1"])
     assert recipe_trials.check_config(run, ["--lr=0.05", "--new_key=3"]) == ["new_key"]
+
+
+def test_append_keeps_other_trials_and_each_trials_machine():
+    old_machine = {"flags": {"avx512_bf16": True}}
+    old = {"what": "split A", "epochs": 2, "machine": old_machine, "load_average_at_end": [2.0],
+           "note": "old runs.", "trials": [{"trial": "t1", "final_top1": 0.7},
+                                           {"trial": "t2", "final_top1": 0.6}]}
+    new_machine = {"flags": {"avx512_bf16": False}}
+    new = {"what": "split A", "epochs": 2, "note": "new runs.",
+           "trials": [{"trial": "t2", "final_top1": 0.8, "machine": new_machine},
+                      {"trial": "t3", "final_top1": 0.9, "machine": new_machine}]}
+    merged = recipe_trials.merge_reports(old, new)
+    assert [(t["trial"], t["final_top1"]) for t in merged["trials"]] == [
+        ("t1", 0.7), ("t2", 0.8), ("t3", 0.9)]
+    assert merged["trials"][0]["machine"] == old_machine
+    assert merged["trials"][0]["load_average_at_end"] == [2.0]
+    assert merged["trials"][2]["machine"] == new_machine
+    assert "machine" not in merged and merged["note"] == "old runs. new runs."
+    assert "machine" not in old["trials"][0]  # the old report is not modified
+    for key, value in (("epochs", 10), ("what", "split B")):
+        with pytest.raises(SystemExit, match=f"--append: the file holds {key}="):
+            recipe_trials.merge_reports(old, dict(new, **{key: value}))

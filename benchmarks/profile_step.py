@@ -3,7 +3,7 @@ benchmark's training row runs it) under ONEDNN_VERBOSE=profile_exec.
 
     python benchmarks/profile_step.py [--image 32] [--batch 64] [--precision bfloat16]
                                       [--warmup 3] [--steps 5] [--out FILE.json]
-                                      [--matmul_weights_max_pixels N]
+                                      [--matmul_weights_max_pixels N] [--eval]
 
 A child process builds the network and train step from cifar10_config.yaml at the given size,
 batch and cpu_precision (native kernels on), runs the warm-up steps, then the timed ones between
@@ -14,6 +14,8 @@ oneDNN": MindSpore's own operators, the optimiser, Python). Writes the JSON (wit
 CPU flags) and prints the table. --matmul_weights_max_pixels sets
 VGG_NATIVE_MATMUL_WEIGHTS_MAX_PIXELS for the profiled process (0: every weight gradient on
 oneDNN's convolution kernels, to compare with the default im2col + matmul on small outputs).
+--eval profiles inference instead, as the benchmark's evaluation row runs it (set_train(False),
+one forward pass of the batch per step).
 """
 import argparse
 import collections
@@ -83,9 +85,19 @@ def child(args):
 
     net = build_network(config, "CPU")
     precision, detail = native_kernels.network_precision(net)
-    step, masks = workers_cpu.repo_train_step(net, config, "CPU")
-    run = workers_cpu.ms_step_runner(
-        step, workers_cpu.ms_batches(workers_cpu.random_batches(2, args.batch, args.image)), masks)
+    if args.eval:
+        import mindspore as ms
+
+        net.set_train(False)
+        images = ms.Tensor(workers_cpu.random_images(args.batch, args.image))
+
+        def run(_):
+            net(images).asnumpy()
+    else:
+        step, masks = workers_cpu.repo_train_step(net, config, "CPU")
+        run = workers_cpu.ms_step_runner(
+            step, workers_cpu.ms_batches(workers_cpu.random_batches(2, args.batch, args.image)),
+            masks)
     for i in range(args.warmup):
         run(i)
     sys.stdout.flush()
@@ -122,6 +134,8 @@ def parse_args(argv=None):
     parser.add_argument("--matmul_weights_max_pixels", type=int,
                         help="VGG_NATIVE_MATMUL_WEIGHTS_MAX_PIXELS for the profiled process "
                              "(default: the library's own choice)")
+    parser.add_argument("--eval", action="store_true",
+                        help="profile inference (one forward pass per step) instead of training")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.steps < 1 or args.warmup < 0 or args.batch < 1 or args.image < 32:
@@ -141,7 +155,7 @@ def main(argv=None):
         env[MATMUL_WEIGHTS_VAR] = str(args.matmul_weights_max_pixels)
     cmd = [sys.executable, os.path.abspath(__file__), "--child", f"--image={args.image}",
            f"--batch={args.batch}", f"--precision={args.precision}", f"--warmup={args.warmup}",
-           f"--steps={args.steps}"]
+           f"--steps={args.steps}"] + (["--eval"] if args.eval else [])
     started = time.time()
     described = machine.machine_description()  # its load average: at the start
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=harness.ROOT)
@@ -160,7 +174,8 @@ def main(argv=None):
               file=sys.stderr)
         return 1
     report = {"command": " ".join(["benchmarks/profile_step.py"] + (argv or sys.argv[1:])),
-              "image": args.image, "batch": args.batch, "precision": result["precision"],
+              "mode": "eval" if args.eval else "train", "image": args.image,
+              "batch": args.batch, "precision": result["precision"],
               "precision_detail": result["precision_detail"], "steps": args.steps,
               "warmup": args.warmup, "matmul_weights_max_pixels": args.matmul_weights_max_pixels,
               "step_s": result["step_s"], **summary,
@@ -168,7 +183,8 @@ def main(argv=None):
                                                     "load_average_start")},
               "load_average_end": machine.load_average(),
               "wall_s": time.time() - started}
-    print(f"{args.image}x{args.image} batch {args.batch}, {result['precision']} "
+    print(f"{'inference' if args.eval else 'training'}, "
+          f"{args.image}x{args.image} batch {args.batch}, {result['precision']} "
           f"({result['precision_detail']}), {args.steps} steps after {args.warmup} warm-up")
     print(table(summary))
     if args.out:

@@ -57,6 +57,21 @@ def test_a_real_step_is_profiled(library, tmp_path):
     assert report["machine"]["cpu_flags"] and "per step" in proc.stdout
 
 
+def test_inference_is_profiled_with_eval(library, tmp_path):
+    """--eval: one forward pass per step, so the convolutions run as inference (BatchNorm
+    folded: no batch_normalization or backward primitive), and the report says so."""
+    out = tmp_path / "profile.json"
+    proc = subprocess.run([sys.executable, "benchmarks/profile_step.py", "--eval", "--batch", "4",
+                           "--warmup", "1", "--steps", "2", "--out", str(out)], cwd=REPO,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert report["mode"] == "eval" and proc.stdout.startswith("inference, 32x32 batch 4")
+    assert report["calls_per_step"]["convolution forward_inference"] == 13
+    assert not [kind for kind in report["by_kind_ms"]
+                if "backward" in kind or "training" in kind or kind.startswith("batch_norm")]
+
+
 def test_bad_arguments_exit_with_one_line():
     proc = subprocess.run([sys.executable, "benchmarks/profile_step.py", "--steps", "0"],
                           cwd=REPO, capture_output=True, text=True, timeout=60)

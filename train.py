@@ -13,7 +13,7 @@ from model_utils.entry import run_with_config  # noqa: E402
 from src import checkpoint as ckpt
 from src.cli import run_entry
 from src.errors import UserError
-from src.factory import build_dataset, build_network, model_name
+from src.factory import build_dataset, build_network, model_name, whiten_stem
 from src.profiling import StepProfiler
 from src.progress import setup_logger
 from src.runtime import setup_runtime
@@ -113,7 +113,16 @@ def make_eval_fn(config, runtime):
     return eval_fn
 
 
+def check_train_keys(config):
+    """Key combinations that only training refuses (eval.py reads pre_trained as the
+    checkpoint to evaluate)."""
+    if config.pre_trained and config.stem_whitening:
+        raise UserError("config keys 'pre_trained' and 'stem_whitening' both set the first "
+                        "convolution; set --stem_whitening=0 to start from pre_trained")
+
+
 def train(config):
+    check_train_keys(config)
     runtime = setup_runtime(config.device_target, config.device_id, config.context_mode,
                             config.is_distributed, seed=config.seed)
     paths = prepare_run_folder(config, runtime)
@@ -140,6 +149,8 @@ def train(config):
     net = apply_sync_bn(build_network(config, runtime.device_target), config, runtime, log)
     if config.pre_trained:
         load_pretrained(net, config, log)
+    elif config.stem_whitening:
+        whiten_stem(net, config, log)
     trainer = Trainer(config, runtime, net, make_dataset, steps_per_epoch, paths, log,
                       config_yaml, eval_fn)
     resume = find_resume_checkpoint(config, paths, log)

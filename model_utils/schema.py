@@ -180,6 +180,12 @@ KEYS = (
         check=fraction),
     Key("ema_warmup", bool,
         "Ramp the EMA decay up as min(ema_decay, (1 + n) / (10 + n)) after n updates"),
+    Key("stem_whitening", int,
+        "Set the first convolution from the covariance of the 3x3 patches of this many "
+        "training images (the first ones in file order): eigenvectors scaled to whiten, with "
+        "both signs, the largest first, in as many filters as it has (54 of VGG's 64); the "
+        "convolution is then frozen (0: off)",
+        check=not_negative),
     Key("mixup_alpha", float, "Mixup: Beta(alpha, alpha) mixing of batch pairs (0: off)",
         check=not_negative),
     Key("cutmix_alpha", float, "CutMix: Beta(alpha, alpha) box pasting between batch pairs "

@@ -458,6 +458,28 @@ def _imagenet_dataset(data_dir, *, batch_size, training, image_size, num_classes
     return data
 
 
+# ---------------------------------------------------------------- first training images
+
+def first_training_images(name, data_dir, count, *, image_size=(32, 32), num_classes=10,
+                          list_file=None):
+    """The first `count` training images in file order (all of them when there are fewer),
+    as evaluation transforms them (normalised float32 N,C,H,W, no augmentation): the same
+    images on every process of a run, whatever its shard."""
+    if name == "cifar10":
+        images, labels = _read_cifar10_chw(cifar10_files(data_dir, True), num_classes)
+        count = min(int(count), len(labels))
+        source = Cifar10Batches(images, labels, np.arange(count), batch_size=count,
+                                training=False, image_size=image_size)
+        return source[0][0]
+    import mindspore.dataset as ds
+    samples, _ = _imagenet_samples(data_dir, True, list_file, num_classes)
+    count = min(int(count), len(samples))
+    data = ds.GeneratorDataset(ImageFiles(samples, np.arange(count)),
+                               column_names=["image", "label"], shuffle=False)
+    data = data.map(imagenet_transforms(False, image_size), input_columns="image")
+    return np.stack([row[0] for row in data.create_tuple_iterator(output_numpy=True)])
+
+
 # ---------------------------------------------------------------- entry point
 
 def pipeline_user_error(error):

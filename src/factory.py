@@ -61,6 +61,21 @@ def build_network(config, device_target="CPU", num_classes=None):
     return net
 
 
+def whiten_stem(net, config, log):
+    """stem_whitening > 0: the first convolution set from the patch statistics of the first
+    stem_whitening training images and frozen (src/whitening.py)."""
+    from src.dataset import first_training_images
+    from src.whitening import apply_patch_whitening
+
+    images = first_training_images(config.dataset, config.data_dir, config.stem_whitening,
+                                   image_size=tuple(config.image_size),
+                                   num_classes=config.num_classes,
+                                   list_file=config.data_list or None)
+    filters = apply_patch_whitening(net, images)
+    log.info("stem whitening: %d filters of the first convolution set from the patches of %d "
+             "training images, the convolution frozen", filters, len(images))
+
+
 def build_dataset(config, training, runtime=None, epoch=0, start_step=0, batch_size=None,
                   data_dir=None):
     """Training or evaluation batches for this process's shard."""

@@ -1,8 +1,8 @@
 """The training toolbox in whole runs of train.py: gradient accumulation, clipping, Nesterov,
-EMA, mixup/CutMix, RandAugment, random erasing and flip TTA together. A run interrupted in
-the middle of an accumulation window and resumed ends bit for bit where the uninterrupted
-run ends (weights, momenta, EMA averages, accumulated gradients); the EMA and averaged
-weights evaluate with eval.py."""
+EMA, mixup/CutMix, RandAugment, random erasing, flip TTA and the patch-whitening stem
+together. A run interrupted in the middle of an accumulation window and resumed ends bit for
+bit where the uninterrupted run ends (weights, momenta, EMA averages, accumulated gradients);
+the EMA and averaged weights evaluate with eval.py."""
 import os
 import re
 import shutil
@@ -21,7 +21,7 @@ TOOLBOX = ["--batch_size=8", "--log_interval=1", "--eval_interval=1", "--accumul
            "--clip_grad_norm=1.0", "--nesterov=True", "--ema_decay=0.9", "--ema_warmup=True",
            "--mixup_alpha=0.4", "--cutmix_alpha=1.0", "--label_smooth=True",
            "--auto_augment=randaugment", "--random_erasing=0.25", "--eval_flip_tta=True",
-           "--eval_tta_shift=2"]
+           "--eval_tta_shift=2", "--stem_whitening=32"]
 FINAL = "vgg11_bn-2_6.ckpt"
 
 
@@ -70,6 +70,24 @@ def test_run_reports_and_saves_what_the_toolbox_adds(reference):
         np.testing.assert_array_equal(value, final["ema." + name], err_msg=name)
     rows = [r for r in read_metrics(os.path.join(run_dir, "metrics.csv")) if r["ema_top1"]]
     assert [r["epoch"] for r in rows] == ["1", "2"]
+
+
+def test_the_whitened_stem_is_set_from_the_first_images_and_stays_frozen(reference, data):
+    from src.dataset import first_training_images
+    from src.whitening import whitening_filters
+
+    run_dir, stdout = reference
+    assert "stem whitening: 54 filters of the first convolution set from the patches of 32 " \
+           "training images, the convolution frozen" in stdout
+    first = checkpoint_arrays(os.path.join(run_dir, "vgg11_bn-1_6.ckpt"))
+    final = checkpoint_arrays(os.path.join(run_dir, FINAL))
+    np.testing.assert_array_equal(final["features.0.weight"][:54],
+                                  whitening_filters(first_training_images("cifar10", data, 32)))
+    np.testing.assert_array_equal(final["features.0.weight"], first["features.0.weight"])
+    np.testing.assert_array_equal(final["ema.features.0.weight"], final["features.0.weight"])
+    assert "moments.features.0.weight" not in final  # not in the optimizer at all
+    assert "moments.features.4.weight" in final
+    assert not np.array_equal(final["features.4.weight"], first["features.4.weight"])
 
 
 def test_interrupted_mid_window_resumes_exactly(reference, data, tmp_path):

@@ -89,6 +89,12 @@ def bf16_isa():
     return _module().bf16_isa()
 
 
+def activation_layout(precision="float32"):
+    """The native chain's activation layout in `precision` in this process ("nChw16c",
+    "nChw8c", "nhwc"), or "" without the library."""
+    return _module().activation_layout(precision)
+
+
 def native_dense_cell(in_channels, out_channels, precision="bfloat16"):
     """The native dense cell (oneDNN inner product, float32 in and out, computing in
     `precision`), created now: set MindSpore's context first."""

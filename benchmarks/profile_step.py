@@ -109,8 +109,9 @@ def child(args):
         times.append(time.perf_counter() - start)
     sys.stdout.flush()
     os.write(1, f"\n{END}\n".encode())
-    print(harness.RESULT_MARK + json.dumps({"step_s": times, "precision": precision,
-                                            "precision_detail": detail}), flush=True)
+    print(harness.RESULT_MARK + json.dumps({
+        "step_s": times, "precision": precision, "precision_detail": detail,
+        "activation_layout": native_kernels.activation_layout(precision)}), flush=True)
 
 
 def table(summary):
@@ -176,7 +177,8 @@ def main(argv=None):
     report = {"command": " ".join(["benchmarks/profile_step.py"] + (argv or sys.argv[1:])),
               "mode": "eval" if args.eval else "train", "image": args.image,
               "batch": args.batch, "precision": result["precision"],
-              "precision_detail": result["precision_detail"], "steps": args.steps,
+              "precision_detail": result["precision_detail"],
+              "activation_layout": result["activation_layout"], "steps": args.steps,
               "warmup": args.warmup, "matmul_weights_max_pixels": args.matmul_weights_max_pixels,
               "step_s": result["step_s"], **summary,
               "machine": {k: described[k] for k in ("cpu_model", "usable_cpus", "cpu_flags",
@@ -185,6 +187,7 @@ def main(argv=None):
               "wall_s": time.time() - started}
     print(f"{'inference' if args.eval else 'training'}, "
           f"{args.image}x{args.image} batch {args.batch}, {result['precision']} "
+          f"{result['activation_layout']} "
           f"({result['precision_detail']}), {args.steps} steps after {args.warmup} warm-up")
     print(table(summary))
     if args.out:

@@ -141,7 +141,9 @@ def worker_ms_train(spec):
         ms_step_runner(step, ms_batches(data), masks), spec["warmup"], spec["steps"])
     emit({"side": "repo", "fast_conv": spec["fast_conv"], "perturb": spec.get("perturb"),
           "fast_cells": fast, "conv_cells": convs, "precision": precision,
-          "precision_detail": precision_detail, "step_s": times, "losses": losses,
+          "precision_detail": precision_detail,
+          "activation_layout": native_kernels.activation_layout(precision) if fast else None,
+          "step_s": times, "losses": losses,
           "first_step_s": first_step_s, "first_step_done": first_done,
           "ms_threads": ms.get_context("runtime_num_threads"),
           "fast_conv_onednn": native_kernels.onednn_version() if fast else None})
@@ -192,8 +194,10 @@ def worker_ms_eval(spec):
             precisions[image] = native_kernels.network_precision(nets[image])
         net, x = nets[image], ms.Tensor(random_images(batch, image))
         out[f"{image}x{batch}"] = timed(lambda net=net, x=x: net(x).asnumpy(), warmup, reps)
-    emit({"side": "repo", "times": out, **_one_precision(precisions.values()),
-          "fast_cells": {str(k): v for k, v in fast_info.items()}})
+    resolved = _one_precision(precisions.values())
+    emit({"side": "repo", "times": out, **resolved,
+          "fast_cells": {str(k): v for k, v in fast_info.items()},
+          "activation_layout": native_kernels.activation_layout(resolved["precision"])})
 
 
 def _one_precision(resolved):

@@ -23,7 +23,8 @@ When it is unset, the old names still count: ``FAST_CONV=0`` means off and
 Diagnostics: ``VGG_NATIVE_VERBOSE=1`` prints on stderr the oneDNN implementation each
 primitive runs (``jit_bf16:avx512_core_bf16``, ``brg_conv_fwd:avx512_core_amx``, never
 ``ref``); ``VGG_NATIVE_BF16_LAYOUT=blocked|nhwc`` overrides the layout of bfloat16
-activations (default: nChw16c, NHWC on CPUs with AMX), to compare the two.
+activations (default: nChw16c, NHWC on CPUs with AMX), and ``VGG_NATIVE_F32_LAYOUT`` that of
+float32 ones (default: nChw16c with AVX-512, NHWC with AVX2 only), to compare the two.
 """
 import ctypes
 import os
@@ -39,7 +40,7 @@ SYMBOLS = ("FastConvFwd", "FastConvBwd", "FastConvOneDnnVersion", "FastConvInfer
            "FastConvInferBlocked", "FastMaxPool2Blocked", "FastUnblock", "FastBlockSize",
            "FastBnWorkspaceBytes", "FastMomentumUpdate", "FastReferenceKernels", "FastBf16Isa",
            "FastDenseFwdBf16", "FastDenseBwdBf16", "FastDenseFwdF32", "FastDenseBwdF32",
-           "FastBnStatsUpdate")
+           "FastBnStatsUpdate", "FastActivationLayout")
 
 _load_result = None  # (ctypes.CDLL or None, reason or "")
 
@@ -80,6 +81,8 @@ def load_library():
                 lib.FastBnWorkspaceBytes.restype = ctypes.c_int64
                 lib.FastBnWorkspaceBytes.argtypes = [ctypes.c_int64] * 5
                 lib.FastBf16Isa.restype = ctypes.c_char_p
+                lib.FastActivationLayout.restype = ctypes.c_char_p
+                lib.FastActivationLayout.argtypes = [ctypes.c_int]
                 _load_result = (lib, "")
             except (OSError, AttributeError) as exc:
                 text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
@@ -109,6 +112,17 @@ def block_size():
     Fixes oneDNN's ISA for the process: call it after ONEDNN_MAX_CPU_ISA is settled."""
     usable, _ = library_status()
     return int(load_library()[0].FastBlockSize()) if usable else 0
+
+
+def activation_layout(precision="float32"):
+    """Layout of the blocked chain's activations in `precision` ("nChw16c", "nChw8c" or
+    "nhwc"; float32 on AVX2 without AVX-512 is NHWC, see ActivationTag in engine.cc), or ""
+    when the library is unusable or the CPU has no AVX2. Fixes oneDNN's ISA, like
+    block_size()."""
+    usable, _ = library_status()
+    if not usable:
+        return ""
+    return load_library()[0].FastActivationLayout(int(precision == "bfloat16")).decode()
 
 
 def bf16_isa():

@@ -21,10 +21,12 @@ channel counts (3, 5, 17), 2x2 maps and 224x224 maps (few channels there, to sta
 oneDNN fixes its instruction set once per process (``ONEDNN_MAX_CPU_ISA``, read when it
 first runs), so each ISA runs in its own worker process: this file re-invoked as
 ``python tests/unit/test_native_kernels.py --worker OUT.json`` with ``ONEDNN_MAX_CPU_ISA=AVX2``
-or ``=AVX512_CORE`` (oneDNN's names). The worker measures and records; the tests here
-assert. The worker also records which activation block the library ended up with (8 for
-AVX2, 16 for AVX-512: proof of the path taken) and how many oneDNN primitives the library
-built on reference (slow) kernels during each check, which must stay 0. (The optimizer
+or ``=AVX512_CORE`` (oneDNN's names). AVX2 runs twice: with its own float32 activation layout
+(NHWC) and with the channel-blocked one it falls back to (``VGG_NATIVE_F32_LAYOUT=blocked``),
+the layout AVX-512 uses with 16-channel blocks. The worker measures and records; the tests
+here assert. The worker also records which activation block and layout the library ended up
+with (proof of the path taken) and how many oneDNN primitives the library built on reference
+(slow) kernels during each check, which must stay 0. (The optimizer
 kernel is compiled for AVX-512 and AVX2 and picks by CPU, not by the oneDNN cap.)
 
 Errors are ``max|native - stock| / max|stock|`` over a whole tensor (float64 arithmetic).
@@ -103,10 +105,13 @@ OPTIMIZER_RTOL = 1e-6
 """accum = m*accum + g + wd*w; w -= lr*accum, elementwise, three steps: a few ulps from
 fused multiply-adds (the native loop) vs separate operations (nn.Momentum). Observed 1.3e-7."""
 
-ISAS = {
-    # ONEDNN_MAX_CPU_ISA value: (CPU flags it needs, activation block the library must use)
-    "AVX2": (("avx2", "fma"), 8),
-    "AVX512_CORE": (("avx512f", "avx512bw", "avx512vl", "avx512dq"), 16),
+AVX2_FLAGS, AVX512_FLAGS = ("avx2", "fma"), ("avx512f", "avx512bw", "avx512vl", "avx512dq")
+WORKERS = {
+    # name: (ONEDNN_MAX_CPU_ISA, VGG_NATIVE_F32_LAYOUT or None, CPU flags it needs, the
+    # activation block and float32 activation layout the library must use)
+    "AVX2": ("AVX2", None, AVX2_FLAGS, 8, "nhwc"),
+    "AVX2_BLOCKED": ("AVX2", "blocked", AVX2_FLAGS, 8, "nChw8c"),
+    "AVX512_CORE": ("AVX512_CORE", None, AVX512_FLAGS, 16, "nChw16c"),
 }
 # output pixels up to which a blocked training convolution computes its float32 weight
 # gradient as one im2col + matmul (engine.cc, MatmulWeightsMaxPixels), per ISA
@@ -159,7 +164,8 @@ def rel_err(a, b):
 
 def _worker(out_path):
     """Runs every check in this process (ISA fixed by the caller's environment) and writes
-    {"block", "isa_env", "checks": [{kernel, case, err, reference_kernels}], "failures"}."""
+    {"block", "layout", "isa_env", "checks": [{kernel, case, err, reference_kernels}],
+    "failures"}."""
     import traceback
 
     sys.path.insert(0, ROOT)
@@ -177,7 +183,7 @@ def _worker(out_path):
     FastConv2d, FastFeatures = fast_conv.NativeConv2d, fast_conv.NativeFeatures
 
     report = {"isa_env": os.environ.get("ONEDNN_MAX_CPU_ISA"), "block": native.block_size(),
-              "checks": [], "failures": []}
+              "layout": native.activation_layout("float32"), "checks": [], "failures": []}
     rng = np.random.default_rng(2024)
 
     def tensor(shape, scale=1.0, offset=0.0):
@@ -542,25 +548,27 @@ def cpu_flags():
     return flags()
 
 
-@pytest.fixture(scope="module", params=sorted(ISAS))
+@pytest.fixture(scope="module", params=sorted(WORKERS))
 def measured(request, library, tmp_path_factory):
-    """The worker's report for one ISA (one process per ISA, shared by the tests below)."""
-    isa = request.param
-    needed, _ = ISAS[isa]
+    """The report of one worker of WORKERS (one process each, shared by the tests below)."""
+    name = request.param
+    isa, layout, needed, _, _ = WORKERS[name]
     missing = [f for f in needed if f not in cpu_flags()]
     if missing:
         pytest.skip(f"this CPU lacks {', '.join(missing)}: no {isa} code path to test")
-    out = tmp_path_factory.mktemp(f"native_{isa}") / "report.json"
+    out = tmp_path_factory.mktemp(f"native_{name}") / "report.json"
     env = dict(os.environ, ONEDNN_MAX_CPU_ISA=isa, GLOG_v="3", VGG_NATIVE_VERBOSE="1")
-    for name in ("VGG_NATIVE_KERNELS", "FAST_CONV", "FAST_CONV_CHAIN",
-                 "VGG_NATIVE_MATMUL_WEIGHTS_MAX_PIXELS"):
-        env.pop(name, None)
+    for var in ("VGG_NATIVE_KERNELS", "FAST_CONV", "FAST_CONV_CHAIN",
+                "VGG_NATIVE_MATMUL_WEIGHTS_MAX_PIXELS", "VGG_NATIVE_F32_LAYOUT"):
+        env.pop(var, None)
+    if layout:
+        env["VGG_NATIVE_F32_LAYOUT"] = layout
     proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", str(out)],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     with open(out, encoding="utf-8") as handle:
         report = json.load(handle)
-    report["isa"] = isa
+    report["isa"], report["worker"] = isa, name
     report["native_lines"] = [line for line in proc.stderr.splitlines()
                               if line.startswith("vgg_native: ")]
     return report
@@ -587,11 +595,12 @@ def test_small_weight_gradients_run_as_one_matmul_per_the_isa_rule(measured):
         assert taken.get((cin, height, width)) == {want}, (cin, height, width, taken)
 
 
-def test_worker_ran_the_requested_isa(measured):
+def test_worker_ran_the_requested_isa_and_layout(measured):
     assert measured["isa_env"] == measured["isa"]
-    assert measured["block"] == ISAS[measured["isa"]][1], \
-        (f"ONEDNN_MAX_CPU_ISA={measured['isa']} but the library uses {measured['block']}-channel "
-         "blocks")
+    _, _, _, block, layout = WORKERS[measured["worker"]]
+    assert (measured["block"], measured["layout"]) == (block, layout), \
+        (f"worker {measured['worker']}: the library uses {measured['block']}-channel blocks and "
+         f"{measured['layout']} float32 activations")
     assert not measured["failures"], "\n".join(measured["failures"])
     assert {c["kernel"] for c in measured["checks"] if not c["kernel"].startswith("info_")} \
         == set(BOUNDS)

@@ -48,9 +48,11 @@ bool IsReference(const char *impl);
 // for AVX-512, 8 for AVX2), or `any` where there is none.
 std::pair<tag, int64_t> BlockedActivationTag();
 
-// Layout of the chain's activations of data type `act`: BlockedActivationTag() for float32;
-// for bfloat16 nChw16c, or NHWC on CPUs with AMX, whose bfloat16 convolutions run on NHWC
-// (VGG_NATIVE_BF16_LAYOUT=blocked|nhwc overrides, to compare them).
+// Layout of the chain's activations of data type `act`: for float32 BlockedActivationTag()
+// with AVX-512 and NHWC with AVX2 only, whose brgemm convolutions run on NHWC; for bfloat16
+// nChw16c, or NHWC on CPUs with AMX, whose bfloat16 convolutions run on NHWC
+// (VGG_NATIVE_F32_LAYOUT and VGG_NATIVE_BF16_LAYOUT = blocked|nhwc override, to compare them).
+// Fixed for the process on first use.
 tag ActivationTag(dt act);
 
 // The bfloat16 instruction set oneDNN runs with ("avx512_core_bf16", "avx512_core_amx",

@@ -33,8 +33,8 @@
 // Dense layers (float32 tensors, computed in bfloat16 or float32 by the symbol's suffix):
 //   FastDenseFwdBf16 / FastDenseFwdF32 : x (N,K), w (O,K), b (O) -> y (N,O)
 //   FastDenseBwdBf16 / FastDenseBwdF32 : dy, x, w -> dx, dw, db
-// Diagnostics: FastBlockSize, FastBnWorkspaceBytes, FastReferenceKernels, FastBf16Isa,
-// FastConvOneDnnVersion. The optimizer kernel is in optimizer.cc.
+// Diagnostics: FastBlockSize, FastActivationLayout, FastBnWorkspaceBytes, FastReferenceKernels,
+// FastBf16Isa, FastConvOneDnnVersion. The optimizer kernel is in optimizer.cc.
 //
 // Stride is 1, so the padding follows from the shapes: total = OH - H + KH - 1, with
 // top = total / 2 and bottom = total - top (MindSpore's 'same', 'pad' and 'valid' all fit).
@@ -475,6 +475,18 @@ VGG_NATIVE_EXPORT int FastDenseBwdF32(int nparam, void **params, int *ndims, int
 // The bfloat16 instruction set oneDNN runs with ("avx512_core_bf16", "avx512_core_amx", ...),
 // or "" when it has none. Fixes oneDNN's ISA for the process, as FastBlockSize does.
 VGG_NATIVE_EXPORT const char *FastBf16Isa() { return vgg_native::Bf16Isa(); }
+
+// Layout of the chain's activations in float32 (bf16 = 0) or bfloat16 (bf16 = 1): "nChw16c",
+// "nChw8c", "nhwc", or "" when oneDNN runs no AVX2. Fixes oneDNN's ISA, as FastBlockSize does.
+VGG_NATIVE_EXPORT const char *FastActivationLayout(int bf16) {
+  using tag = dnnl::memory::format_tag;
+  const tag t = vgg_native::ActivationTag(bf16 ? dnnl::memory::data_type::bf16
+                                               : dnnl::memory::data_type::f32);
+  if (t == tag::nChw16c) return "nChw16c";
+  if (t == tag::nChw8c) return "nChw8c";
+  if (t == tag::nhwc) return "nhwc";
+  return "";
+}
 
 // Channel block of the layout the inference chain passes between layers; 0 if none.
 VGG_NATIVE_EXPORT int FastBlockSize() { return Engine::BlockSize(); }

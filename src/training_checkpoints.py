@@ -47,6 +47,33 @@ def resume_position(entries, path, steps_per_epoch, accumulate_steps=1):
     return Position(int(meta["epoch"]), int(meta["step_in_epoch"]), int(meta["global_step"]))
 
 
+# Keys that decide which parameters train: a run resumes only with the values it was made with.
+SAME_ON_RESUME = {"stem_whitening": 0}  # key: its value in configs from before the key
+
+
+def config_values(config_yaml):
+    """The values part (first document) of a resolved config's YAML text; {} without one."""
+    import yaml
+
+    if not config_yaml:
+        return {}
+    return next(yaml.safe_load_all(config_yaml), None) or {}
+
+
+def check_same_on_resume(entries, path, config_yaml):
+    """UserError when the checkpoint's run had another value of a SAME_ON_RESUME key than this
+    run (config_yaml: this run's resolved config; empty on ranks that write none)."""
+    saved_yaml = ckpt.checkpoint_meta(entries).get("config_yaml")
+    if not saved_yaml or not config_yaml:
+        return
+    saved, now = config_values(saved_yaml), config_values(config_yaml)
+    for key, default in SAME_ON_RESUME.items():
+        before, after = saved.get(key, default), now.get(key, default)
+        if before != after:
+            raise UserError(f"checkpoint {path} was made with {key}={before}, this run has "
+                            f"{after}; resume with --{key}={before}")
+
+
 def restore_train_state(train_step, entries, path):
     """Load network, momentum and step counter (the learning-rate position) from a checkpoint."""
     import mindspore as ms
@@ -106,6 +133,7 @@ class TrainingCheckpoints:
         """Load the training state saved at path; returns its Position."""
         entries = ckpt.read_checkpoint(path)
         position = resume_position(entries, path, self.steps_per_epoch, self.accumulate_steps)
+        check_same_on_resume(entries, path, self.config_yaml)
         restore_train_state(self.state, entries, path)
         self.last = path
         return position

@@ -124,6 +124,19 @@ def test_resume_with_other_accumulate_steps_is_refused(reference, data, tmp_path
         "this run has 2; resume with the same accumulate_steps"]
 
 
+def test_resume_without_the_whitened_stem_is_refused(reference, data, tmp_path):
+    run_dir, _ = reference
+    out = tmp_path / "unwhitened"
+    out.mkdir()
+    shutil.copy(os.path.join(run_dir, "vgg11_bn-1_6.ckpt"), out)
+    result = subprocess.run(command(data, str(out), "--resume=auto", "--stem_whitening=0"),
+                            cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"error: checkpoint {out / 'vgg11_bn-1_6.ckpt'} was made with stem_whitening=32, "
+        "this run has 0; resume with --stem_whitening=32"]
+
+
 def test_eval_py_takes_the_ema_and_the_averaged_weights(reference, data, tmp_path):
     """eval.py with flip TTA on <arch>-ema.ckpt repeats the in-training EMA evaluation of
     the last epoch; a checkpoint averaged by avg_checkpoints.py evaluates too."""

@@ -97,3 +97,22 @@ def test_a_negative_image_count_is_refused():
     assert quick_config().stem_whitening == 0
     with pytest.raises(UserError, match="'stem_whitening' is -1; it must not be negative"):
         quick_config("--stem_whitening=-1")
+
+
+def test_resume_keeps_the_stem_whitening_the_run_was_made_with():
+    from src.errors import UserError
+    from src.training_checkpoints import check_same_on_resume
+
+    def entries(text):
+        return {"meta.config_yaml": text}
+
+    made = "lr: 0.05\nstem_whitening: 500\n---\nlr: help\n"
+    check_same_on_resume(entries(made), "a.ckpt", "lr: 0.1\nstem_whitening: 500\n")
+    check_same_on_resume(entries("lr: 0.05\n"), "old.ckpt", "stem_whitening: 0\n")  # before
+    check_same_on_resume(entries(made), "a.ckpt", "")  # a rank that writes no config
+    check_same_on_resume({}, "weights.ckpt", "stem_whitening: 0\n")
+    with pytest.raises(UserError, match=r"^checkpoint a.ckpt was made with stem_whitening=500, "
+                                        r"this run has 0; resume with --stem_whitening=500$"):
+        check_same_on_resume(entries(made), "a.ckpt", "stem_whitening: 0\n---\nx: y\n")
+    with pytest.raises(UserError, match="made with stem_whitening=0, this run has 64"):
+        check_same_on_resume(entries("lr: 0.05\n"), "old.ckpt", "stem_whitening: 64\n")

@@ -147,13 +147,13 @@ def train(config):
 
     eval_fn = make_eval_fn(config, runtime)
     net = apply_sync_bn(build_network(config, runtime.device_target), config, runtime, log)
+    resume = find_resume_checkpoint(config, paths, log)
     if config.pre_trained:
         load_pretrained(net, config, log)
     elif config.stem_whitening:
-        whiten_stem(net, config, log)
+        whiten_stem(net, config, log, resuming=bool(resume))
     trainer = Trainer(config, runtime, net, make_dataset, steps_per_epoch, paths, log,
                       config_yaml, eval_fn)
-    resume = find_resume_checkpoint(config, paths, log)
     if resume:
         trainer.resume_from(resume)
     if runtime.is_master:

@@ -61,12 +61,17 @@ def build_network(config, device_target="CPU", num_classes=None):
     return net
 
 
-def whiten_stem(net, config, log):
+def whiten_stem(net, config, log, resuming=False):
     """stem_whitening > 0: the first convolution set from the patch statistics of the first
-    stem_whitening training images and frozen (src/whitening.py)."""
+    stem_whitening training images and frozen (src/whitening.py); when resuming, only frozen,
+    as the checkpoint holds its filters."""
     from src.dataset import first_training_images
-    from src.whitening import apply_patch_whitening
+    from src.whitening import apply_patch_whitening, first_convolution
 
+    if resuming:
+        first_convolution(net).weight.requires_grad = False
+        log.info("stem whitening: the first convolution frozen, its filters from the checkpoint")
+        return
     images = first_training_images(config.dataset, config.data_dir, config.stem_whitening,
                                    image_size=tuple(config.image_size),
                                    num_classes=config.num_classes,

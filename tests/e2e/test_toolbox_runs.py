@@ -111,30 +111,28 @@ def test_interrupted_mid_window_resumes_exactly(reference, data, tmp_path):
         np.testing.assert_array_equal(got[name], value, err_msg=name)
 
 
-def test_resume_with_other_accumulate_steps_is_refused(reference, data, tmp_path):
+def refused_resume(reference, data, out, *extra):
+    """(the copied checkpoint, stderr lines) of resuming the reference's epoch-1 checkpoint,
+    copied into `out`, with `extra` overrides; the run must exit with 1."""
     run_dir, _ = reference
-    out = tmp_path / "other"
     out.mkdir()
     shutil.copy(os.path.join(run_dir, "vgg11_bn-1_6.ckpt"), out)
-    result = subprocess.run(command(data, str(out), "--resume=auto", "--accumulate_steps=2"),
+    result = subprocess.run(command(data, str(out), "--resume=auto", *extra),
                             cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 1
-    assert result.stderr.strip().splitlines() == [
-        f"error: checkpoint {out / 'vgg11_bn-1_6.ckpt'} was made with accumulate_steps=3, "
-        "this run has 2; resume with the same accumulate_steps"]
+    return out / "vgg11_bn-1_6.ckpt", result.stderr.strip().splitlines()
+
+
+def test_resume_with_other_accumulate_steps_is_refused(reference, data, tmp_path):
+    saved, lines = refused_resume(reference, data, tmp_path / "other", "--accumulate_steps=2")
+    assert lines == [f"error: checkpoint {saved} was made with accumulate_steps=3, "
+                     "this run has 2; resume with the same accumulate_steps"]
 
 
 def test_resume_without_the_whitened_stem_is_refused(reference, data, tmp_path):
-    run_dir, _ = reference
-    out = tmp_path / "unwhitened"
-    out.mkdir()
-    shutil.copy(os.path.join(run_dir, "vgg11_bn-1_6.ckpt"), out)
-    result = subprocess.run(command(data, str(out), "--resume=auto", "--stem_whitening=0"),
-                            cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 1
-    assert result.stderr.strip().splitlines() == [
-        f"error: checkpoint {out / 'vgg11_bn-1_6.ckpt'} was made with stem_whitening=32, "
-        "this run has 0; resume with --stem_whitening=32"]
+    saved, lines = refused_resume(reference, data, tmp_path / "unwhitened", "--stem_whitening=0")
+    assert lines == [f"error: checkpoint {saved} was made with stem_whitening=32, "
+                     "this run has 0; resume with --stem_whitening=32"]
 
 
 def test_eval_py_takes_the_ema_and_the_averaged_weights(reference, data, tmp_path):

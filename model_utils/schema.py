@@ -22,6 +22,10 @@ def fraction(value):
     return None if 0 <= value < 1 else "it must be in [0, 1)"
 
 
+def unit_interval(value):
+    return None if 0 < value <= 1 else "it must be in (0, 1]"
+
+
 def probability(value):
     return None if 0 <= value <= 1 else "it must be in [0, 1]"
 
@@ -180,6 +184,14 @@ KEYS = (
         check=fraction),
     Key("ema_warmup", bool,
         "Ramp the EMA decay up as min(ema_decay, (1 + n) / (10 + n)) after n updates"),
+    Key("lookahead_steps", int,
+        "Lookahead: every this many optimizer steps of an epoch, and at the end of each epoch, "
+        "slow weights move lookahead_alpha of the way to the trained weights, which then "
+        "restart from them; saved as lookahead.* (0: off)",
+        check=not_negative),
+    Key("lookahead_alpha", float,
+        "Lookahead: fraction of the way the slow weights move at each synchronisation",
+        check=unit_interval),
     Key("stem_whitening", int,
         "Set the first convolution from the covariance of the 3x3 patches of this many "
         "training images (the first ones in file order): eigenvectors scaled to whiten, with "

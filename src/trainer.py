@@ -24,7 +24,11 @@ from src.training_checkpoints import (
     TrainingCheckpoints,
     restore_train_state,  # noqa: F401  (tests import it from here)
 )
-from src.training_ema import TrainingEMA, training_state  # noqa: F401  (tests: training_state)
+from src.training_ema import (
+    TrainingEMA,
+    lookahead_from_config,
+    training_state,  # noqa: F401  (tests import it from here)
+)
 from src.training_eval import TrainingEvaluator
 
 
@@ -233,8 +237,9 @@ class Trainer:
             else None
         self.mixer = mixer_from_config(config, runtime.rank)
         self.ema = TrainingEMA(config, net)
+        self.lookahead = lookahead_from_config(config, net)
         self.checkpoints = TrainingCheckpoints(
-            self.ema.training_state(self.train_step), paths, self.steps_per_epoch,
+            self.ema.training_state(self.train_step, self.lookahead), paths, self.steps_per_epoch,
             self.accumulate, config.keep_checkpoint_max, config_yaml, self.ema)
         self.evaluator = TrainingEvaluator(config, net, eval_dataset_fn, runtime.group_size,
                                            self.ema, self.checkpoints, log)
@@ -335,7 +340,8 @@ class Trainer:
 
     def _train_batch(self, image, label, global_step):
         """One batch; at the end of an accumulation window (every batch without accumulation)
-        also the optimizer step and the EMA update. Returns the mean loss of the window's
+        also the optimizer step, the Lookahead synchronisation when one is due, and the EMA
+        update. Returns the mean loss of the window's
         batches so far: the loss of the optimizer step once the window is complete."""
         output = self.train_step(*self._batch_inputs(image, label, global_step))
         loss, overflow = (output[0], output[1]) if isinstance(output, tuple) else (output, None)
@@ -345,6 +351,9 @@ class Trainer:
             if self.accumulate > 1:
                 overflow = self.train_step.apply_update()
             skipped = overflow is not None and bool(overflow.asnumpy())  # dynamic loss scale
+            if self.lookahead is not None and self.lookahead.due(
+                    global_step, self.steps_per_epoch, self.accumulate):
+                self.lookahead()  # by position alone, so a resumed run syncs where it did
             if not skipped:
                 self.ema.update()
             self.window_losses = []

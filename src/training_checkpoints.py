@@ -47,8 +47,9 @@ def resume_position(entries, path, steps_per_epoch, accumulate_steps=1):
     return Position(int(meta["epoch"]), int(meta["step_in_epoch"]), int(meta["global_step"]))
 
 
-# Keys that decide which parameters train: a run resumes only with the values it was made with.
-SAME_ON_RESUME = {"stem_whitening": 0}  # key: its value in configs from before the key
+# Keys that decide which parameters train or what the training state holds: a run resumes only
+# with the values it was made with.
+SAME_ON_RESUME = {"stem_whitening": 0, "lookahead_steps": 0}  # key: value before the key
 
 
 def config_values(config_yaml):

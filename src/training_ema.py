@@ -1,6 +1,7 @@
 """The EMA of a training run (ema_decay): the averages (src/ema.py) updated after each
 optimizer step, resumed with the training checkpoint that holds them, written alone beside
-it as <arch>-ema.ckpt, and swapped into the network to be evaluated."""
+it as <arch>-ema.ckpt, and swapped into the network to be evaluated; and the slow weights of
+Lookahead (lookahead_steps, src/lookahead.py), which the checkpoint holds beside them."""
 
 
 def ema_from_config(config, net):
@@ -12,15 +13,29 @@ def ema_from_config(config, net):
     return WeightEMA(net, config.ema_decay, config.get("ema_warmup", False))
 
 
-def training_state(train_step, ema):
+def lookahead_from_config(config, net):
+    """A Lookahead of net's trainable parameters when lookahead_steps is set, else None."""
+    if not config.get("lookahead_steps", 0):
+        return None
+    from src.lookahead import Lookahead
+
+    return Lookahead(net, config.lookahead_steps, config.get("lookahead_alpha", 0.5))
+
+
+def training_state(train_step, ema, lookahead=None):
     """The cell a training checkpoint holds: the train step (network, optimizer, loss scale,
-    accumulated gradients) and, with EMA, the averages (``ema.*``)."""
-    if ema is None:
+    accumulated gradients) and, with EMA, the averages (``ema.*``), with Lookahead, the slow
+    weights (``lookahead.*``)."""
+    if ema is None and lookahead is None:
         return train_step
     from mindspore import nn
 
     state = nn.Cell(auto_prefix=False)
-    state.train_step, state.ema = train_step, ema
+    state.train_step = train_step
+    if ema is not None:
+        state.ema = ema
+    if lookahead is not None:
+        state.lookahead = lookahead
     return state
 
 
@@ -35,9 +50,10 @@ class TrainingEMA:
     def on(self):
         return self.averages is not None
 
-    def training_state(self, train_step):
-        """What a training checkpoint holds, so that a resumed run continues the average."""
-        return training_state(train_step, self.averages)
+    def training_state(self, train_step, lookahead=None):
+        """What a training checkpoint holds, so that a resumed run continues the average
+        (and the Lookahead cycle, given its cell)."""
+        return training_state(train_step, self.averages, lookahead)
 
     def update(self):
         """Fold the weights of the optimizer step just taken into the averages."""

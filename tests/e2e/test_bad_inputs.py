@@ -99,6 +99,8 @@ ROWS = [
         ["'lr_scheduler' is 'poly'", "allowed values"]),
     Row("impossible image_size", "train", ["--data_dir={d}/cifar", "--image_size=100,100"],
         ["'image_size'", "[100, 100]", "multiple of 32"]),
+    Row("value out of range", "train", ["--data_dir={d}/cifar", "--lookahead_alpha=0"],
+        ["'lookahead_alpha' is 0.0", "it must be in (0, 1]"]),
     Row("argument without --key=value", "train", ["--data_dir={d}/cifar", "batch_size=8"],
         ["'batch_size=8'", "--key=value"]),
     # --- checkpoints ----------------------------------------------------------------------

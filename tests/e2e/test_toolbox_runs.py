@@ -1,7 +1,8 @@
 """The training toolbox in whole runs of train.py: gradient accumulation, clipping, Nesterov,
-EMA, mixup/CutMix, RandAugment, random erasing, flip TTA and the patch-whitening stem
-together. A run interrupted in the middle of an accumulation window and resumed ends bit for
-bit where the uninterrupted run ends (weights, momenta, EMA averages, accumulated gradients);
+EMA, Lookahead, mixup/CutMix, RandAugment, random erasing, flip TTA and the patch-whitening
+stem together. A run interrupted in the middle of an accumulation window and resumed ends bit
+for bit where the uninterrupted run ends (weights, momenta, EMA averages, Lookahead's slow
+weights, accumulated gradients);
 the EMA and averaged weights evaluate with eval.py."""
 import os
 import re
@@ -21,7 +22,10 @@ TOOLBOX = ["--batch_size=8", "--log_interval=1", "--eval_interval=1", "--accumul
            "--clip_grad_norm=1.0", "--nesterov=True", "--ema_decay=0.9", "--ema_warmup=True",
            "--mixup_alpha=0.4", "--cutmix_alpha=1.0", "--label_smooth=True",
            "--auto_augment=randaugment", "--random_erasing=0.25", "--eval_flip_tta=True",
-           "--eval_tta_shift=2", "--stem_whitening=32"]
+           "--eval_tta_shift=2", "--stem_whitening=32",
+           # 2 optimizer steps an epoch: Lookahead syncs at the epoch's end only, so at the
+           # interruption below the slow weights differ from the trained ones
+           "--lookahead_steps=3", "--lookahead_alpha=0.5"]
 FINAL = "vgg11_bn-2_6.ckpt"
 
 
@@ -70,6 +74,10 @@ def test_run_reports_and_saves_what_the_toolbox_adds(reference):
         np.testing.assert_array_equal(value, final["ema." + name], err_msg=name)
     rows = [r for r in read_metrics(os.path.join(run_dir, "metrics.csv")) if r["ema_top1"]]
     assert [r["epoch"] for r in rows] == ["1", "2"]
+    slow = {k[len("lookahead."):]: v for k, v in final.items() if k.startswith("lookahead.")}
+    assert "features.4.weight" in slow and "features.0.weight" not in slow  # frozen: none
+    for name, value in slow.items():  # synchronised at the epoch's end
+        np.testing.assert_array_equal(value, final[name], err_msg=name)
 
 
 def test_the_whitened_stem_is_set_from_the_first_images_and_stays_frozen(reference, data):
@@ -133,6 +141,12 @@ def test_resume_without_the_whitened_stem_is_refused(reference, data, tmp_path):
     saved, lines = refused_resume(reference, data, tmp_path / "unwhitened", "--stem_whitening=0")
     assert lines == [f"error: checkpoint {saved} was made with stem_whitening=32, "
                      "this run has 0; resume with --stem_whitening=32"]
+
+
+def test_resume_without_lookahead_is_refused(reference, data, tmp_path):
+    saved, lines = refused_resume(reference, data, tmp_path / "plain", "--lookahead_steps=0")
+    assert lines == [f"error: checkpoint {saved} was made with lookahead_steps=3, "
+                     "this run has 0; resume with --lookahead_steps=3"]
 
 
 def test_eval_py_takes_the_ema_and_the_averaged_weights(reference, data, tmp_path):

@@ -1,7 +1,7 @@
 """The training toolbox in data-parallel jobs: a 2-process msrun job with accumulation,
-clipping, Nesterov, EMA, mixup/CutMix, RandAugment, random erasing and flip-TTA evaluation
-keeps its ranks identical; flip-TTA evaluation split over shards counts exactly what one
-process counts."""
+clipping, Nesterov, EMA, Lookahead, mixup/CutMix, RandAugment, random erasing and flip-TTA
+evaluation keeps its ranks identical; flip-TTA evaluation split over shards counts exactly
+what one process counts."""
 import re
 
 import numpy as np
@@ -17,7 +17,7 @@ from tests.helpers import (
 )
 
 TOOLBOX = ["--accumulate_steps=2", "--clip_grad_norm=1.0", "--nesterov=True",
-           "--ema_decay=0.9", "--mixup_alpha=0.4", "--cutmix_alpha=1.0",
+           "--ema_decay=0.9", "--lookahead_steps=2", "--mixup_alpha=0.4", "--cutmix_alpha=1.0",
            "--auto_augment=randaugment", "--random_erasing=0.25", "--eval_interval=1",
            "--eval_flip_tta=True", "--is_save_on_master=False", "--native_kernels=off"]
 
@@ -35,8 +35,10 @@ def test_toolbox_job_keeps_ranks_identical(id_coded_cifar, tmp_path):
     assert rank0.keys() == rank1.keys()
     assert int(rank0["global_step"][0]) == batches // 2  # optimizer steps
     assert any(k.startswith("ema.") for k in rank0)
-    # no BatchNorm here: every entry (weights, momenta, EMA averages) is the same on both
-    # ranks, although each rank mixed and augmented its own batches
+    assert any(k.startswith("lookahead.") for k in rank0)
+    # no BatchNorm here: every entry (weights, momenta, EMA averages, Lookahead's slow
+    # weights) is the same on both ranks, although each rank mixed and augmented its own
+    # batches
     different = [k for k in rank0 if not np.array_equal(rank0[k], rank1[k])]
     assert not different, f"ranks diverged in {different[:5]}"
     logs = [(run_dir / f"train_rank{r}.log").read_text() for r in (0, 1)]

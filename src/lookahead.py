@@ -56,4 +56,3 @@ class Lookahead(nn.Cell):
             return False  # inside an accumulation window: no optimizer step
         step, last = batch_in_epoch // accumulate_steps, steps_per_epoch // accumulate_steps
         return step % self.steps == 0 or step == last
-

@@ -24,11 +24,7 @@ from src.training_checkpoints import (
     TrainingCheckpoints,
     restore_train_state,  # noqa: F401  (tests import it from here)
 )
-from src.training_ema import (
-    TrainingEMA,
-    lookahead_from_config,
-    training_state,  # noqa: F401  (tests import it from here)
-)
+from src.training_ema import TrainingEMA, lookahead_from_config, training_state
 from src.training_eval import TrainingEvaluator
 
 
@@ -239,8 +235,9 @@ class Trainer:
         self.ema = TrainingEMA(config, net)
         self.lookahead = lookahead_from_config(config, net)
         self.checkpoints = TrainingCheckpoints(
-            self.ema.training_state(self.train_step, self.lookahead), paths, self.steps_per_epoch,
-            self.accumulate, config.keep_checkpoint_max, config_yaml, self.ema)
+            training_state(self.train_step, self.ema.averages, self.lookahead), paths,
+            self.steps_per_epoch, self.accumulate, config.keep_checkpoint_max, config_yaml,
+            self.ema)
         self.evaluator = TrainingEvaluator(config, net, eval_dataset_fn, runtime.group_size,
                                            self.ema, self.checkpoints, log)
         self.window_losses = []
@@ -341,8 +338,8 @@ class Trainer:
     def _train_batch(self, image, label, global_step):
         """One batch; at the end of an accumulation window (every batch without accumulation)
         also the optimizer step, the Lookahead synchronisation when one is due, and the EMA
-        update. Returns the mean loss of the window's
-        batches so far: the loss of the optimizer step once the window is complete."""
+        update. Returns the mean loss of the window's batches so far: the loss of the optimizer
+        step once the window is complete."""
         output = self.train_step(*self._batch_inputs(image, label, global_step))
         loss, overflow = (output[0], output[1]) if isinstance(output, tuple) else (output, None)
         self.window_losses.append(float(loss.asnumpy()))

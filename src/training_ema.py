@@ -50,11 +50,6 @@ class TrainingEMA:
     def on(self):
         return self.averages is not None
 
-    def training_state(self, train_step, lookahead=None):
-        """What a training checkpoint holds, so that a resumed run continues the average
-        (and the Lookahead cycle, given its cell)."""
-        return training_state(train_step, self.averages, lookahead)
-
     def update(self):
         """Fold the weights of the optimizer step just taken into the averages."""
         if self.on:

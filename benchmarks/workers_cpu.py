@@ -197,7 +197,8 @@ def worker_ms_eval(spec):
     resolved = _one_precision(precisions.values())
     emit({"side": "repo", "times": out, **resolved,
           "fast_cells": {str(k): v for k, v in fast_info.items()},
-          "activation_layout": native_kernels.activation_layout(resolved["precision"])})
+          "activation_layout": native_kernels.activation_layout(resolved["precision"])
+          if any(fast for fast, _ in fast_info.values()) else None})
 
 
 def _one_precision(resolved):

@@ -262,6 +262,9 @@ KEYS = (
         "Evaluation: also score each image moved by this many pixels down-right and up-left "
         "(reflected border), weights 1/2 as is and 1/4 per shift, each with its flip when "
         "eval_flip_tta is on (0: off)", check=not_negative),
+    Key("eval_shift_in_training", bool,
+        "Evaluation during training also scores the eval_tta_shift views (False: only eval.py "
+        "does; the per-epoch evaluations keep to flip TTA and take about a third of the time)"),
 
     # export and inference
     Key("ckpt_file", str, "Export: checkpoint to export"),

@@ -1,6 +1,6 @@
 """Evaluation during training: every eval_interval epochs, the network on the evaluation data
-(test-time augmentation with eval_flip_tta and eval_tta_shift), then its EMA weights when EMA
-is on; the best result so far kept as <arch>-best.ckpt."""
+(test-time augmentation with eval_flip_tta, and eval_tta_shift unless eval_shift_in_training is
+off), then its EMA weights when EMA is on; the best result so far kept as <arch>-best.ckpt."""
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -51,7 +51,10 @@ class TrainingEvaluator:
         return counts
 
     def _counts(self):
-        local = evaluate(self.net, self.make_dataset(), **tta_options(self.config))
+        options = tta_options(self.config)
+        if not self.config.get("eval_shift_in_training", True):
+            options["tta_shift"] = 0
+        local = evaluate(self.net, self.make_dataset(), **options)
         return allreduce_counts(local, self.group_size)
 
     def _save_best(self, pos, acc):

@@ -34,3 +34,27 @@ def test_per_class_counts():
     assert (counts.top1, counts.total) == (2, 4)
     assert counts.class_total.tolist() == [1, 1, 2]
     assert counts.class_top1.tolist() == [1, 1, 0]
+
+
+def test_in_training_evaluation_leaves_out_the_shifted_views_only_when_asked(monkeypatch):
+    """eval_shift_in_training=False: the per-epoch evaluations score flip TTA alone, while
+    eval.py's options (tta_options) keep the configured shift; True passes the shift on."""
+    from model_utils.config import Config
+    from src import training_eval
+    from src.evaluation import tta_options
+
+    seen = []
+
+    def fake_evaluate(net, dataset, **options):
+        seen.append(options)
+        return EvalCounts()
+
+    monkeypatch.setattr(training_eval, "evaluate", fake_evaluate)
+    for in_training in (True, False):
+        config = Config({"eval_flip_tta": True, "eval_tta_shift": 2,
+                         "eval_shift_in_training": in_training})
+        evaluator = training_eval.TrainingEvaluator(config, None, lambda: None, 1, None, None,
+                                                    None)
+        evaluator._counts()
+        assert tta_options(config) == {"flip_tta": True, "tta_shift": 2}
+    assert seen == [{"flip_tta": True, "tta_shift": 2}, {"flip_tta": True, "tta_shift": 0}]

@@ -107,11 +107,14 @@ def tta_scores(predict, images, flip=False, shift=0):
     return 0.5 * view(images) + 0.25 * view(ahead) + 0.25 * view(behind)
 
 
-def tta_options(config):
+def tta_options(config, during_training=False):
     """evaluate()'s test-time augmentation arguments from the config (eval_flip_tta and
-    eval_tta_shift)."""
-    return {"flip_tta": bool(config.get("eval_flip_tta", False)),
-            "tta_shift": int(config.get("eval_tta_shift", 0))}
+    eval_tta_shift); during_training (the evaluations after epochs) leaves out the shifted
+    views when eval_shift_in_training is off."""
+    shift = int(config.get("eval_tta_shift", 0))
+    if during_training and not config.get("eval_shift_in_training", True):
+        shift = 0
+    return {"flip_tta": bool(config.get("eval_flip_tta", False)), "tta_shift": shift}
 
 
 def evaluate(net, dataset, flip_tta=False, tta_shift=0):

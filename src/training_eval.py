@@ -51,10 +51,8 @@ class TrainingEvaluator:
         return counts
 
     def _counts(self):
-        options = tta_options(self.config)
-        if not self.config.get("eval_shift_in_training", True):
-            options["tta_shift"] = 0
-        local = evaluate(self.net, self.make_dataset(), **options)
+        local = evaluate(self.net, self.make_dataset(),
+                         **tta_options(self.config, during_training=True))
         return allreduce_counts(local, self.group_size)
 
     def _save_best(self, pos, acc):

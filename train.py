@@ -146,7 +146,11 @@ def train(config):
         return profiler.wrap(dataset) if profiler else dataset
 
     eval_fn = make_eval_fn(config, runtime)
-    net = apply_sync_bn(build_network(config, runtime.device_target), config, runtime, log)
+    net = apply_sync_bn(build_network(config, runtime.device_target, training=True), config,
+                        runtime, log)
+    if config.ghost_batch_size:
+        log.info("ghost batch normalisation: BatchNorm statistics over each run of %d of the %d "
+                 "images of a batch", config.ghost_batch_size, config.batch_size)
     resume = find_resume_checkpoint(config, paths, log)
     if config.pre_trained:
         load_pretrained(net, config, log)

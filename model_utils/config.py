@@ -177,10 +177,29 @@ def _check_consistency(v):
     if v.get("alternate_flip") and v.get("dataset", "cifar10") != "cifar10":
         raise UserError(f"config key 'alternate_flip' applies to dataset cifar10, not "
                         f"{v.get('dataset')!r}")
+    _check_ghost_batch(v)
     shift, size = v.get("eval_tta_shift", 0), v.get("image_size")
     if shift and size and shift >= min(size):
         raise UserError(f"config key 'eval_tta_shift' is {shift}; it must be smaller than the "
                         f"image size ({min(size)})")
+
+
+def _check_ghost_batch(v):
+    """ghost_batch_size: a divisor of batch_size, on a network with BatchNorm, not synchronised."""
+    ghost = v.get("ghost_batch_size", 0)
+    if not ghost:
+        return
+    batch = v.get("batch_size")
+    if batch and batch % ghost:
+        raise UserError(f"config key 'ghost_batch_size' is {ghost}; it must divide batch_size "
+                        f"({batch})")
+    if v.get("batch_norm") is False:
+        raise UserError(f"config key 'ghost_batch_size' is {ghost}, but the network has no "
+                        "BatchNorm (batch_norm=False); set --ghost_batch_size=0")
+    if v.get("sync_bn"):
+        raise UserError(f"config keys 'ghost_batch_size' ({ghost}) and 'sync_bn' ask for "
+                        "BatchNorm statistics over fewer and over more images; set one of "
+                        "them off")
 
 
 def _check_per_step_warmup(v):

@@ -90,6 +90,11 @@ KEYS = (
     Key("arch", str, "VGG depth", choices=("vgg11", "vgg13", "vgg16", "vgg19")),
     Key("num_classes", int, "Number of classes of the classifier", check=at_least_1),
     Key("batch_norm", bool, "BatchNorm after every convolution (vgg16_bn when True)"),
+    Key("ghost_batch_size", int,
+        "Ghost batch normalisation in training: each run of this many consecutive images of a "
+        "device's batch is normalised with its own mean and variance (a regulariser; the "
+        "moving statistics, inference and checkpoints are unchanged); it must divide "
+        "batch_size; 0: the whole batch", check=not_negative),
     Key("pad_mode", str, "Convolution padding mode", choices=("same", "pad")),
     Key("padding", int, "Convolution padding when pad_mode is 'pad' (1 keeps the size)",
         check=not_negative),

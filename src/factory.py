@@ -49,11 +49,15 @@ def layer_cells_for(config, device_target):
     return stock
 
 
-def build_network(config, device_target="CPU", num_classes=None):
+def build_network(config, device_target="CPU", num_classes=None, training=False):
     """The VGG variant the config describes; on CPU in the precision cpu_precision resolves to
-    (src/native/precision.py, which logs it in one line)."""
+    (src/native/precision.py, which logs it in one line). training: the network train.py
+    trains (with ghost batch normalisation when ghost_batch_size asks for it; inference and
+    checkpoints are the same either way)."""
     builder = getattr(vgg, model_name(config))
-    net = builder(**layer_cells_for(config, device_target), **network_kwargs(config, num_classes))
+    ghost = config.get("ghost_batch_size", 0) if training and config.batch_norm else 0
+    net = builder(**layer_cells_for(config, device_target), **network_kwargs(config, num_classes),
+                  ghost_batch=ghost)
     if device_target == "CPU":
         from src.native.precision import apply_cpu_precision
 

@@ -8,6 +8,8 @@ import math
 from mindspore import nn
 from mindspore.common.initializer import HeNormal, Normal, XavierUniform, Zero
 
+from src.ghost_bn import batch_norm_cell
+
 # Output channels of each 3x3 convolution; "M" is a 2x2 max-pool.
 LAYER_TABLE = {
     "vgg11": [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
@@ -34,9 +36,10 @@ def _initializers(initialize_mode):
 
 def make_layers(layer_cfg, batch_norm=False, pad_mode="same", padding=0, has_bias=False,
                 initialize_mode="XavierUniform", conv_cell=nn.Conv2d,
-                features_cell=nn.SequentialCell):
+                features_cell=nn.SequentialCell, ghost_batch=0):
     """The convolutional feature extractor for one row of LAYER_TABLE: `conv_cell` for each
-    convolution, the layers held (and run) by a `features_cell` sequence."""
+    convolution, the layers held (and run) by a `features_cell` sequence; ghost_batch > 0:
+    ghost batch normalisation in training (src/ghost_bn.py)."""
     conv_init, _ = _initializers(initialize_mode)
     layers = []
     in_channels = 3
@@ -48,7 +51,7 @@ def make_layers(layer_cfg, batch_norm=False, pad_mode="same", padding=0, has_bia
                                 padding=padding if pad_mode == "pad" else 0,
                                 has_bias=has_bias, weight_init=conv_init, bias_init=Zero()))
         if batch_norm:
-            layers.append(nn.BatchNorm2d(item, eps=1e-5, momentum=0.9))
+            layers.append(batch_norm_cell(item, ghost_batch))
         layers.append(nn.ReLU())
         in_channels = item
     return features_cell(layers)
@@ -105,7 +108,7 @@ def _check_image_size(image_size):
 def build_vgg(arch, num_classes=1000, batch_norm=False, pad_mode="same", has_bias=False,
               initialize_mode="XavierUniform", dropout=True, image_size=(224, 224),
               include_top=True, padding=None, conv_cell=nn.Conv2d,
-              features_cell=nn.SequentialCell):
+              features_cell=nn.SequentialCell, ghost_batch=0):
     """One VGG variant; `arch` is vgg11, vgg13, vgg16 or vgg19."""
     if arch not in LAYER_TABLE:
         raise ValueError(f"arch must be one of {', '.join(ARCHS)}, got {arch!r}")
@@ -114,7 +117,7 @@ def build_vgg(arch, num_classes=1000, batch_norm=False, pad_mode="same", has_bia
     if padding is None:
         padding = 1 if pad_mode == "pad" else 0
     features = make_layers(LAYER_TABLE[arch], batch_norm, pad_mode, padding, has_bias,
-                           initialize_mode, conv_cell, features_cell)
+                           initialize_mode, conv_cell, features_cell, ghost_batch)
     return VGG(features, num_classes, image_size, dropout, initialize_mode, include_top)
 
 
@@ -122,9 +125,10 @@ def _builder(arch, batch_norm):
     def build(num_classes=1000, pad_mode="same", has_bias=False,
               initialize_mode="XavierUniform", dropout=True, image_size=(224, 224),
               include_top=True, padding=None, conv_cell=nn.Conv2d,
-              features_cell=nn.SequentialCell):
+              features_cell=nn.SequentialCell, ghost_batch=0):
         return build_vgg(arch, num_classes, batch_norm, pad_mode, has_bias, initialize_mode,
-                         dropout, image_size, include_top, padding, conv_cell, features_cell)
+                         dropout, image_size, include_top, padding, conv_cell, features_cell,
+                         ghost_batch)
     build.__name__ = arch + ("_bn" if batch_norm else "")
     build.__doc__ = f"{arch.upper()}{' with BatchNorm' if batch_norm else ''}."
     return build

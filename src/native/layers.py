@@ -211,9 +211,10 @@ def _unblock_op(act=ms.float32):
     return _custom("FastUnblock", _same_shape, lambda x: ms.float32, bprop=bprop)
 
 
-def _blocked_train_ops(act=ms.float32):
+def _blocked_train_ops(act=ms.float32, ghost=0):
     """Custom operators of the blocked training chain with activations of type act, each
-    with its gradient: (first convolution, later convolutions, BatchNorm + ReLU, max pool)."""
+    with its gradient: (first convolution, later convolutions, BatchNorm + ReLU, max pool);
+    ghost > 0: the BatchNorm in ghost batches of that many images (src/ghost_bn.py)."""
 
     def conv(blocked):
         kind = "Blocked" if blocked else "Plain"
@@ -238,7 +239,7 @@ def _blocked_train_ops(act=ms.float32):
 
     bf16 = act == ms.bfloat16
     bn_relu = _custom("FastBnReluTrain",
-                      lambda y, g, b, e: (y, g, g, [bn_workspace_bytes(y, bf16)]),
+                      lambda y, g, b, e: (y, g, g, [bn_workspace_bytes(y, bf16, ghost)]),
                       lambda y, g, b, e: (y, g, g, ms.uint8), bprop=bn_bprop)
 
     pool_bwd = _custom("FastMaxPool2Bwd", lambda dy, ws: [dy[0], dy[1], 2 * dy[2], 2 * dy[3]],
@@ -288,14 +289,21 @@ def _inference_plan(layers):
     return (tuple(plan), "") if plan else (None, "no layers")
 
 
+def _ghost_batch(cell):
+    """Images per ghost batch of a BatchNorm cell (0: the whole batch)."""
+    return getattr(cell, "ghost_batch", 0)
+
+
 def _training_chain_reason(layers, plan):
     """Why the blocked training chain cannot run `plan` (it needs a BatchNorm after every
-    convolution and no convolution bias), or ''."""
+    convolution, no convolution bias, and one ghost batch size for all), or ''."""
     for conv_i, bn_i, _ in plan:
         if bn_i < 0:
             return f"layer {conv_i} has no BatchNorm after it"
         if layers[conv_i].has_bias:
             return f"layer {conv_i} has a bias"
+    if len({_ghost_batch(layers[bn_i]) for _, bn_i, _ in plan}) > 1:
+        return "the BatchNorm layers have different ghost batch sizes"
     return ""
 
 
@@ -335,8 +343,10 @@ class NativeFeatures(nn.SequentialCell):
         if self.training_reason:
             logger.info("blocked training chain not used: %s", self.training_reason)
         self.blocked_training = not self.training_reason
-        self.eps = tuple(ms.Tensor([layers[bn_i].eps], ms.float32) for _, bn_i, _ in self.plan
-                         if bn_i >= 0)
+        # each BatchNorm's (eps, images per ghost batch or 0) for the fused BatchNorm + ReLU
+        self.ghost = _ghost_batch(layers[self.plan[0][1]]) if self.blocked_training else 0
+        self.bn_settings = tuple(ms.Tensor([layers[bn_i].eps, self.ghost], ms.float32)
+                                 for _, bn_i, _ in self.plan if bn_i >= 0)
         if self.blocked_training:
             # (1 - momentum, momentum) of each BatchNorm's moving statistics (see _train)
             self.stat_rates = tuple(ms.Tensor([1 - layers[bn_i].momentum, layers[bn_i].momentum],
@@ -349,7 +359,7 @@ class NativeFeatures(nn.SequentialCell):
         self.conv_first, self.conv_next, self.pool, self.unblock = _blocked_ops(act)
         if self.blocked_training:
             (self.train_conv_first, self.train_conv_next, self.bn_relu,
-             self.train_pool) = _blocked_train_ops(act)
+             self.train_pool) = _blocked_train_ops(act, self.ghost)
 
     def set_precision(self, precision):
         """Run the blocked chains in "float32" or "bfloat16" from now on (call it before the
@@ -380,7 +390,7 @@ class NativeFeatures(nn.SequentialCell):
             else:
                 y = self.train_conv_next(x, weight)
             bn = self.cell_list[bn_i]
-            x, mean, var, workspace = self.bn_relu(y, bn.gamma, bn.beta, self.eps[n])
+            x, mean, var, workspace = self.bn_relu(y, bn.gamma, bn.beta, self.bn_settings[n])
             # the ReLU workspace is read by the gradient only; a dependency keeps graph
             # mode's side-effect analysis from reporting it as eliminated
             x = ops.depend(x, workspace)

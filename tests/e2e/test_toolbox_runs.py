@@ -1,9 +1,9 @@
 """The training toolbox in whole runs of train.py: gradient accumulation, clipping, Nesterov,
-EMA, Lookahead, mixup/CutMix, RandAugment, random erasing, flip TTA and the patch-whitening
-stem together. A run interrupted in the middle of an accumulation window and resumed ends bit
-for bit where the uninterrupted run ends (weights, momenta, EMA averages, Lookahead's slow
-weights, accumulated gradients);
-the EMA and averaged weights evaluate with eval.py."""
+EMA, Lookahead, mixup/CutMix, RandAugment, random erasing, flip TTA, the patch-whitening
+stem and ghost batch normalisation (on the native chain) together. A run interrupted in the
+middle of an accumulation window and resumed ends bit for bit where the uninterrupted run ends
+(weights, momenta, EMA averages, Lookahead's slow weights, accumulated gradients); the EMA and
+averaged weights evaluate with eval.py."""
 import os
 import re
 import shutil
@@ -22,7 +22,7 @@ TOOLBOX = ["--batch_size=8", "--log_interval=1", "--eval_interval=1", "--accumul
            "--clip_grad_norm=1.0", "--nesterov=True", "--ema_decay=0.9", "--ema_warmup=True",
            "--mixup_alpha=0.4", "--cutmix_alpha=1.0", "--label_smooth=True",
            "--auto_augment=randaugment", "--random_erasing=0.25", "--eval_flip_tta=True",
-           "--eval_tta_shift=2", "--stem_whitening=32",
+           "--eval_tta_shift=2", "--stem_whitening=32", "--ghost_batch_size=4",
            # 2 optimizer steps an epoch: Lookahead syncs at the epoch's end only, so at the
            # interruption below the slow weights differ from the trained ones
            "--lookahead_steps=3", "--lookahead_alpha=0.5"]
@@ -55,6 +55,8 @@ def test_run_reports_and_saves_what_the_toolbox_adds(reference):
     run_dir, stdout = reference
     assert "gradient accumulation: 3 batches per optimizer step, 24 images per optimizer " \
            "step, 2 optimizer steps per epoch" in stdout
+    assert "ghost batch normalisation: BatchNorm statistics over each run of 4 of the 8 " \
+           "images of a batch" in stdout
     # the schedule counts optimizer steps: one warmup epoch is 2 of them, so the 2nd
     # window of epoch 1 already runs at the peak rate (counted in batches it would not)
     assert re.search(r"epoch 1/2 step 3/6 loss [\d.]+ lr 0\.002500", stdout), stdout

@@ -266,7 +266,7 @@ class _KernelChecks:
             o = self.ops_by[name]
             gamma = ms.Parameter(ms.Tensor(gamma_np), name="gamma")
             beta = ms.Parameter(ms.Tensor(beta_np), name="beta")
-            eps_t = ms.Tensor([eps], ms.float32)
+            eps_t = ms.Tensor([eps, 0.0], ms.float32)  # (eps, no ghost batches)
             forward = _bn_forward(o["block"], o["train"][2], o["unblock"], gamma, beta, eps_t)
             results[name] = self.grads(forward, x, [gamma, beta], r)
         b, f = results["bfloat16"], results["float32"]

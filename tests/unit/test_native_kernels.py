@@ -135,9 +135,20 @@ CHAIN_CONV_CASES = [
 RELU_MARGIN = 1e-3  # BatchNorm+ReLU inputs keep their pre-ReLU values this far from 0
 
 
-def bn_relu_float64(x, gamma, beta, eps, cotangent):
+def bn_relu_float64(x, gamma, beta, eps, cotangent, ghost=0):
     """relu(batch_norm(x)) in training mode and the gradients of sum(out * cotangent), in
-    float64: {forward, mean, var (biased), backward_data, backward_gamma, backward_beta}."""
+    float64: {forward, mean, var (biased), backward_data, backward_gamma, backward_beta}.
+    ghost > 0: each run of `ghost` images normalised on its own (ghost batch normalisation);
+    mean and var stay the whole batch's."""
+    if 0 < ghost < len(x):
+        runs = [bn_relu_float64(x[i:i + ghost], gamma, beta, eps, cotangent[i:i + ghost])
+                for i in range(0, len(x), ghost)]
+        whole = np.asarray(x, np.float64)
+        return {"forward": np.concatenate([r["forward"] for r in runs]),
+                "backward_data": np.concatenate([r["backward_data"] for r in runs]),
+                "backward_gamma": sum(r["backward_gamma"] for r in runs),
+                "backward_beta": sum(r["backward_beta"] for r in runs),
+                "mean": whole.mean(axis=(0, 2, 3)), "var": whole.var(axis=(0, 2, 3))}
     x, r = np.asarray(x, np.float64), np.asarray(cotangent, np.float64)
     g = np.asarray(gamma, np.float64)[None, :, None, None]
     b = np.asarray(beta, np.float64)[None, :, None, None]
@@ -177,6 +188,7 @@ def _worker(out_path):
     # graph mode resolves names used in the cells defined below among this module's globals
     globals().update(ms=ms, nn=nn, ops=ops)
     from src import native
+    from src.ghost_bn import GhostBatchNorm2d
     from src.momentum import nesterov_momentum_class
     from src.native import layers as fast_conv
     from src.native.optimizer import FusedMomentum
@@ -303,19 +315,28 @@ def _worker(out_path):
         run("chain conv", case, chain_conv_check)
 
     # ------------------------------------------------ BatchNorm + ReLU
-    bn_cases = [  # input shape, eps
-        ((1, 16, 2, 2), 1e-5),
-        ((4, 32, 8, 8), 1e-5),
-        ((3, 48, 5, 7), 1e-3),
-        ((64, 64, 2, 2), 1e-5),
-        ((2, 16, 224, 224), 1e-5),
+    bn_cases = [  # input shape, eps, ghost batch (0: none; stock is then GhostBatchNorm2d)
+        ((1, 16, 2, 2), 1e-5, 0),
+        ((4, 32, 8, 8), 1e-5, 0),
+        ((3, 48, 5, 7), 1e-3, 0),
+        ((64, 64, 2, 2), 1e-5, 0),
+        ((2, 16, 224, 224), 1e-5, 0),
+        ((8, 32, 4, 4), 1e-5, 2),
+        ((6, 48, 5, 7), 1e-3, 3),
+        ((4, 16, 8, 8), 1e-5, 4),  # one ghost batch: the whole batch
     ]
-    for shape, eps in bn_cases:
-        case = f"BatchNorm+ReLU x{shape} eps {eps:g}"
+    ghost_bn_relu = {}
+    for shape, eps, ghost in bn_cases:
+        case = f"BatchNorm+ReLU x{shape} eps {eps:g}" + (f" ghost {ghost}" if ghost else "")
 
-        def bn_check(shape=shape, eps=eps):
+        def bn_check(shape=shape, eps=eps, ghost=ghost):
             c = shape[1]
-            stock = nn.SequentialCell([nn.BatchNorm2d(c, eps=eps), nn.ReLU()])
+            if ghost:
+                norm = GhostBatchNorm2d(c, ghost, eps=eps)
+                op = ghost_bn_relu.setdefault(ghost, fast_conv._blocked_train_ops(ghost=ghost)[2])
+            else:
+                norm, op = nn.BatchNorm2d(c, eps=eps), bn_relu
+            stock = nn.SequentialCell([norm, nn.ReLU()])
             stock.set_train(True)
             gamma_np = rng.uniform(0.5, 1.5, c).astype(np.float32)
             beta_np = rng.normal(0, 0.3, c).astype(np.float32)
@@ -323,10 +344,10 @@ def _worker(out_path):
             stock[0].beta.set_data(ms.Tensor(beta_np))
             gamma = ms.Parameter(ms.Tensor(gamma_np), name="gamma")
             beta = ms.Parameter(ms.Tensor(beta_np), name="beta")
-            eps_t = ms.Tensor([eps], ms.float32)
+            settings = ms.Tensor([eps, ghost], ms.float32)
 
             def native_forward(v):
-                z, mean, var, workspace = bn_relu(block(v), gamma, beta, eps_t)
+                z, mean, var, workspace = op(block(v), gamma, beta, settings)
                 z = ops.depend(z, workspace)
                 return unblock(z), mean, var
 
@@ -339,11 +360,14 @@ def _worker(out_path):
             # passed by one and blocked by the other (a legitimate O(1) difference that
             # says nothing about the kernels; at 2x16x224x224 about one element in 10^6).
             gamma64, beta64 = gamma_np.astype(np.float64), beta_np.astype(np.float64)
+            run_size = ghost or shape[0]  # images normalised together
             for _ in range(3):
-                mu, var = x64.mean(axis=(0, 2, 3)), x64.var(axis=(0, 2, 3))
-                std = np.sqrt(var + eps)[None, :, None, None]
-                pre = (x64 - mu[None, :, None, None]) / std * gamma64[None, :, None, None] \
-                    + beta64[None, :, None, None]
+                runs = x64.reshape(-1, run_size, *shape[1:])
+                mu = runs.mean(axis=(1, 3, 4), keepdims=True)
+                std = np.sqrt(runs.var(axis=(1, 3, 4), keepdims=True) + eps)
+                pre = ((runs - mu) / std * gamma64[None, None, :, None, None]
+                       + beta64[None, None, :, None, None]).reshape(shape)
+                std = np.broadcast_to(std, runs.shape).reshape(shape)
                 near = np.abs(pre) < RELU_MARGIN
                 if not near.any():
                     break
@@ -353,7 +377,7 @@ def _worker(out_path):
             x = ms.Tensor(x_np)
             f = value_and_grads(native_forward, [gamma, beta], x)
             s = value_and_grads(single(stock), stock.trainable_params(), x)
-            exact = bn_relu_float64(x_np, gamma_np, beta_np, eps, f[3])
+            exact = bn_relu_float64(x_np, gamma_np, beta_np, eps, f[3], ghost)
             checks = [("bn_relu_forward", f[0][0], s[0][0]),
                       ("bn_relu_batch_mean", f[0][1], exact["mean"]),
                       ("bn_relu_batch_variance", f[0][2], exact["var"]),
@@ -388,33 +412,38 @@ def _worker(out_path):
         run("maxpool", case, pool_check)
 
     # ------------------------------------------------ the blocked chain as a whole
-    def layers(conv_cls, cin, groups):
-        """groups: (out channels, BatchNorm momentum, pool after?) per convolution."""
+    def layers(conv_cls, cin, groups, ghost=0):
+        """groups: (out channels, BatchNorm momentum, pool after?) per convolution; ghost > 0:
+        GhostBatchNorm2d with ghost batches of that many images."""
         out = []
         for i, (cout, momentum, pooled) in enumerate(groups):
+            norm = (GhostBatchNorm2d(cout, ghost, momentum=momentum) if ghost
+                    else nn.BatchNorm2d(cout, momentum=momentum))
             out += [conv_cls(cin, cout, 3, pad_mode="same" if i % 2 == 0 else "pad",
-                             padding=0 if i % 2 == 0 else 1),
-                    nn.BatchNorm2d(cout, momentum=momentum), nn.ReLU()]
+                             padding=0 if i % 2 == 0 else 1), norm, nn.ReLU()]
             if pooled:
                 out.append(nn.MaxPool2d(kernel_size=2, stride=2))
             cin = cout
         return out
 
     chain_cases = [
-        # input shape, groups
-        ((4, 3, 32, 32), ((16, 0.9, True), (32, 0.9, True), (48, 0.7, True))),
-        ((2, 5, 2, 2), ((16, 0.9, False), (32, 0.5, True))),
-        ((1, 17, 8, 8), ((32, 0.9, True), (16, 0.9, False), (16, 0.8, True))),
-        ((1, 3, 64, 64), ((16, 0.9, True), (16, 0.9, True))),
-        ((1, 3, 224, 224), ((16, 0.9, True), (16, 0.9, True))),
+        # input shape, groups, ghost batch (0: none; stock is then GhostBatchNorm2d)
+        ((4, 3, 32, 32), ((16, 0.9, True), (32, 0.9, True), (48, 0.7, True)), 0),
+        ((2, 5, 2, 2), ((16, 0.9, False), (32, 0.5, True)), 0),
+        ((1, 17, 8, 8), ((32, 0.9, True), (16, 0.9, False), (16, 0.8, True)), 0),
+        ((1, 3, 64, 64), ((16, 0.9, True), (16, 0.9, True)), 0),
+        ((1, 3, 224, 224), ((16, 0.9, True), (16, 0.9, True)), 0),
+        ((8, 3, 16, 16), ((16, 0.9, True), (32, 0.8, True), (32, 0.9, False)), 2),
     ]
-    for shape, groups in chain_cases:
-        case = f"FastFeatures x{shape} {[g[0] for g in groups]}"
+    for shape, groups, ghost in chain_cases:
+        case = f"FastFeatures x{shape} {[g[0] for g in groups]}" + (
+            f" ghost {ghost}" if ghost else "")
 
-        def chain_check(shape=shape, groups=groups):
-            fast = FastFeatures(layers(FastConv2d, shape[1], groups))
-            stock = nn.SequentialCell(layers(nn.Conv2d, shape[1], groups))
+        def chain_check(shape=shape, groups=groups, ghost=ghost):
+            fast = FastFeatures(layers(FastConv2d, shape[1], groups, ghost))
+            stock = nn.SequentialCell(layers(nn.Conv2d, shape[1], groups, ghost))
             assert fast.blocked_training, "the blocked training chain is not used"
+            assert fast.ghost == ghost, "the chain does not run the ghost batches"
             for p in stock.get_parameters():  # everything away from its initial value
                 if "moving_variance" in p.name or "gamma" in p.name:
                     p.set_data(ms.Tensor(rng.uniform(0.5, 2.0, p.shape).astype(np.float32)))
@@ -437,7 +466,7 @@ def _worker(out_path):
                     return ms.Tensor((v * (1 + CHAIN_PERTURBATION * noise.uniform(
                         -1, 1, v.shape))).astype(np.float32))
 
-                probe = nn.SequentialCell(layers(nn.Conv2d, shape[1], groups))
+                probe = nn.SequentialCell(layers(nn.Conv2d, shape[1], groups, ghost))
                 for p in probe.get_parameters():
                     p.set_data(moved(start[p.name]))
                 probe.set_train(True)

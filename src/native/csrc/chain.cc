@@ -6,6 +6,8 @@
 #include <algorithm>
 #include <cstdio>
 #include <stdexcept>
+#include <string>
+#include <vector>
 
 #include "engine.h"
 
@@ -13,49 +15,117 @@ namespace vgg_native {
 
 // ---------------------------------------------------------------------------------------
 // BatchNorm + ReLU (training): z = relu(bn(y)), the batch mean and biased variance, and
-// the ReLU workspace its gradient reads.
+// the ReLU workspace its gradient reads; optionally with ghost batches (statistics per run of
+// images, see engine.h).
 
 namespace {
 
 void *Mutable(const void *p) { return const_cast<void *>(p); }
 
+const char *At(const void *p, size_t offset) { return static_cast<const char *>(p) + offset; }
+
+// How a batch splits into runs of images with their own statistics (ghost batch
+// normalisation): one run of N images unless 0 < ghost < N.
+struct Runs {
+  int64_t size, count;
+  memory::dims dims;  // of one run
+};
+
+Runs RunsOf(const memory::dims &dims, int64_t ghost) {
+  const int64_t n = dims[0];
+  if (ghost <= 0 || ghost >= n) return {n, 1, dims};
+  if (n % ghost != 0)
+    throw std::runtime_error("a batch of " + std::to_string(n) + " images is not a multiple of the ghost batch of " +
+                             std::to_string(ghost));
+  return {ghost, n / ghost, {ghost, dims[1], dims[2], dims[3]}};
+}
+
+// Byte offset of the runs' means in the workspace (then their variances): after one ReLU
+// workspace per run, rounded up to 64 bytes.
+size_t StatsOffset(size_t ws_bytes_per_run, int64_t runs) {
+  return (ws_bytes_per_run * static_cast<size_t>(runs) + 63) / 64 * 64;
+}
+
 }  // namespace
 
-void Engine::BnReluFwd(const memory::dims &dims, dt act, float eps, const void *y, const float *gamma,
-                       const float *beta, void *z, float *mean, float *var, uint8_t *ws) {
-  BnPlan &p = BnFor(dims, eps, act);
+void Engine::BnReluFwd(const memory::dims &dims, dt act, float eps, int64_t ghost, const void *y,
+                       const float *gamma, const float *beta, void *z, float *mean, float *var,
+                       uint8_t *ws) {
+  const Runs runs = RunsOf(dims, ghost);
+  BnPlan &p = BnFor(runs.dims, eps, act);
+  const int64_t c = dims[1];
+  const size_t step = p.data.get_size(), ws_step = p.ws.get_size();
+  if (runs.count > 1 && step * static_cast<size_t>(runs.count) != BlockedDesc(dims, act).get_size())
+    throw std::runtime_error("the activation layout does not keep each image's data together");
+  float *run_mean = runs.count > 1 ? reinterpret_cast<float *>(ws + StatsOffset(ws_step, runs.count)) : mean;
+  float *run_var = runs.count > 1 ? run_mean + runs.count * c : var;
   memory scratch = Scratch(p.scratch_bytes);
-  p.fwd.execute(stream_, {{DNNL_ARG_SRC, memory(p.data, eng_, Mutable(y))},
-                          {DNNL_ARG_DST, memory(p.data, eng_, z)},
-                          {DNNL_ARG_SCALE, memory(p.chan, eng_, Mutable(gamma))},
-                          {DNNL_ARG_SHIFT, memory(p.chan, eng_, Mutable(beta))},
-                          {DNNL_ARG_MEAN, memory(p.chan, eng_, mean)},
-                          {DNNL_ARG_VARIANCE, memory(p.chan, eng_, var)},
-                          {DNNL_ARG_WORKSPACE, memory(p.ws, eng_, ws)},
-                          {DNNL_ARG_SCRATCHPAD, scratch}});
-  stream_.wait();
+  for (int64_t k = 0; k < runs.count; ++k) {
+    p.fwd.execute(stream_, {{DNNL_ARG_SRC, memory(p.data, eng_, Mutable(At(y, k * step)))},
+                            {DNNL_ARG_DST, memory(p.data, eng_, static_cast<char *>(z) + k * step)},
+                            {DNNL_ARG_SCALE, memory(p.chan, eng_, Mutable(gamma))},
+                            {DNNL_ARG_SHIFT, memory(p.chan, eng_, Mutable(beta))},
+                            {DNNL_ARG_MEAN, memory(p.chan, eng_, run_mean + k * c)},
+                            {DNNL_ARG_VARIANCE, memory(p.chan, eng_, run_var + k * c)},
+                            {DNNL_ARG_WORKSPACE, memory(p.ws, eng_, ws + k * ws_step)},
+                            {DNNL_ARG_SCRATCHPAD, scratch}});
+    stream_.wait();
+  }
+  if (runs.count == 1) return;
+  // the whole batch's mean and biased variance (runs of equal size): the mean of the runs'
+  // means, and the mean of their variances plus the variance of their means
+  for (int64_t i = 0; i < c; ++i) {
+    double m = 0.0, v = 0.0;
+    for (int64_t k = 0; k < runs.count; ++k) m += run_mean[k * c + i];
+    m /= static_cast<double>(runs.count);
+    for (int64_t k = 0; k < runs.count; ++k) {
+      const double d = run_mean[k * c + i] - m;
+      v += run_var[k * c + i] + d * d;
+    }
+    mean[i] = static_cast<float>(m);
+    var[i] = static_cast<float>(v / static_cast<double>(runs.count));
+  }
 }
 
-void Engine::BnReluBwd(const memory::dims &dims, dt act, float eps, const void *dz, const uint8_t *ws,
-                       const void *y, const float *gamma, const float *mean, const float *var,
-                       void *dy, float *dgamma, float *dbeta) {
-  BnPlan &p = BnFor(dims, eps, act);
+void Engine::BnReluBwd(const memory::dims &dims, dt act, float eps, int64_t ghost, const void *dz,
+                       const uint8_t *ws, const void *y, const float *gamma, const float *mean,
+                       const float *var, void *dy, float *dgamma, float *dbeta) {
+  const Runs runs = RunsOf(dims, ghost);
+  BnPlan &p = BnFor(runs.dims, eps, act);
+  const int64_t c = dims[1];
+  const size_t step = p.data.get_size(), ws_step = p.ws.get_size();
+  const float *run_mean =
+      runs.count > 1 ? reinterpret_cast<const float *>(ws + StatsOffset(ws_step, runs.count)) : mean;
+  const float *run_var = runs.count > 1 ? run_mean + runs.count * c : var;
+  std::vector<float> run_dgamma(runs.count > 1 ? c : 0), run_dbeta(runs.count > 1 ? c : 0);
   memory scratch = Scratch(p.scratch_bytes);
-  p.bwd.execute(stream_, {{DNNL_ARG_SRC, memory(p.data, eng_, Mutable(y))},
-                          {DNNL_ARG_MEAN, memory(p.chan, eng_, Mutable(mean))},
-                          {DNNL_ARG_VARIANCE, memory(p.chan, eng_, Mutable(var))},
-                          {DNNL_ARG_DIFF_DST, memory(p.data, eng_, Mutable(dz))},
-                          {DNNL_ARG_WORKSPACE, memory(p.ws, eng_, Mutable(ws))},
-                          {DNNL_ARG_SCALE, memory(p.chan, eng_, Mutable(gamma))},
-                          {DNNL_ARG_DIFF_SRC, memory(p.data, eng_, dy)},
-                          {DNNL_ARG_DIFF_SCALE, memory(p.chan, eng_, dgamma)},
-                          {DNNL_ARG_DIFF_SHIFT, memory(p.chan, eng_, dbeta)},
-                          {DNNL_ARG_SCRATCHPAD, scratch}});
-  stream_.wait();
+  for (int64_t k = 0; k < runs.count; ++k) {
+    // the first run writes the parameter gradients, the others add theirs
+    float *dg = k == 0 ? dgamma : run_dgamma.data(), *db = k == 0 ? dbeta : run_dbeta.data();
+    p.bwd.execute(stream_, {{DNNL_ARG_SRC, memory(p.data, eng_, Mutable(At(y, k * step)))},
+                            {DNNL_ARG_MEAN, memory(p.chan, eng_, Mutable(run_mean + k * c))},
+                            {DNNL_ARG_VARIANCE, memory(p.chan, eng_, Mutable(run_var + k * c))},
+                            {DNNL_ARG_DIFF_DST, memory(p.data, eng_, Mutable(At(dz, k * step)))},
+                            {DNNL_ARG_WORKSPACE, memory(p.ws, eng_, Mutable(ws + k * ws_step))},
+                            {DNNL_ARG_SCALE, memory(p.chan, eng_, Mutable(gamma))},
+                            {DNNL_ARG_DIFF_SRC, memory(p.data, eng_, static_cast<char *>(dy) + k * step)},
+                            {DNNL_ARG_DIFF_SCALE, memory(p.chan, eng_, dg)},
+                            {DNNL_ARG_DIFF_SHIFT, memory(p.chan, eng_, db)},
+                            {DNNL_ARG_SCRATCHPAD, scratch}});
+    stream_.wait();
+    if (k == 0) continue;
+    for (int64_t i = 0; i < c; ++i) {
+      dgamma[i] += dg[i];
+      dbeta[i] += db[i];
+    }
+  }
 }
 
-size_t Engine::BnWorkspaceBytes(const memory::dims &dims, dt act) {
-  return BnFor(dims, 1e-5f, act).ws.get_size();
+size_t Engine::BnWorkspaceBytes(const memory::dims &dims, dt act, int64_t ghost) {
+  const Runs runs = RunsOf(dims, ghost);
+  const size_t ws_step = BnFor(runs.dims, 1e-5f, act).ws.get_size();
+  if (runs.count == 1) return ws_step;
+  return StatsOffset(ws_step, runs.count) + 2 * sizeof(float) * static_cast<size_t>(runs.count * dims[1]);
 }
 
 BnPlan &Engine::BnFor(const memory::dims &dims, float eps, dt act) {

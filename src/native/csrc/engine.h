@@ -245,13 +245,18 @@ class Engine {
 
   // ---- BatchNorm + ReLU, pooling and layout changes of the blocked chain (chain.cc); the
   // activations are of type `act`, the per-channel vectors float32
-  void BnReluFwd(const memory::dims &dims, dt act, float eps, const void *y, const float *gamma,
-                 const float *beta, void *z, float *mean, float *var, uint8_t *ws);
-  void BnReluBwd(const memory::dims &dims, dt act, float eps, const void *dz, const uint8_t *ws,
-                 const void *y, const float *gamma, const float *mean, const float *var,
-                 void *dy, float *dgamma, float *dbeta);
-  // Bytes of the ReLU workspace FastBnReluTrain returns for an (N, C, H, W) input.
-  size_t BnWorkspaceBytes(const memory::dims &dims, dt act);
+  // ghost > 0 and < N: ghost batch normalisation, each run of `ghost` consecutive images
+  // normalised with its own statistics (N a multiple of ghost); mean and var are still the
+  // whole batch's, the per-run statistics are kept in the workspace for the backward pass.
+  void BnReluFwd(const memory::dims &dims, dt act, float eps, int64_t ghost, const void *y,
+                 const float *gamma, const float *beta, void *z, float *mean, float *var,
+                 uint8_t *ws);
+  void BnReluBwd(const memory::dims &dims, dt act, float eps, int64_t ghost, const void *dz,
+                 const uint8_t *ws, const void *y, const float *gamma, const float *mean,
+                 const float *var, void *dy, float *dgamma, float *dbeta);
+  // Bytes of the workspace FastBnReluTrain returns for an (N, C, H, W) input: the ReLU
+  // workspace, and with ghost batches one per run followed by the runs' means and variances.
+  size_t BnWorkspaceBytes(const memory::dims &dims, dt act, int64_t ghost = 0);
   void MaxPool2Fwd(const memory::dims &src_dims, dt act, const void *x, void *y, uint8_t *ws);
   void MaxPool2Bwd(const memory::dims &src_dims, dt act, const void *dy, const uint8_t *ws, void *dx);
   // 2x2 stride-2 max pooling on blocked activations (inference).

@@ -21,9 +21,10 @@
 //   FastConvTrainFwdPlain / FastConvTrainFwdBlocked : x, w -> y blocked
 //   FastConvTrainBwdPlain / FastConvTrainBwdBlocked : dy, x, w -> dx, dw
 //                          (plain x is the network input: its dx is returned as zeros)
-//   FastBnReluTrain      : y, gamma, beta, eps (1) -> z = relu(bn(y)), batch mean, biased var,
-//                          ReLU workspace (uint8, FastBnWorkspaceBytes(N, C, H, W) bytes)
-//   FastBnReluBwd        : dz, workspace, y, gamma, mean, var, eps -> dy, dgamma, dbeta
+//   FastBnReluTrain      : y, gamma, beta, (eps, ghost) -> z = relu(bn(y)), batch mean, biased
+//                          var, workspace (uint8, FastBnWorkspaceBytes(N, C, H, W, bf16, ghost)
+//                          bytes); ghost > 0: ghost batch normalisation (engine.h), else 0
+//   FastBnReluBwd        : dz, workspace, y, gamma, mean, var, (eps, ghost) -> dy, dgamma, dbeta
 //   FastBnStatsUpdate    : moving mean, moving var, batch mean, biased var (C), y (N,C,H,W),
 //                          (1 - momentum, momentum) -> flag (1); the moving statistics updated
 //                          in place as nn.BatchNorm2d updates them (unbiased variance)
@@ -252,30 +253,32 @@ VGG_NATIVE_EXPORT int FastConvTrainBwdBlocked(int nparam, void **params, int *nd
   return TrainBwdKernel("FastConvTrainBwdBlocked", true, nparam, params, ndims, shapes, dtypes);
 }
 
-// y, gamma, beta, eps -> z, mean, var, workspace (y, z float32 or bfloat16; vectors float32)
+// y, gamma, beta, (eps, ghost) -> z, mean, var, workspace (y, z float32 or bfloat16; vectors
+// float32)
 VGG_NATIVE_EXPORT int FastBnReluTrain(int nparam, void **params, int *ndims, int64_t **shapes,
                                        const char **dtypes, void *stream, void *extra) {
   const char *name = "FastBnReluTrain";
   const dt act = nparam == 8 ? ActOf(dtypes[0]) : dt::undef;
   if (nparam != 8 || ndims[0] != 4 || ndims[4] != 4 || act == dt::undef || ActOf(dtypes[4]) != act ||
       !std::equal(shapes[0], shapes[0] + 4, shapes[4]) || !ChannelVectors(ndims, shapes, dtypes, 1, 2, shapes[0][1]) ||
-      !ChannelVectors(ndims, shapes, dtypes, 3, 1, 1) || !ChannelVectors(ndims, shapes, dtypes, 5, 2, shapes[0][1]) ||
+      !ChannelVectors(ndims, shapes, dtypes, 3, 1, 2) || !ChannelVectors(ndims, shapes, dtypes, 5, 2, shapes[0][1]) ||
       ndims[7] != 1 || !IsU8(dtypes[7])) {
-    Fail(name, "expects y (4-D), gamma, beta (C), eps (1), z (y's shape and type), mean, var (C) float32, "
-               "workspace uint8; y float32 or bfloat16");
+    Fail(name, "expects y (4-D), gamma, beta (C), (eps, ghost) (2), z (y's shape and type), mean, var (C) "
+               "float32, workspace uint8; y float32 or bfloat16");
     return 1;
   }
-  const float eps = *static_cast<const float *>(params[3]);
+  const float eps = static_cast<const float *>(params[3])[0];
+  const auto ghost = static_cast<int64_t>(static_cast<const float *>(params[3])[1]);
   return Guarded(name, [&](Engine &e) {
-    if (static_cast<size_t>(shapes[7][0]) != e.BnWorkspaceBytes(Dims4(shapes[0]), act))
+    if (static_cast<size_t>(shapes[7][0]) != e.BnWorkspaceBytes(Dims4(shapes[0]), act, ghost))
       throw std::runtime_error("workspace size differs from FastBnWorkspaceBytes");
-    e.BnReluFwd(Dims4(shapes[0]), act, eps, params[0], static_cast<const float *>(params[1]),
+    e.BnReluFwd(Dims4(shapes[0]), act, eps, ghost, params[0], static_cast<const float *>(params[1]),
                 static_cast<const float *>(params[2]), params[4], static_cast<float *>(params[5]),
                 static_cast<float *>(params[6]), static_cast<uint8_t *>(params[7]));
   });
 }
 
-// dz, workspace, y, gamma, mean, var, eps -> dy, dgamma, dbeta
+// dz, workspace, y, gamma, mean, var, (eps, ghost) -> dy, dgamma, dbeta
 VGG_NATIVE_EXPORT int FastBnReluBwd(int nparam, void **params, int *ndims, int64_t **shapes,
                                      const char **dtypes, void *stream, void *extra) {
   const char *name = "FastBnReluBwd";
@@ -284,15 +287,18 @@ VGG_NATIVE_EXPORT int FastBnReluBwd(int nparam, void **params, int *ndims, int64
   for (int i : {0, 2, 7})
     ok = ok && ndims[i] == 4 && ActOf(dtypes[i]) == act && std::equal(shapes[0], shapes[0] + 4, shapes[i]);
   ok = ok && act != dt::undef && ChannelVectors(ndims, shapes, dtypes, 3, 3, shapes[0][1]) &&
-       ChannelVectors(ndims, shapes, dtypes, 6, 1, 1) && ChannelVectors(ndims, shapes, dtypes, 8, 2, shapes[0][1]);
+       ChannelVectors(ndims, shapes, dtypes, 6, 1, 2) && ChannelVectors(ndims, shapes, dtypes, 8, 2, shapes[0][1]);
   if (!ok) {
-    Fail(name, "expects dz (4-D), workspace (uint8), y (4-D), gamma, mean, var (C), eps (1), dy (4-D), dgamma, "
+    Fail(name, "expects dz (4-D), workspace (uint8), y (4-D), gamma, mean, var (C), (eps, ghost) (2), dy (4-D), dgamma, "
                "dbeta (C); dz, y, dy of one type (float32 or bfloat16), the rest float32");
     return 1;
   }
-  const float eps = *static_cast<const float *>(params[6]);
+  const float eps = static_cast<const float *>(params[6])[0];
+  const auto ghost = static_cast<int64_t>(static_cast<const float *>(params[6])[1]);
   return Guarded(name, [&](Engine &e) {
-    e.BnReluBwd(Dims4(shapes[0]), act, eps, params[0], static_cast<const uint8_t *>(params[1]), params[2],
+    if (static_cast<size_t>(shapes[1][0]) != e.BnWorkspaceBytes(Dims4(shapes[0]), act, ghost))
+      throw std::runtime_error("workspace size differs from FastBnWorkspaceBytes");
+    e.BnReluBwd(Dims4(shapes[0]), act, eps, ghost, params[0], static_cast<const uint8_t *>(params[1]), params[2],
                 static_cast<const float *>(params[3]), static_cast<const float *>(params[4]),
                 static_cast<const float *>(params[5]), params[7], static_cast<float *>(params[8]),
                 static_cast<float *>(params[9]));
@@ -339,11 +345,13 @@ VGG_NATIVE_EXPORT int FastReferenceKernels() {
 }
 
 // Bytes of FastBnReluTrain's workspace for an (n, c, h, w) input of float32 (bf16 = 0) or
-// bfloat16 (bf16 = 1) activations; -1 on error.
-VGG_NATIVE_EXPORT int64_t FastBnWorkspaceBytes(int64_t n, int64_t c, int64_t h, int64_t w, int64_t bf16) {
+// bfloat16 (bf16 = 1) activations, with ghost batches of `ghost` images (0: none); -1 on error
+// (also when n is not a multiple of a ghost batch smaller than n).
+VGG_NATIVE_EXPORT int64_t FastBnWorkspaceBytes(int64_t n, int64_t c, int64_t h, int64_t w, int64_t bf16,
+                                               int64_t ghost) {
   size_t bytes = 0;
   int status = Guarded("FastBnWorkspaceBytes", [&](Engine &e) {
-    bytes = e.BnWorkspaceBytes({n, c, h, w}, bf16 ? dt::bf16 : dt::f32);
+    bytes = e.BnWorkspaceBytes({n, c, h, w}, bf16 ? dt::bf16 : dt::f32, ghost);
   });
   return status == 0 ? static_cast<int64_t>(bytes) : -1;
 }

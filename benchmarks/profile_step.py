@@ -4,6 +4,7 @@ benchmark's training row runs it) under ONEDNN_VERBOSE=profile_exec.
     python benchmarks/profile_step.py [--image 32] [--batch 64] [--precision bfloat16]
                                       [--warmup 3] [--steps 5] [--out FILE.json]
                                       [--matmul_weights_max_pixels N] [--eval]
+                                      [--ghost_batch N]
 
 A child process builds the network and train step from cifar10_config.yaml at the given size,
 batch and cpu_precision (native kernels on), runs the warm-up steps, then the timed ones between
@@ -15,7 +16,8 @@ CPU flags) and prints the table. --matmul_weights_max_pixels sets
 VGG_NATIVE_MATMUL_WEIGHTS_MAX_PIXELS for the profiled process (0: every weight gradient on
 oneDNN's convolution kernels, to compare with the default im2col + matmul on small outputs).
 --eval profiles inference instead, as the benchmark's evaluation row runs it (set_train(False),
-one forward pass of the batch per step).
+one forward pass of the batch per step). --ghost_batch trains with ghost batch normalisation
+(`ghost_batch_size`), as train.py builds it.
 """
 import argparse
 import collections
@@ -80,10 +82,12 @@ def child(args):
     from src.factory import build_network
 
     config = workers_cpu.repo_config(args.image, args.batch, "auto", args.precision)
+    if args.ghost_batch:
+        config = config.replace(ghost_batch_size=args.ghost_batch)
     workers_cpu.start_repo_runtime(config)
     import native_kernels
 
-    net = build_network(config, "CPU")
+    net = build_network(config, "CPU", training=not args.eval)
     precision, detail = native_kernels.network_precision(net)
     if args.eval:
         import mindspore as ms
@@ -137,10 +141,15 @@ def parse_args(argv=None):
                              "(default: the library's own choice)")
     parser.add_argument("--eval", action="store_true",
                         help="profile inference (one forward pass per step) instead of training")
+    parser.add_argument("--ghost_batch", type=int, default=0,
+                        help="train with ghost batch normalisation over runs of N images "
+                             "(ghost_batch_size; 0: off)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.steps < 1 or args.warmup < 0 or args.batch < 1 or args.image < 32:
         parser.error("--steps and --batch must be >= 1, --warmup >= 0, --image >= 32")
+    if args.ghost_batch < 0 or (args.ghost_batch and args.batch % args.ghost_batch):
+        parser.error("--ghost_batch must divide --batch (0: off)")
     return args
 
 
@@ -156,7 +165,8 @@ def main(argv=None):
         env[MATMUL_WEIGHTS_VAR] = str(args.matmul_weights_max_pixels)
     cmd = [sys.executable, os.path.abspath(__file__), "--child", f"--image={args.image}",
            f"--batch={args.batch}", f"--precision={args.precision}", f"--warmup={args.warmup}",
-           f"--steps={args.steps}"] + (["--eval"] if args.eval else [])
+           f"--steps={args.steps}", f"--ghost_batch={args.ghost_batch}"] + (
+               ["--eval"] if args.eval else [])
     started = time.time()
     described = machine.machine_description()  # its load average: at the start
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=harness.ROOT)
@@ -180,6 +190,7 @@ def main(argv=None):
               "precision_detail": result["precision_detail"],
               "activation_layout": result["activation_layout"], "steps": args.steps,
               "warmup": args.warmup, "matmul_weights_max_pixels": args.matmul_weights_max_pixels,
+              "ghost_batch": args.ghost_batch,
               "step_s": result["step_s"], **summary,
               "machine": {k: described[k] for k in ("cpu_model", "usable_cpus", "cpu_flags",
                                                     "load_average_start")},
@@ -188,7 +199,8 @@ def main(argv=None):
     print(f"{'inference' if args.eval else 'training'}, "
           f"{args.image}x{args.image} batch {args.batch}, {result['precision']} "
           f"{result['activation_layout']} "
-          f"({result['precision_detail']}), {args.steps} steps after {args.warmup} warm-up")
+          f"({result['precision_detail']}), {args.steps} steps after {args.warmup} warm-up"
+          + (f", ghost batches of {args.ghost_batch}" if args.ghost_batch else ""))
     print(table(summary))
     if args.out:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)

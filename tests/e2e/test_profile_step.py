@@ -59,6 +59,23 @@ def test_a_real_step_is_profiled(library, tmp_path):
     assert report["activation_layout"] in ("nChw16c", "nhwc")
 
 
+def test_ghost_batches_run_one_batchnorm_per_run(library, tmp_path):
+    """--ghost_batch 2 on a batch of 4: the native chain runs each BatchNorm + ReLU (forward and
+    backward) once per run of 2 images: 26 times a step for VGG16's 13."""
+    out = tmp_path / "profile.json"
+    proc = subprocess.run([sys.executable, "benchmarks/profile_step.py", "--batch", "4",
+                           "--ghost_batch", "2", "--warmup", "1", "--steps", "1",
+                           "--precision", "float32", "--out", str(out)], cwd=REPO,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert report["ghost_batch"] == 2 and "ghost batches of 2" in proc.stdout
+    calls = report["calls_per_step"]
+    assert calls["batch_normalization forward_training"] == 26
+    assert calls["batch_normalization backward"] == 26
+    assert calls["convolution forward_training"] == 13
+
+
 def test_inference_is_profiled_with_eval(library, tmp_path):
     """--eval: one forward pass per step, so the convolutions run as inference (BatchNorm
     folded: no batch_normalization or backward primitive), and the report says so."""

@@ -55,7 +55,7 @@ def build_network(config, device_target="CPU", num_classes=None, training=False)
     trains (with ghost batch normalisation when ghost_batch_size asks for it; inference and
     checkpoints are the same either way)."""
     builder = getattr(vgg, model_name(config))
-    ghost = config.get("ghost_batch_size", 0) if training and config.batch_norm else 0
+    ghost = config.get("ghost_batch_size", 0) if training else 0  # used only with BatchNorm
     net = builder(**layer_cells_for(config, device_target), **network_kwargs(config, num_classes),
                   ghost_batch=ghost)
     if device_target == "CPU":

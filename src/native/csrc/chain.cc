@@ -27,17 +27,17 @@ const char *At(const void *p, size_t offset) { return static_cast<const char *>(
 // How a batch splits into runs of images with their own statistics (ghost batch
 // normalisation): one run of N images unless 0 < ghost < N.
 struct Runs {
-  int64_t size, count;
+  int64_t count;
   memory::dims dims;  // of one run
 };
 
 Runs RunsOf(const memory::dims &dims, int64_t ghost) {
   const int64_t n = dims[0];
-  if (ghost <= 0 || ghost >= n) return {n, 1, dims};
+  if (ghost <= 0 || ghost >= n) return {1, dims};
   if (n % ghost != 0)
     throw std::runtime_error("a batch of " + std::to_string(n) + " images is not a multiple of the ghost batch of " +
                              std::to_string(ghost));
-  return {ghost, n / ghost, {ghost, dims[1], dims[2], dims[3]}};
+  return {n / ghost, {ghost, dims[1], dims[2], dims[3]}};
 }
 
 // Byte offset of the runs' means in the workspace (then their variances): after one ReLU

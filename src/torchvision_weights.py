@@ -1,8 +1,11 @@
 """Maps a torchvision VGG state dict (as NumPy arrays) onto this repository's parameter names.
 
 The layouts are the same (`features.N`, `classifier.0/3/6`); only BatchNorm names differ, and
-torchvision's `num_batches_tracked` counters have no counterpart. No torch import here: the
-caller turns tensors into arrays, so training and evaluation never need PyTorch.
+torchvision's `num_batches_tracked` counters have no counterpart. timm's VGG state dicts hold
+the same tensors with the first two classifier layers as convolutions (`pre_logits.fc1`: 7x7
+over the 512x7x7 features, `pre_logits.fc2`: 1x1) and the last as `head.fc`;
+`from_timm_layout` turns them back. No torch import here: the caller turns tensors into
+arrays, so training and evaluation never need PyTorch.
 """
 import numpy as np
 
@@ -56,6 +59,28 @@ def torchvision_layout(model_name, num_classes):
     return layout
 
 
+# timm name prefix -> torchvision classifier layer
+TIMM_HEAD = {"pre_logits.fc1": "classifier.0", "pre_logits.fc2": "classifier.3",
+             "head.fc": "classifier.6"}
+
+
+def from_timm_layout(state_dict):
+    """A timm VGG state dict renamed to torchvision's layout (its convolutional classifier
+    weights flattened to dense ones: the 7x7 kernel over 512x7x7 features is the dense layer
+    over the same values in channel-major order); any other state dict is returned as is."""
+    if not any(name.startswith(tuple(TIMM_HEAD)) for name in state_dict):
+        return state_dict
+    renamed = {}
+    for name, value in state_dict.items():
+        prefix, dot, suffix = name.rpartition(".")
+        if prefix in TIMM_HEAD:
+            name = f"{TIMM_HEAD[prefix]}{dot}{suffix}"
+            if suffix == "weight" and np.ndim(value) == 4:
+                value = np.reshape(value, (np.shape(value)[0], -1))
+        renamed[name] = value
+    return renamed
+
+
 def detect_variant(state_dict):
     """(model name such as 'vgg16_bn', class count) read from a torchvision VGG state dict."""
     convs = [k for k, v in state_dict.items()
@@ -63,13 +88,14 @@ def detect_variant(state_dict):
     head = state_dict.get("classifier.6.weight")
     if not convs or head is None or np.ndim(head) != 2:
         sample = ", ".join(list(state_dict)[:3]) or "no keys"
-        raise UserError(f"not a torchvision VGG state dict: expected keys such as "
-                        f"features.0.weight and classifier.6.weight, found {sample}")
+        raise UserError(f"not a torchvision or timm VGG state dict: expected keys such as "
+                        f"features.0.weight and classifier.6.weight (timm: head.fc.weight), "
+                        f"found {sample}")
     batch_norm = any(k.endswith(".running_mean") for k in state_dict)
     for arch, count in CONV_COUNTS.items():
         if count == len(convs):
             return arch + ("_bn" if batch_norm else ""), int(np.shape(head)[0])
-    raise UserError(f"not a torchvision VGG state dict: {len(convs)} convolutions, but VGG "
+    raise UserError(f"not a torchvision or timm VGG state dict: {len(convs)} convolutions, but VGG "
                     f"variants have {', '.join(map(str, sorted(CONV_COUNTS.values())))}")
 
 

@@ -183,13 +183,17 @@ ROWS = [
     Row("predict: folder without images", "predict",
         ["--model={d}/weights.ckpt", "--image={d}/empty"], ["{d}/empty holds no images"]),
     Row("convert: .pth missing", "convert", ["--pth={d}/no.pth", "--output={run}/out.ckpt"],
-        ["pth: {d}/no.pth is not a file"]),
+        ["weights: {d}/no.pth is not a file"]),
     Row("convert: .pth that runs code", "convert",
         ["--pth={d}/evil.pth", "--output={run}/out.ckpt"],
-        ["pth: {d}/evil.pth refused by torch.load(weights_only=True)", "GLOBAL posix.system"]),
+        ["weights: {d}/evil.pth refused by torch.load(weights_only=True)",
+         "GLOBAL posix.system"]),
     Row("convert: MindSpore checkpoint as .pth", "convert",
         ["--pth={d}/weights.ckpt", "--output={run}/out.ckpt"],
-        ["pth: {d}/weights.ckpt refused by torch.load"]),
+        ["weights: {d}/weights.ckpt refused by torch.load"]),
+    Row("convert: truncated .safetensors", "convert",
+        ["--weights={d}/cut.safetensors", "--output={run}/out.ckpt"],
+        ["weights: {d}/cut.safetensors is truncated or corrupt", "features.0.weight"]),
     # --- shell launchers ------------------------------------------------------------------
     Row("run_infer_310.sh without arguments", "run_infer_310.sh", [],
         ["expected 4 or 5 arguments, got 0"]),
@@ -312,6 +316,12 @@ def bad_data(tmp_path_factory):
     with open(os.path.join(d, "notes.ckpt"), "w", encoding="utf-8") as handle:
         handle.write("this is not a checkpoint\n")
     torch.save({"features.0.weight": torch.zeros(64, 3, 3, 3)}, os.path.join(d, "torch.pth"))
+    from safetensors.torch import save_file
+
+    cut = os.path.join(d, "cut.safetensors")
+    save_file({"features.0.weight": torch.ones(64, 3, 3, 3)}, cut)
+    with open(cut, "r+b") as handle:
+        handle.truncate(os.path.getsize(cut) - 100)
     torch.save({"features.0.weight": RunsCode(os.path.join(d, "MARKER"))},
                os.path.join(d, "evil.pth"))
     return d

@@ -269,7 +269,7 @@ def test_wrong_arch_is_one_line_naming_the_right_one(tmp_path, capsys):
 
 @pytest.mark.parametrize("content, message", [
     ([1, 2, 3], "holds a list, not a state dict"),
-    ({"fc.weight": torch.zeros(3, 4)}, "not a torchvision VGG state dict"),
+    ({"fc.weight": torch.zeros(3, 4)}, "not a torchvision or timm VGG state dict"),
     ({"features.0.weight": torch.zeros(64, 3, 3, 3), "classifier.6.weight": torch.zeros(10, 4096)},
      "1 convolutions"),
 ])
@@ -320,3 +320,60 @@ def test_wrapped_state_dict_and_class_count_check(tmp_path, capsys):
     assert code == 1 and len(lines) == 1
     assert "10-class classifier, not --num_classes=1000" in lines[0]
     assert not (tmp_path / "x.ckpt").exists()
+
+
+# ---------------------------------------------------------------- timm layout, .safetensors
+
+def timm_layout(model):
+    """The state dict a timm VGG of the same weights holds: the first two classifier layers as
+    7x7 and 1x1 convolutions (`pre_logits.fc1/fc2`), the last as `head.fc`."""
+    state = dict(model.state_dict())
+    fc1, fc2 = state.pop("classifier.0.weight"), state.pop("classifier.3.weight")
+    state["pre_logits.fc1.weight"] = fc1.reshape(fc1.shape[0], 512, 7, 7)
+    state["pre_logits.fc2.weight"] = fc2.reshape(*fc2.shape, 1, 1)
+    for old, new in (("classifier.0", "pre_logits.fc1"), ("classifier.3", "pre_logits.fc2"),
+                     ("classifier.6", "head.fc")):
+        for kind in ("weight", "bias"):
+            if f"{old}.{kind}" in state:
+                state[f"{new}.{kind}"] = state.pop(f"{old}.{kind}")
+    return state
+
+
+def test_timm_safetensors_convert_to_the_torchvision_checkpoint(tmp_path, capsys):
+    """A timm-layout .safetensors of the same weights gives exactly the checkpoint of the
+    torchvision .pth, and timm's 7x7 convolution head computes what the dense layer does."""
+    from safetensors.torch import save_file
+
+    model = torchvision_vgg("vgg11_bn", seed=3)
+    timm_state = timm_layout(model)
+    features = torch.randn(2, 512, 7, 7)
+    with torch.no_grad():
+        as_conv = torch.nn.functional.conv2d(features, timm_state["pre_logits.fc1.weight"],
+                                             timm_state["pre_logits.fc1.bias"]).flatten(1)
+        np.testing.assert_allclose(as_conv.numpy(), model.classifier[0](features.flatten(1)),
+                                   rtol=0, atol=1e-4)
+    pth, safetensors = str(tmp_path / "tv.pth"), str(tmp_path / "timm.safetensors")
+    torch.save(model.state_dict(), pth)
+    save_file({k: v.contiguous() for k, v in timm_state.items()}, safetensors)
+    del model, timm_state
+    convert_torchvision.main([f"--pth={pth}", f"--output={tmp_path / 'tv.ckpt'}"])
+    convert_torchvision.main([f"--weights={safetensors}", "--arch=vgg11_bn",
+                              f"--output={tmp_path / 'timm.ckpt'}"])
+    assert "timm.safetensors (vgg11_bn, 1000 classes)" in capsys.readouterr().out
+    want = {k: v.asnumpy() for k, v in ckpt.read_checkpoint(str(tmp_path / "tv.ckpt")).items()
+            if not k.startswith("meta.")}
+    got = {k: v.asnumpy() for k, v in ckpt.read_checkpoint(str(tmp_path / "timm.ckpt")).items()
+           if not k.startswith("meta.")}
+    assert sorted(got) == sorted(want)
+    for name, value in want.items():
+        np.testing.assert_array_equal(got[name], value, err_msg=name)
+
+
+def test_safetensors_without_vgg_names_is_one_line(tmp_path, capsys):
+    from safetensors.torch import save_file
+
+    path = str(tmp_path / "other.safetensors")
+    save_file({"encoder.weight": torch.zeros(2, 2)}, path)
+    code, lines = run_converter([f"--weights={path}", f"--output={tmp_path / 'x.ckpt'}"], capsys)
+    assert code == 1 and len(lines) == 1
+    assert "not a torchvision or timm VGG state dict" in lines[0] and "encoder.weight" in lines[0]

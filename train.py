@@ -11,7 +11,9 @@ signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
 from model_utils.config import save_config  # noqa: E402
 from model_utils.entry import run_with_config  # noqa: E402
 from src import checkpoint as ckpt
+from src.class_names import CIFAR10_META_FILE, CLASS_NAMES_FILE, cifar10_meta_names
 from src.cli import run_entry
+from src.dataset import CIFAR10_TRAIN_DIR, find_classes, imagenet_folder
 from src.errors import UserError
 from src.factory import build_dataset, build_network, model_name, whiten_stem
 from src.profiling import StepProfiler
@@ -62,22 +64,42 @@ def load_pretrained(net, config, log):
 
 
 def save_class_names(config, paths, log):
-    """Folder-mode ImageNet-style data: the class folders must match num_classes; their
-    names (index order) go to class_names.json for eval, export and predict."""
-    if config.dataset != "imagenet2012" or config.data_list:
+    """Class names in index order to class_names.json, for eval, export and predict: the class
+    folders of folder-mode ImageNet-style data (they must match num_classes), or the names in
+    the CIFAR-10 release's batches.meta.txt when it is there."""
+    if config.dataset == "cifar10":
+        names = cifar10_class_names(config, log)
+    elif not config.data_list:
+        names = folder_class_names(config)
+    else:
+        names = None
+    if not names:
         return
-    from src.dataset import find_classes, imagenet_folder
+    path = os.path.join(paths.run_dir, CLASS_NAMES_FILE)
+    with open(path, "w", encoding="utf-8") as handle:
+        json.dump(names, handle, indent=1)
+    shown = ", ".join(f"{i}={name}" for i, name in enumerate(names[:20]))
+    log.info("classes: %s%s (saved to %s)", shown, ", ..." if len(names) > 20 else "", path)
 
+
+def folder_class_names(config):
     folder = imagenet_folder(config.data_dir, training=True)
     classes = find_classes(folder)
     if len(classes) != config.num_classes:
         raise UserError(f"{folder} has {len(classes)} class folders but num_classes is "
                         f"{config.num_classes}; set --num_classes={len(classes)}")
-    path = os.path.join(paths.run_dir, "class_names.json")
-    with open(path, "w", encoding="utf-8") as handle:
-        json.dump(classes, handle, indent=1)
-    shown = ", ".join(f"{i}={name}" for i, name in enumerate(classes[:20]))
-    log.info("classes: %s%s (saved to %s)", shown, ", ..." if len(classes) > 20 else "", path)
+    return classes
+
+
+def cifar10_class_names(config, log):
+    """batches.meta.txt's names; none (logged) when it lists another count than num_classes."""
+    folder = os.path.join(config.data_dir, CIFAR10_TRAIN_DIR)
+    names = cifar10_meta_names(folder)
+    if names is not None and len(names) != config.num_classes:
+        log.info("%s lists %d class names but num_classes is %d: classes are shown by index",
+                 os.path.join(folder, CIFAR10_META_FILE), len(names), config.num_classes)
+        return None
+    return names
 
 
 def staged_config_yaml(config, paths, runtime):

@@ -15,6 +15,7 @@ import glob
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -25,11 +26,13 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 import cifar_bin  # noqa: E402  (path set just above)
 
+from src.class_names import CIFAR10_META_FILE  # noqa: E402
 from src.dataset import CIFAR10_EVAL_DIR, CIFAR10_TRAIN_DIR  # noqa: E402
 
 
 def split_holdout(cifar_dir, out_dir, holdout):
-    """Write OUT/data/{cifar-10-batches-bin,cifar-10-verify-bin} from the training files."""
+    """Write OUT/data/{cifar-10-batches-bin,cifar-10-verify-bin} from the training files, with
+    the release's class names (batches.meta.txt) when it has them."""
     files = sorted(glob.glob(os.path.join(cifar_dir, CIFAR10_TRAIN_DIR, "data_batch_*.bin")))
     if not files:
         sys.exit(f"error: no data_batch_*.bin under {cifar_dir}/{CIFAR10_TRAIN_DIR}")
@@ -39,6 +42,9 @@ def split_holdout(cifar_dir, out_dir, holdout):
                             records[:-holdout])
     cifar_bin.write_records(os.path.join(data, CIFAR10_EVAL_DIR, "test_batch.bin"),
                             records[-holdout:])
+    meta = os.path.join(cifar_dir, CIFAR10_TRAIN_DIR, CIFAR10_META_FILE)
+    if os.path.isfile(meta):
+        shutil.copyfile(meta, os.path.join(data, CIFAR10_TRAIN_DIR, CIFAR10_META_FILE))
     return data, len(records) - holdout
 
 

@@ -21,6 +21,7 @@ from tests.helpers import (
     quick_config,
     run_python,
     tiny_net,
+    write_learnable_cifar,
 )
 
 
@@ -336,3 +337,33 @@ def test_unwritable_output_folder(data, tmp_path):
     assert result.returncode == 1
     assert result.stderr.strip().startswith("error: output folder")
     assert "Traceback" not in result.stderr
+
+
+CIFAR10_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
+                 "ship", "truck"]
+
+
+@pytest.mark.parametrize("meta, saved", [
+    ("\n".join(CIFAR10_NAMES) + "\n\n", CIFAR10_NAMES),  # as the release writes it
+    ("\n".join(CIFAR10_NAMES[:9]) + "\n", None),  # 9 names for 10 classes: by index
+    (None, None),  # no batches.meta.txt
+])
+def test_cifar10_class_names_come_from_the_release_meta_file(tmp_path, meta, saved):
+    import logging
+    from types import SimpleNamespace
+
+    import train
+    from src.class_names import find_class_names, read_class_names
+
+    data = write_learnable_cifar(tmp_path / "data", n_train=4, n_eval=0)
+    if meta is not None:
+        (tmp_path / "data" / "cifar-10-batches-bin" / "batches.meta.txt").write_text(meta)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    config = quick_config(f"--data_dir={data}")
+    train.save_class_names(config, SimpleNamespace(run_dir=str(run_dir)), logging.getLogger("t"))
+    found = find_class_names(str(run_dir / "vgg16_bn-1_1.ckpt"))
+    if saved is None:
+        assert found is None
+    else:
+        assert read_class_names(found, 10) == saved

@@ -3,6 +3,7 @@ import contextlib
 import json
 import os
 import signal
+import time
 
 # Ctrl-C is handled between training steps (see StopRequest in src/trainer.py); the block
 # must be in place before MindSpore starts its threads, which inherit it.
@@ -17,7 +18,7 @@ from src.dataset import CIFAR10_TRAIN_DIR, find_classes, imagenet_folder
 from src.errors import UserError
 from src.factory import build_dataset, build_network, model_name, whiten_stem
 from src.profiling import StepProfiler
-from src.progress import setup_logger
+from src.progress import format_duration, setup_logger
 from src.runtime import setup_runtime
 from src.sync_bn import apply_sync_bn
 from src.trainer import RunPaths, Trainer
@@ -185,9 +186,21 @@ def train(config):
     if runtime.is_master:
         save_config(config, paths.run_dir)
     remaining = config.max_epoch * trainer.steps_per_epoch - trainer.position.global_step
+    start = time.perf_counter()
     with profiler.recording(remaining) if profiler else contextlib.nullcontext():
         trainer.train()
-    log.info("training finished; checkpoints in %s", paths.ckpt_dir)
+    log.info("training finished in %s%s%s; checkpoints in %s",
+             format_duration(time.perf_counter() - start), " since the resume" if resume else "",
+             best_summary(trainer.evaluator), paths.ckpt_dir)
+
+
+def best_summary(evaluator):
+    """', best top-1 0.8824 after epoch 10 (EMA weights)' when this process evaluated (the
+    best of its evaluations: a resumed run's earlier ones are in metrics.csv)."""
+    if not evaluator.best_epoch:
+        return ""
+    ema = " (EMA weights)" if evaluator.ema.on else ""
+    return f", best top-1 {evaluator.best_acc:.4f} after epoch {evaluator.best_epoch}{ema}"
 
 
 def main():

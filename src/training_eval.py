@@ -23,6 +23,7 @@ class TrainingEvaluator:
     checkpoints: TrainingCheckpoints
     log: logging.Logger
     best_acc: float = -1.0
+    best_epoch: int = 0  # epochs completed when best_acc was reached (0: no evaluation yet)
 
     def after_epoch(self, pos, metrics):
         """Evaluate when pos.epoch (epochs completed) is a multiple of eval_interval."""
@@ -46,8 +47,10 @@ class TrainingEvaluator:
             row.update(ema_top1=f"{chosen.acc:.6f}", ema_top5=f"{chosen.acc5:.6f}")
         if metrics is not None:
             metrics.add(epoch=pos.epoch, global_step=pos.global_step, **row)
-        if chosen.acc > self.best_acc and self.checkpoints.paths.writes_checkpoints:
-            self._save_best(pos, chosen.acc)
+        if chosen.acc > self.best_acc:
+            self.best_acc, self.best_epoch = chosen.acc, pos.epoch
+            if self.checkpoints.paths.writes_checkpoints:
+                self._save_best(pos, chosen.acc)
         return counts
 
     def _counts(self):
@@ -57,7 +60,6 @@ class TrainingEvaluator:
 
     def _save_best(self, pos, acc):
         """<arch>-best.ckpt: the weights that scored best (the averages when EMA is on)."""
-        self.best_acc = acc
         path = self.checkpoints.save_weights(self.ema.chosen_weights(self.net), "best", pos)
         self.log.info("new best top1 %.4f%s: %s", acc, " (EMA weights)" if self.ema.on else "",
                       path)

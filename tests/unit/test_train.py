@@ -1,6 +1,7 @@
 """Training: schedules, parameter groups, checkpoints, exact resume, failure handling."""
 import math
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -188,6 +189,9 @@ def test_training_learns_and_writes_its_outputs(reference_run):
     assert np.mean(losses[-2:]) < np.mean(losses[:2])
     evals = [float(r["eval_top1"]) for r in rows if r["eval_top1"]]
     assert len(evals) == 2 and evals[-1] > 0.3  # 10 classes: chance is 0.1
+    best = int(np.argmax(evals))  # the first of equal ones
+    assert re.search(rf"training finished in 0:\d\d:\d\d, best top-1 {evals[best]:.4f} after "
+                     rf"epoch {best + 1}; checkpoints in ", stdout), stdout[-500:]
     for name in ("config.yaml", "metrics.png", "vgg11_bn-1_8.ckpt", "vgg11_bn-2_8.ckpt",
                  "vgg11_bn-best.ckpt", "train_rank0.log"):
         assert os.path.isfile(os.path.join(run_dir, name)), name
@@ -212,6 +216,7 @@ def test_resume_from_epoch_checkpoint_is_exact(reference_run, data, tmp_path):
     resumed = first_checkpoint_in(run_dir, tmp_path / "resumed").parent
     result = run_train([f"--data_dir={data}", f"--ckpt_path={resumed}", "--resume=auto"])
     assert "resumed from" in result.stdout and "global step 8" in result.stdout
+    assert re.search(r"since the resume, best top-1 [0-9.]+ after epoch 2;", result.stdout)
     expected = checkpoint_arrays(os.path.join(run_dir, "vgg11_bn-2_8.ckpt"))
     got = checkpoint_arrays(str(resumed / "vgg11_bn-2_8.ckpt"))
     assert expected.keys() == got.keys()

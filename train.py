@@ -14,7 +14,7 @@ from model_utils.entry import run_with_config  # noqa: E402
 from src import checkpoint as ckpt
 from src.class_names import CIFAR10_META_FILE, CLASS_NAMES_FILE, cifar10_meta_names
 from src.cli import run_entry
-from src.dataset import CIFAR10_TRAIN_DIR, find_classes, imagenet_folder
+from src.dataset import cifar10_folder, find_classes, imagenet_folder
 from src.errors import UserError
 from src.factory import build_dataset, build_network, model_name, whiten_stem
 from src.profiling import StepProfiler
@@ -93,9 +93,14 @@ def folder_class_names(config):
 
 
 def cifar10_class_names(config, log):
-    """batches.meta.txt's names; none (logged) when it lists another count than num_classes."""
-    folder = os.path.join(config.data_dir, CIFAR10_TRAIN_DIR)
-    names = cifar10_meta_names(folder)
+    """batches.meta.txt's names; none (logged: the names are optional) when it cannot be read
+    or lists another count than num_classes."""
+    folder = cifar10_folder(config.data_dir, training=True)
+    try:
+        names = cifar10_meta_names(folder)
+    except UserError as err:
+        log.info("%s; classes are shown by index", err)
+        return None
     if names is not None and len(names) != config.num_classes:
         log.info("%s lists %d class names but num_classes is %d: classes are shown by index",
                  os.path.join(folder, CIFAR10_META_FILE), len(names), config.num_classes)
@@ -195,12 +200,12 @@ def train(config):
 
 
 def best_summary(evaluator):
-    """', best top-1 0.8824 after epoch 10 (EMA weights)' when this process evaluated (the
-    best of its evaluations: a resumed run's earlier ones are in metrics.csv)."""
+    """'; best top-1 0.8824 after epoch 10 (EMA weights)' once the run has evaluated (the
+    best of the run folder: a resumed run starts from the one <arch>-best.ckpt holds)."""
     if not evaluator.best_epoch:
         return ""
     ema = " (EMA weights)" if evaluator.ema.on else ""
-    return f", best top-1 {evaluator.best_acc:.4f} after epoch {evaluator.best_epoch}{ema}"
+    return f"; best top-1 {evaluator.best_acc:.4f} after epoch {evaluator.best_epoch}{ema}"
 
 
 def main():

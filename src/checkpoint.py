@@ -8,7 +8,7 @@ import re
 from src.errors import UserError
 
 META_KEYS = ("epoch", "step_in_epoch", "global_step", "steps_per_epoch", "accumulate_steps",
-             "arch", "config_yaml")
+             "arch", "config_yaml", "top1")
 # Stored under this prefix so they never collide with parameter names (the optimizer has a
 # `global_step` parameter of its own).
 META_PREFIX = "meta."

@@ -48,7 +48,7 @@ def cifar10_meta_names(folder):
     if not os.path.isfile(path):
         return None
     try:
-        with open(path, encoding="utf-8") as handle:
+        with open(path, encoding="utf-8-sig") as handle:  # a BOM is not part of a name
             return [line.strip() for line in handle if line.strip()]
     except (OSError, UnicodeDecodeError) as err:
         raise UserError(f"cannot read the class names in {path} ({err})") from None

@@ -118,13 +118,18 @@ def write_cifar10_bin(path, images, labels):
     return path
 
 
+def cifar10_folder(data_dir, training):
+    """The folder of one split's .bin files: DATA/cifar-10-batches-bin (or -verify-bin), or
+    data_dir itself when it is the split folder (as the extracted release is)."""
+    folder = os.path.join(data_dir, CIFAR10_TRAIN_DIR if training else CIFAR10_EVAL_DIR)
+    return folder if os.path.isdir(folder) else data_dir
+
+
 def cifar10_files(data_dir, training):
     """The .bin files of one split, sorted; data_dir is the root or the split folder itself."""
     sub = CIFAR10_TRAIN_DIR if training else CIFAR10_EVAL_DIR
     pattern = "data_batch_" if training else "test_batch"
-    folder = os.path.join(data_dir, sub)
-    if not os.path.isdir(folder):
-        folder = data_dir
+    folder = cifar10_folder(data_dir, training)
     files = sorted(os.path.join(folder, f) for f in os.listdir(folder)
                    if f.startswith(pattern) and f.endswith(".bin"))
     if not files:

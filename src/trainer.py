@@ -256,6 +256,9 @@ class Trainer:
         self.log.info("resumed from %s at epoch %d, step %d (global step %d, lr %.6f)", path,
                       self.position.epoch + 1, self.position.step_in_epoch,
                       self.position.global_step, self._lr_at(self.position.global_step))
+        best = self.evaluator.restore_best(self.position.epoch)
+        if best:
+            self.log.info("%s", best)
 
     def _lr_at(self, global_step):
         """The rate of the optimizer step that batch number global_step belongs to."""

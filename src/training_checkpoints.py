@@ -121,13 +121,17 @@ class TrainingCheckpoints:
         self.last = path
         return path
 
-    def save_weights(self, weights, kind, position):
+    def weights_path(self, kind):
+        """<run folder>/<arch>-<kind>.ckpt."""
+        return os.path.join(self.paths.ckpt_dir, f"{self.paths.prefix}-{kind}.ckpt")
+
+    def save_weights(self, weights, kind, position, meta=None):
         """<run folder>/<arch>-<kind>.ckpt: weights alone (best, ema), the form eval.py and
-        export.py load; returns its path."""
-        path = os.path.join(self.paths.ckpt_dir, f"{self.paths.prefix}-{kind}.ckpt")
+        export.py load, with `meta` added to the metadata; returns its path."""
+        path = self.weights_path(kind)
         ckpt.save_checkpoint(weights, path, {
             "epoch": position.epoch, "global_step": position.global_step,
-            "arch": self.paths.prefix, "config_yaml": self.config_yaml})
+            "arch": self.paths.prefix, "config_yaml": self.config_yaml, **(meta or {})})
         return path
 
     def resume(self, path):

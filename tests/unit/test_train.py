@@ -190,7 +190,7 @@ def test_training_learns_and_writes_its_outputs(reference_run):
     evals = [float(r["eval_top1"]) for r in rows if r["eval_top1"]]
     assert len(evals) == 2 and evals[-1] > 0.3  # 10 classes: chance is 0.1
     best = int(np.argmax(evals))  # the first of equal ones
-    assert re.search(rf"training finished in 0:\d\d:\d\d, best top-1 {evals[best]:.4f} after "
+    assert re.search(rf"training finished in 0:\d\d:\d\d; best top-1 {evals[best]:.4f} after "
                      rf"epoch {best + 1}; checkpoints in ", stdout), stdout[-500:]
     for name in ("config.yaml", "metrics.png", "vgg11_bn-1_8.ckpt", "vgg11_bn-2_8.ckpt",
                  "vgg11_bn-best.ckpt", "train_rank0.log"):
@@ -216,12 +216,36 @@ def test_resume_from_epoch_checkpoint_is_exact(reference_run, data, tmp_path):
     resumed = first_checkpoint_in(run_dir, tmp_path / "resumed").parent
     result = run_train([f"--data_dir={data}", f"--ckpt_path={resumed}", "--resume=auto"])
     assert "resumed from" in result.stdout and "global step 8" in result.stdout
-    assert re.search(r"since the resume, best top-1 [0-9.]+ after epoch 2;", result.stdout)
+    assert re.search(r"since the resume; best top-1 [0-9.]+ after epoch 2;", result.stdout)
     expected = checkpoint_arrays(os.path.join(run_dir, "vgg11_bn-2_8.ckpt"))
     got = checkpoint_arrays(str(resumed / "vgg11_bn-2_8.ckpt"))
     assert expected.keys() == got.keys()
     for name, value in expected.items():
         np.testing.assert_allclose(got[name], value, atol=1e-6, err_msg=name)
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("best_epoch, kept", [(1, True), (2, False)])
+def test_resume_keeps_the_run_folders_best_checkpoint(reference_run, data, tmp_path,
+                                                      best_epoch, kept):
+    """A resumed run compares its evaluations with the top-1 that <arch>-best.ckpt holds (here
+    an unbeatable 1.0), unless that file comes from after the resume point."""
+    run_dir, _ = reference_run
+    resumed = first_checkpoint_in(run_dir, tmp_path / "resumed").parent
+    entries = ckpt.read_checkpoint(os.path.join(run_dir, "vgg11_bn-best.ckpt"))
+    weights = [{"name": k, "data": v} for k, v in entries.items() if not k.startswith("meta.")]
+    best = str(resumed / "vgg11_bn-best.ckpt")
+    ckpt.save_checkpoint(weights, best, {"arch": "vgg11_bn", "epoch": best_epoch,
+                                         "global_step": 8 * best_epoch, "top1": "1.0"})
+    before = digest(best)
+    result = run_train([f"--data_dir={data}", f"--ckpt_path={resumed}", "--resume=auto"])
+    if kept:
+        assert f"best so far: top1 1.0000 after epoch 1 ({best})" in result.stdout
+        assert "since the resume; best top-1 1.0000 after epoch 1;" in result.stdout
+        assert digest(best) == before
+    else:
+        assert "is from epoch 2, after the resume point" in result.stdout
+        assert "new best top1" in result.stdout and digest(best) != before
 
 
 @pytest.mark.e2e
@@ -348,12 +372,16 @@ CIFAR10_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog",
                  "ship", "truck"]
 
 
-@pytest.mark.parametrize("meta, saved", [
-    ("\n".join(CIFAR10_NAMES) + "\n\n", CIFAR10_NAMES),  # as the release writes it
-    ("\n".join(CIFAR10_NAMES[:9]) + "\n", None),  # 9 names for 10 classes: by index
-    (None, None),  # no batches.meta.txt
+@pytest.mark.parametrize("meta, saved, split_folder", [
+    ("\n".join(CIFAR10_NAMES) + "\n\n", CIFAR10_NAMES, False),  # as the release writes it
+    ("\n".join(CIFAR10_NAMES) + "\n", CIFAR10_NAMES, True),  # data_dir: the split folder
+    ("\ufeff" + "\r\n".join(CIFAR10_NAMES) + "\r\n", CIFAR10_NAMES, False),  # BOM, CRLF
+    ("\n".join(CIFAR10_NAMES[:9]) + "\n", None, False),  # 9 names for 10 classes: by index
+    (b"\xff\xfe\x00bad", None, False),  # not text: by index, training goes on
+    (None, None, False),  # no batches.meta.txt
 ])
-def test_cifar10_class_names_come_from_the_release_meta_file(tmp_path, meta, saved):
+def test_cifar10_class_names_come_from_the_release_meta_file(tmp_path, meta, saved,
+                                                             split_folder):
     import logging
     from types import SimpleNamespace
 
@@ -361,11 +389,14 @@ def test_cifar10_class_names_come_from_the_release_meta_file(tmp_path, meta, sav
     from src.class_names import find_class_names, read_class_names
 
     data = write_learnable_cifar(tmp_path / "data", n_train=4, n_eval=0)
-    if meta is not None:
-        (tmp_path / "data" / "cifar-10-batches-bin" / "batches.meta.txt").write_text(meta)
+    meta_path = tmp_path / "data" / "cifar-10-batches-bin" / "batches.meta.txt"
+    if isinstance(meta, bytes):
+        meta_path.write_bytes(meta)
+    elif meta is not None:
+        meta_path.write_bytes(meta.encode("utf-8"))
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    config = quick_config(f"--data_dir={data}")
+    config = quick_config(f"--data_dir={meta_path.parent if split_folder else data}")
     train.save_class_names(config, SimpleNamespace(run_dir=str(run_dir)), logging.getLogger("t"))
     found = find_class_names(str(run_dir / "vgg16_bn-1_1.ckpt"))
     if saved is None:

@@ -12,7 +12,7 @@ import argparse
 import os
 
 from src.averaging import average_checkpoints, checkpoints_to_average, save_average
-from src.cli import run_entry
+from src.cli import add_debug_option, run_entry
 from src.errors import UserError
 
 
@@ -25,6 +25,7 @@ def parse_args(argv=None):
                         help="average the EMA weights (ema.*) of the checkpoints")
     parser.add_argument("--output", default="",
                         help="output file (default: <folder>/<arch>-avg.ckpt)")
+    add_debug_option(parser)
     args = parser.parse_args(argv)
     if args.n < 1:
         raise UserError(f"--n: {args.n} must be at least 1")

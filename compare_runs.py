@@ -9,8 +9,8 @@ the epoch, so runs with other batch sizes or lengths line up.
 """
 import argparse
 
-from src.cli import run_entry
-from src.run_compare import accuracy_table, load_runs, plot_runs
+from src.cli import add_debug_option, run_entry
+from src.run_compare import accuracy_table, check_plot_path, load_runs, plot_runs
 
 
 def parse_args(argv=None):
@@ -18,11 +18,13 @@ def parse_args(argv=None):
     parser.add_argument("runs", nargs="+", help="[LABEL=]run folder or metrics.csv")
     parser.add_argument("--out", default="compare.png", help="plot file (default compare.png)")
     parser.add_argument("--title", default="", help="title above the plot")
+    add_debug_option(parser)
     return parser.parse_args(argv)
 
 
 def main(argv=None):
     args = parse_args(argv)
+    check_plot_path(args.out)
     runs = load_runs(args.runs)
     print("held-out top-1 (%) after each epoch\n" + accuracy_table(runs), flush=True)
     print(f"plot: {plot_runs(runs, args.out, args.title)}", flush=True)

@@ -19,9 +19,9 @@ import sys
 from collections.abc import Mapping
 
 from src import checkpoint as ckpt
-from src.cli import run_entry
+from src.cli import add_debug_option, run_entry
 from src.errors import UserError
-from src.safetensors_io import read_safetensors
+from src.safetensors_io import is_safetensors, read_safetensors
 from src.torchvision_weights import (
     detect_variant,
     from_timm_layout,
@@ -51,9 +51,9 @@ def _refusal_reason(err):
 
 
 def read_state_dict(path):
-    """{name: ndarray} of a weights file: .safetensors read directly, anything else as a
-    PyTorch state dict."""
-    if path.endswith(".safetensors"):
+    """{name: ndarray} of a weights file: .safetensors (by name or by content) read directly,
+    anything else as a PyTorch state dict."""
+    if path.lower().endswith(".safetensors") or (os.path.isfile(path) and is_safetensors(path)):
         return read_safetensors(path)
     return read_torch_state_dict(path)
 
@@ -122,7 +122,7 @@ def parse_args(argv=None):
                         help="expected variant (vgg11 ... vgg19_bn); read from the file if absent")
     parser.add_argument("--num_classes", type=int, default=None,
                         help="expected class count of the classifier (checked, not changed)")
-    parser.add_argument("--debug", default=None, help="True: full tracebacks")
+    add_debug_option(parser)
     return parser.parse_args(argv)
 
 

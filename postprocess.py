@@ -18,7 +18,7 @@ import re
 
 import numpy as np
 
-from src.cli import run_entry
+from src.cli import add_debug_option, run_entry
 from src.errors import UserError
 from src.evaluation import topk_correct
 
@@ -118,6 +118,7 @@ def parse_args(argv=None):
     parser.add_argument("--label_path", "--label_file", dest="label_path", default=None,
                         help="label file from preprocess.py (default: ./preprocess_Result/...)")
     parser.add_argument("--acc_log", default="acc.log", help="file the accuracy lines go to")
+    add_debug_option(parser)
     return parser.parse_args(argv)
 
 

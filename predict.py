@@ -22,7 +22,7 @@ import tempfile
 import numpy as np
 
 from src.class_names import CLASS_NAMES_FILE, find_class_names, read_class_names
-from src.cli import run_entry
+from src.cli import add_debug_option, run_entry
 from src.errors import UserError
 from src.evaluation import softmax, top_k_indices
 
@@ -202,7 +202,7 @@ def parse_args(argv=None):
                         help="checkpoints on CPU: float32 (stock operators), or bfloat16 "
                         "through the native kernels (auto: where the CPU has AVX512-BF16 or "
                         "AMX-BF16)")
-    parser.add_argument("--debug", default=None, help="True: full tracebacks")
+    add_debug_option(parser)
     args = parser.parse_args(argv)
     if args.top_k < 1:
         parser.error(f"--top_k must be at least 1, got {args.top_k}")

@@ -15,6 +15,12 @@ TRUE_WORDS = {"true", "1", "yes"}
 FALSE_WORDS = {"false", "0", "no"}
 
 
+def add_debug_option(parser):
+    """`--debug=True` for an argparse entry point: full tracebacks, as the message of an
+    unexpected error suggests (read from argv by run_entry)."""
+    parser.add_argument("--debug", default=None, help="True: full tracebacks (or VGG_DEBUG=1)")
+
+
 def _debug_requested(argv, err):
     """VGG_DEBUG, else the parsed config's `debug` (YAML or command line, carried by the
     error), else, when the config itself could not be read, a `--debug` on the command line."""

@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 
-from src.cli import run_entry
+from src.cli import add_debug_option, run_entry
 from src.errors import UserError
 
 
@@ -214,6 +214,7 @@ def parse_args(argv=None):
     parser.add_argument("--device_id", type=int, default=0)
     parser.add_argument("--input_shape", type=_shape_arg, default=None,
                         help="N,C,H,W when the model file does not record it")
+    add_debug_option(parser)
     return parser.parse_args(argv)
 
 

@@ -40,10 +40,19 @@ def _numbers(row):
 
 
 def _steps_per_epoch(rows):
-    """The last logged step of epoch 1: its length once it has ended (a run still in its first
-    epoch is drawn as if the epoch ended at its last logged step)."""
-    first = [r["global_step"] for r in rows if r["epoch"] == 1]
-    return max(first, default=0) or max((r["global_step"] for r in rows), default=1) or 1
+    """Steps per epoch: from an evaluation row (written at an epoch's end, so its step is
+    epoch x steps per epoch), else from the last logged step of an epoch that a later one
+    follows (the epoch's end). A run still in its first logged epoch, which says neither, is
+    drawn as if that epoch ended at its last logged step."""
+    for row in rows:
+        if row["eval_top1"] is not None and row["epoch"] > 0:
+            return max(row["global_step"] // row["epoch"], 1)
+    last = {}
+    for row in rows:
+        last[row["epoch"]] = max(last.get(row["epoch"], 0), row["global_step"])
+    ended = [epoch for epoch in last if epoch + 1 in last and epoch > 0]
+    epoch = min(ended) if ended else max(last, default=1)
+    return max(last.get(epoch, 1) // max(epoch, 1), 1)
 
 
 def parse_run_argument(text):
@@ -52,6 +61,15 @@ def parse_run_argument(text):
     if sep and label and not os.path.exists(text):
         return label, path
     return None, text
+
+
+PLOT_FORMATS = (".png", ".pdf", ".svg", ".jpg")
+
+
+def check_plot_path(path):
+    """A one-line error, before any work, for a plot file matplotlib cannot write."""
+    if not path.lower().endswith(PLOT_FORMATS):
+        raise UserError(f"out: {path} must end in {', '.join(PLOT_FORMATS)}")
 
 
 def metrics_file(path):

@@ -16,7 +16,17 @@ from src.errors import UserError
 DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": np.uint16,
           "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8,
           "BOOL": np.bool_}
-MAX_HEADER = 100 * 1024 * 1024  # the format's own limit on the JSON header
+MAX_HEADER = 100_000_000  # the largest JSON header the safetensors library reads
+
+
+def is_safetensors(path):
+    """Whether a file starts as a .safetensors file does: a header length that fits in the
+    file, then the JSON header's opening brace (a PyTorch zip starts with PK, a pickle with
+    0x80)."""
+    with open(path, "rb") as handle:
+        start = handle.read(9)
+    return (len(start) == 9 and start[8:] == b"{"
+            and int.from_bytes(start[:8], "little") <= os.path.getsize(path) - 8)
 
 
 def read_safetensors(path):
@@ -53,6 +63,8 @@ def _tensor(path, name, entry, data):
     try:
         dtype, shape = entry["dtype"], [int(n) for n in entry["shape"]]
         begin, end = (int(n) for n in entry["data_offsets"])
+        if not isinstance(dtype, str) or min(shape, default=0) < 0:
+            raise ValueError(dtype)
     except (KeyError, TypeError, ValueError):
         raise UserError(f"weights: {path}: tensor {name} has a malformed header entry "
                         f"{entry!r}") from None

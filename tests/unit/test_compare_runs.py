@@ -7,19 +7,20 @@ from src.progress import MetricsCSV
 from tests.helpers import run_python
 
 
-def write_run(folder, steps_per_epoch, top1, ema=None, log_every=2):
+def write_run(folder, steps_per_epoch, top1, ema=None, log_every=2, first_epoch=1):
     """A metrics.csv as train.py writes it: loss/lr rows every `log_every` steps and at each
-    epoch's end, then that epoch's evaluation row."""
+    epoch's end, then that epoch's evaluation row; from `first_epoch` on (a run resumed into
+    a new folder)."""
     folder.mkdir(parents=True)
     metrics = MetricsCSV(str(folder / "metrics.csv"))
-    for epoch, acc in enumerate(top1, start=1):
+    for epoch, acc in enumerate(top1, start=first_epoch):
         end = epoch * steps_per_epoch
         for step in [*range(end - steps_per_epoch + log_every, end, log_every), end]:
             metrics.add(epoch=epoch, global_step=step, loss=2.0 / step, lr=0.01 * step,
                         images_per_sec=10.0)
         row = {"eval_top1": acc, "eval_top5": 1.0}
         if ema:
-            row["ema_top1"] = ema[epoch - 1]
+            row["ema_top1"] = ema[epoch - first_epoch]
         metrics.add(epoch=epoch, global_step=end, **row)
     return folder
 
@@ -45,6 +46,21 @@ def test_table_lines_up_epochs_of_runs_of_other_lengths(tmp_path):
     assert lines[0] == "| epoch | short | big |"
     assert lines[2:] == ["| 1 | 50.00 | 25.00 |", "| 2 | 62.50 | 50.00 |",
                          "| 3 |  | 75.00 |", "| best | 62.50 (epoch 2) | 75.00 (epoch 3) |"]
+
+
+@pytest.mark.parametrize("evaluated", [True, False])
+def test_run_resumed_into_a_new_folder_keeps_its_epochs(tmp_path, evaluated):
+    from src.run_compare import load_runs
+
+    folder = write_run(tmp_path / "resumed", 10, [0.5, 0.6], first_epoch=2)
+    if not evaluated:  # loss rows only: the epoch length from the end of epoch 2
+        text = (folder / "metrics.csv").read_text().splitlines()
+        kept = [r for r in text if r.split(",")[2]]  # rows with a loss: no evaluation rows
+        (folder / "metrics.csv").write_text("\n".join(kept) + "\n")
+    run = load_runs([str(folder)])[0]
+    assert run.steps_per_epoch == 10
+    assert [run.epoch_position(r) for r in run.train][:2] == [1.2, 1.4]
+    assert run.epoch_position(run.train[-1]) == 3.0
 
 
 def test_run_still_in_its_first_epoch_spans_one_epoch(tmp_path):
@@ -81,6 +97,14 @@ def test_refusals_name_the_culprit(tmp_path):
         "epoch,global_step,loss,lr,images_per_sec,eval_top1\n1,2,0.5,0.1,1,,7\n")
     with pytest.raises(UserError, match="a row of epoch 1 has more fields than the header"):
         load_runs([str(broken)])
+
+
+def test_plot_format_is_checked_before_any_work(tmp_path, capsys):
+    import compare_runs
+
+    with pytest.raises(UserError, match=r"out: .*table.txt must end in .png"):
+        compare_runs.main([str(tmp_path / "missing"), f"--out={tmp_path / 'table.txt'}"])
+    assert capsys.readouterr().out == ""
 
 
 def test_command_line_error_is_one_line_and_exit_1(tmp_path):

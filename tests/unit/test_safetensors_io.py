@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from src.errors import UserError
-from src.safetensors_io import read_safetensors
+from src.safetensors_io import is_safetensors, read_safetensors
 
 torch = pytest.importorskip("torch")
 safetensors_torch = pytest.importorskip("safetensors.torch")
@@ -45,6 +45,10 @@ def write_raw(path, header, data=b""):
     ({"a": {"dtype": "F8_E4M3", "shape": [1], "data_offsets": [0, 1]}}, bytes(1),
      "tensor a has dtype F8_E4M3; readable: F64, F32"),
     ({"a": {"dtype": "F32", "shape": [1]}}, bytes(4), "tensor a has a malformed header entry"),
+    ({"a": {"dtype": "F32", "shape": [-1, -4], "data_offsets": [0, 16]}}, bytes(16),
+     "tensor a has a malformed header entry"),
+    ({"a": {"dtype": ["F32"], "shape": [1], "data_offsets": [0, 4]}}, bytes(4),
+     "tensor a has a malformed header entry"),
     ([1, 2], b"", "header that is not a JSON object"),
 ])
 def test_malformed_files_are_named(tmp_path, header, data, message):
@@ -69,3 +73,13 @@ def test_not_a_safetensors_file(tmp_path):
         read_safetensors(str(broken))
     with pytest.raises(UserError, match="is not a file"):
         read_safetensors(str(tmp_path / "missing.safetensors"))
+
+
+def test_recognised_by_content_whatever_the_name(tmp_path):
+    named_bin = str(tmp_path / "weights.bin")
+    safetensors_torch.save_file({"w": torch.ones(2)}, named_bin)
+    torch_file, text = tmp_path / "w.pth", tmp_path / "notes.txt"
+    torch.save({"w": torch.ones(2)}, str(torch_file))
+    text.write_text("{not weights}\n")
+    assert is_safetensors(named_bin)
+    assert not is_safetensors(str(torch_file)) and not is_safetensors(str(text))

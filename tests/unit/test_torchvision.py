@@ -377,3 +377,14 @@ def test_safetensors_without_vgg_names_is_one_line(tmp_path, capsys):
     code, lines = run_converter([f"--weights={path}", f"--output={tmp_path / 'x.ckpt'}"], capsys)
     assert code == 1 and len(lines) == 1
     assert "not a torchvision or timm VGG state dict" in lines[0] and "encoder.weight" in lines[0]
+
+
+def test_safetensors_named_like_a_torch_file_is_read_without_torch_load(tmp_path, capsys):
+    """Read by content: the variant check speaks, not torch.load's refusal."""
+    from safetensors.torch import save_file
+
+    path = str(tmp_path / "pytorch_model.bin")
+    save_file({k: v.contiguous() for k, v in tiny_state("vgg11").items()}, path)
+    code, lines = run_converter([f"--weights={path}", "--arch=vgg13",
+                                 f"--output={tmp_path / 'x.ckpt'}"], capsys)
+    assert code == 1 and len(lines) == 1 and "holds vgg11 weights, not --arch=vgg13" in lines[0]

@@ -101,6 +101,12 @@ KEYS = (
     Key("has_bias", bool, "Convolutions carry a bias"),
     Key("initialize_mode", str, "Weight initialiser of convolutions and dense layers",
         choices=("XavierUniform", "KaimingNormal")),
+    Key("head", str,
+        "Classifier head: mlp (upstream and torchvision: dense 4096, dense 4096, dense to the "
+        "classes); linear (one dense layer from the flattened features to the classes, the "
+        "usual head on 32x32 CIFAR-10 images, where the features are 512 values; has_dropout "
+        "does not apply, and torchvision weights give only its features)",
+        choices=("mlp", "linear")),
     Key("has_dropout", bool, "Dropout (p=0.5) in the classifier during training"),
     Key("image_size", list,
         "Network input height,width (multiples of 32); images are resized to it",

@@ -17,6 +17,7 @@ def network_kwargs(config, num_classes=None):
         "has_bias": config.has_bias,
         "initialize_mode": config.initialize_mode,
         "dropout": config.has_dropout,
+        "head": config.get("head", "mlp"),
         "image_size": tuple(config.image_size),
     }
 

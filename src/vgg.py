@@ -22,6 +22,11 @@ LAYER_TABLE = {
 ARCHS = tuple(LAYER_TABLE)
 FEATURE_STRIDE = 32
 HIDDEN = 4096
+# Classifier heads: "mlp" is upstream's and torchvision's (dense 4096, dense 4096, dense to
+# the classes: classifier.0/3/6); "linear" is one dense layer from the flattened features to
+# the classes (classifier.0), the usual head of VGG on 32x32 CIFAR-10 images, whose features
+# are then the 512 values left by the last max-pool.
+HEADS = ("mlp", "linear")
 
 
 def _initializers(initialize_mode):
@@ -58,12 +63,14 @@ def make_layers(layer_cfg, batch_norm=False, pad_mode="same", padding=0, has_bia
 
 
 class VGG(nn.Cell):
-    """VGG over a prebuilt feature extractor: features → flatten → 3 dense layers."""
+    """VGG over a prebuilt feature extractor: features → flatten → the head (HEADS)."""
 
     def __init__(self, features, num_classes=1000, image_size=(224, 224), dropout=True,
-                 initialize_mode="XavierUniform", include_top=True):
+                 initialize_mode="XavierUniform", include_top=True, head="mlp"):
         super().__init__()
         height, width = _check_image_size(image_size)
+        if head not in HEADS:
+            raise ValueError(f"head must be one of {', '.join(HEADS)}, got {head!r}")
         self.features = features
         self.flatten = nn.Flatten()
         self.include_top = include_top
@@ -77,11 +84,14 @@ class VGG(nn.Cell):
             def drop():
                 return nn.Dropout(p=0.5) if dropout else nn.Identity()
 
-            self.classifier = nn.SequentialCell([
-                dense(flat, HIDDEN), nn.ReLU(), drop(),
-                dense(HIDDEN, HIDDEN), nn.ReLU(), drop(),
-                dense(HIDDEN, num_classes),
-            ])
+            if head == "linear":
+                self.classifier = nn.SequentialCell([dense(flat, num_classes)])
+            else:
+                self.classifier = nn.SequentialCell([
+                    dense(flat, HIDDEN), nn.ReLU(), drop(),
+                    dense(HIDDEN, HIDDEN), nn.ReLU(), drop(),
+                    dense(HIDDEN, num_classes),
+                ])
 
     def forward_features(self, x):
         return self.flatten(self.features(x))
@@ -108,8 +118,8 @@ def _check_image_size(image_size):
 def build_vgg(arch, num_classes=1000, batch_norm=False, pad_mode="same", has_bias=False,
               initialize_mode="XavierUniform", dropout=True, image_size=(224, 224),
               include_top=True, padding=None, conv_cell=nn.Conv2d,
-              features_cell=nn.SequentialCell, ghost_batch=0):
-    """One VGG variant; `arch` is vgg11, vgg13, vgg16 or vgg19."""
+              features_cell=nn.SequentialCell, ghost_batch=0, head="mlp"):
+    """One VGG variant; `arch` is vgg11, vgg13, vgg16 or vgg19; `head` one of HEADS."""
     if arch not in LAYER_TABLE:
         raise ValueError(f"arch must be one of {', '.join(ARCHS)}, got {arch!r}")
     if pad_mode not in ("same", "pad"):
@@ -118,17 +128,17 @@ def build_vgg(arch, num_classes=1000, batch_norm=False, pad_mode="same", has_bia
         padding = 1 if pad_mode == "pad" else 0
     features = make_layers(LAYER_TABLE[arch], batch_norm, pad_mode, padding, has_bias,
                            initialize_mode, conv_cell, features_cell, ghost_batch)
-    return VGG(features, num_classes, image_size, dropout, initialize_mode, include_top)
+    return VGG(features, num_classes, image_size, dropout, initialize_mode, include_top, head)
 
 
 def _builder(arch, batch_norm):
     def build(num_classes=1000, pad_mode="same", has_bias=False,
               initialize_mode="XavierUniform", dropout=True, image_size=(224, 224),
               include_top=True, padding=None, conv_cell=nn.Conv2d,
-              features_cell=nn.SequentialCell, ghost_batch=0):
+              features_cell=nn.SequentialCell, ghost_batch=0, head="mlp"):
         return build_vgg(arch, num_classes, batch_norm, pad_mode, has_bias, initialize_mode,
                          dropout, image_size, include_top, padding, conv_cell, features_cell,
-                         ghost_batch)
+                         ghost_batch, head)
     build.__name__ = arch + ("_bn" if batch_norm else "")
     build.__doc__ = f"{arch.upper()}{' with BatchNorm' if batch_norm else ''}."
     return build

@@ -60,24 +60,27 @@ def _config_from_yaml_text(text, overrides):
 
 
 def settings_from_weights(entries, path):
-    """Config overrides (arch, batch_norm, has_bias, classes, input size) read off a checkpoint
-    that stores no config, such as one made by convert_torchvision.py."""
+    """Config overrides (arch, batch_norm, has_bias, classes, head, input size) read off a
+    checkpoint that stores no config, such as one made by convert_torchvision.py."""
     from src.torchvision_weights import CONV_COUNTS
+    from src.vgg import HEAD_LAYERS, head_of_weights
 
     convs = sum(1 for name, value in entries.items()
                 if CONV_WEIGHT.match(name) and len(value.shape) == 4)
     arch = next((a for a, count in CONV_COUNTS.items() if count == convs), None)
-    head, first = entries.get("classifier.6.weight"), entries.get("classifier.0.weight")
-    if arch is None or head is None or first is None:
+    kind = head_of_weights(entries)
+    first = entries.get("classifier.0.weight")
+    if arch is None or kind is None or first is None:
         raise UserError(f"model: {path} is not a VGG classifier checkpoint ({convs} "
-                        "convolutions, classifier.0/6 weights needed)")
+                        "convolutions, classifier.0 (and .6) weights needed)")
+    head = entries[HEAD_LAYERS[kind][-1] + ".weight"]
     cells = first.shape[1] // 512  # the classifier input is 512 * (H/32) * (W/32)
     side = math.isqrt(cells)
     batch_norm = any(name.startswith("features.") and name.endswith(".moving_mean")
                      for name in entries)
     overrides = [f"--arch={arch}", f"--batch_norm={batch_norm}",
                  f"--has_bias={'features.0.bias' in entries}",
-                 f"--num_classes={head.shape[0]}"]
+                 f"--num_classes={head.shape[0]}", f"--head={kind}"]
     if side * side == cells:
         overrides.append(f"--image_size={32 * side},{32 * side}")
     return overrides

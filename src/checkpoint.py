@@ -12,8 +12,6 @@ META_KEYS = ("epoch", "step_in_epoch", "global_step", "steps_per_epoch", "accumu
 # Stored under this prefix so they never collide with parameter names (the optimizer has a
 # `global_step` parameter of its own).
 META_PREFIX = "meta."
-# The last classifier layer, re-created when fine-tuning to another class count.
-HEAD_PREFIX = "classifier.6."
 NAME_PATTERN = re.compile(r"^(?P<prefix>.+)-(?P<epoch>\d+)_(?P<step>\d+)\.ckpt$")
 
 
@@ -95,21 +93,30 @@ def load_weights(net, entries, path, reinit_classifier=False):
 
     Every parameter of the network must be present with the same shape; otherwise a
     UserError lists the offenders. With reinit_classifier the last classifier layer may
-    differ (another class count) and keeps its fresh initialisation. Returns the names
+    differ (another class count) and keeps its fresh initialisation, and so does the whole
+    classifier when the checkpoint has another head (src/vgg.py HEADS). Returns the names
     that were skipped.
     """
     import mindspore as ms
 
+    from src.vgg import HEAD_LAYERS, head_of_weights
+
+    net_head = getattr(net, "head", None) if getattr(net, "include_top", True) else None
+    fresh = _fresh_head_prefix(net_head, head_of_weights(entries), path, reinit_classifier,
+                               HEAD_LAYERS)
     missing, mismatched, skipped = [], [], []
     to_load = {}
     for param in net.get_parameters():
         name = param.name
         if name not in entries:
+            if reinit_classifier and name.startswith(fresh):
+                skipped.append(name)
+                continue
             missing.append(name)
             continue
         stored = entries[name]
         if tuple(stored.shape) != tuple(param.shape):
-            if reinit_classifier and name.startswith(HEAD_PREFIX):
+            if reinit_classifier and name.startswith(fresh):
                 skipped.append(name)
                 continue
             mismatched.append(f"{name} {tuple(stored.shape)} vs network {tuple(param.shape)}")
@@ -128,6 +135,22 @@ def load_weights(net, entries, path, reinit_classifier=False):
     with quiet_mindspore():
         ms.load_param_into_net(net, to_load, strict_load=True)
     return skipped
+
+
+def _fresh_head_prefix(net_head, stored_head, path, reinit_classifier, head_layers):
+    """Name prefix of the parameters reinit_classifier leaves freshly initialised: the last
+    layer of the network's head, or its whole classifier when the checkpoint holds another
+    head (refused without reinit_classifier). net_head None: a network other than a VGG with
+    its head, whose last layer is taken to be the mlp head's."""
+    if net_head is None or stored_head is None or stored_head == net_head:
+        return head_layers[net_head or "mlp"][-1] + "."
+    if not reinit_classifier:
+        raise UserError(f"checkpoint {path} has the {stored_head} head "
+                        f"({'/'.join(head_layers[stored_head])}) but the network has "
+                        f"head={net_head}; set --head={stored_head}, or "
+                        f"--reinit_classifier=True to train a new {net_head} head on its "
+                        "features")
+    return "classifier."
 
 
 def list_checkpoints(folder):

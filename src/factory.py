@@ -59,6 +59,8 @@ def build_network(config, device_target="CPU", num_classes=None, training=False)
     ghost = config.get("ghost_batch_size", 0) if training else 0  # used only with BatchNorm
     net = builder(**layer_cells_for(config, device_target), **network_kwargs(config, num_classes),
                   ghost_batch=ghost)
+    if training and net.head == "linear" and config.has_dropout:
+        log.info("head=linear: one dense layer, no dropout (has_dropout applies to the mlp head)")
     if device_target == "CPU":
         from src.native.precision import apply_cpu_precision
 

@@ -27,6 +27,18 @@ HIDDEN = 4096
 # the classes (classifier.0), the usual head of VGG on 32x32 CIFAR-10 images, whose features
 # are then the 512 values left by the last max-pool.
 HEADS = ("mlp", "linear")
+HEAD_LAYERS = {"mlp": ("classifier.0", "classifier.3", "classifier.6"),
+               "linear": ("classifier.0",)}
+
+
+def head_of_weights(names):
+    """The head (one of HEADS) whose dense layers a checkpoint's parameter names show, None
+    when it holds no classifier."""
+    if "classifier.6.weight" in names:
+        return "mlp"
+    if "classifier.0.weight" in names and "classifier.3.weight" not in names:
+        return "linear"
+    return None
 
 
 def _initializers(initialize_mode):
@@ -74,6 +86,7 @@ class VGG(nn.Cell):
         self.features = features
         self.flatten = nn.Flatten()
         self.include_top = include_top
+        self.head = head
         if include_top:
             _, dense_init = _initializers(initialize_mode)
             flat = 512 * (height // FEATURE_STRIDE) * (width // FEATURE_STRIDE)

@@ -104,3 +104,39 @@ def test_eval_and_export_use_the_class_names(tmp_path, pretrained):
     assert exported.returncode == 0, exported.stderr
     with open(tmp_path / "export" / "class_names.json", encoding="utf-8") as handle:
         assert json.load(handle) == CLASSES
+
+
+def test_finetune_torchvision_style_weights_into_a_linear_head(tmp_path, pretrained):
+    """The mlp-head weights give their features to a network with head=linear; its one dense
+    layer is trained from scratch, and eval.py scores the run's checkpoint."""
+    data = str(tmp_path / "images")
+    write_image_folder(data)
+    run_dir = str(tmp_path / "run")
+    refused = finetune(data, run_dir, pretrained, "--num_classes=3", "--head=linear")
+    assert refused.returncode == 1
+    assert refused.stderr.strip().endswith(
+        "has the mlp head (classifier.0/classifier.3/classifier.6) but the network has "
+        "head=linear; set --head=mlp, or --reinit_classifier=True to train a new linear head "
+        "on its features")
+    result = finetune(data, run_dir, pretrained, "--num_classes=3", "--head=linear",
+                      "--reinit_classifier=True", "--freeze_features=True")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "classifier.0.weight, classifier.0.bias" in result.stdout
+    start = checkpoint_arrays(pretrained)
+    weights = ckpt.list_checkpoints(run_dir)[-1]
+    end = checkpoint_arrays(weights)
+    assert sorted(n for n in end if n.startswith("classifier.")) == [
+        "classifier.0.bias", "classifier.0.weight"]
+    assert end["classifier.0.weight"].shape == (3, 512 * 2 * 2)
+    for name in start:
+        if name.startswith("features."):
+            np.testing.assert_array_equal(start[name], end[name], err_msg=name)
+    losses = [float(r["loss"]) for r in read_metrics(os.path.join(run_dir, "metrics.csv"))
+              if r["loss"]]
+    assert np.mean(losses[-3:]) < np.mean(losses[:3])
+    evaluated = run_python("eval.py", "--config_path=imagenet2012_config.yaml",
+                           "--device_target=CPU", "--arch=vgg11", "--batch_norm=False",
+                           "--image_size=64,64", "--num_classes=3", "--head=linear",
+                           f"--data_dir={data}", f"--pre_trained={weights}", "--batch_size=6")
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert "top-1 accuracy per class:" in evaluated.stdout

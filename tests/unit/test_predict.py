@@ -180,3 +180,20 @@ def test_checkpoint_of_another_kind_is_one_line(tmp_path):
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(image)
     message = one_line_error(lambda: predict.run(path, image, device_target=None))
     assert "is not a VGG classifier checkpoint (0 convolutions" in message
+
+
+def test_linear_head_checkpoint_without_config_is_read_off_its_weights(run, tmp_path):
+    from src import vgg
+
+    ms.set_seed(5)
+    net = vgg.vgg11_bn(num_classes=4, image_size=(SIZE, SIZE), head="linear")
+    net.set_train(False)
+    path = str(tmp_path / "linear.ckpt")
+    ckpt.save_checkpoint(net, path, {"arch": "vgg11_bn"})
+    entries = ckpt.read_checkpoint(path)
+    assert predict.settings_from_weights(entries, path)[-2:] == [
+        "--head=linear", f"--image_size={SIZE},{SIZE}"]
+    model = predict.CheckpointModel(path)
+    assert model.net.head == "linear"
+    x = np.random.default_rng(1).random((1, 3, SIZE, SIZE), np.float32)
+    np.testing.assert_allclose(model(x)[0], net(ms.Tensor(x)).asnumpy(), rtol=1e-5, atol=1e-5)

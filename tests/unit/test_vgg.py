@@ -107,3 +107,66 @@ def test_cells_are_chosen_by_plain_arguments():
     net = vgg.vgg11_bn(num_classes=10, image_size=(32, 32), conv_cell=Conv, features_cell=Features)
     assert type(net.features) is Features
     assert [type(c) for c in net.features.cell_list][:3] == [Conv, nn.BatchNorm2d, nn.ReLU]
+
+
+def test_linear_head_is_one_dense_layer_on_the_features():
+    net = vgg.vgg16_bn(num_classes=10, image_size=(32, 32), head="linear")
+    net.set_train(False)
+    dense = [(name, p.shape) for name, p in net.parameters_and_names() if "classifier" in name]
+    assert dense == [("classifier.0.weight", (10, 512)), ("classifier.0.bias", (10,))]
+    x = ms.Tensor(np.random.default_rng(0).random((2, 3, 32, 32), np.float32))
+    features = net.forward_features(x).asnumpy()
+    weight, bias = net.classifier[0].weight.asnumpy(), net.classifier[0].bias.asnumpy()
+    np.testing.assert_allclose(net(x).asnumpy(), features @ weight.T + bias, rtol=1e-5,
+                               atol=1e-5)
+    mlp = vgg.vgg16_bn(num_classes=10, image_size=(32, 32))
+    assert vgg.count_parameters(mlp) - vgg.count_parameters(net) == (
+        512 * 4096 + 4096 + 4096 * 4096 + 4096 + 4096 * 10 + 10 - 512 * 10 - 10)
+    with pytest.raises(ValueError, match="head must be one of mlp, linear, got 'conv'"):
+        vgg.vgg11(image_size=(32, 32), head="conv")
+
+
+def test_head_of_weights_reads_the_classifier_names():
+    mlp = [n for n, _ in vgg.vgg11(image_size=(32, 32)).parameters_and_names()]
+    linear = [n for n, _ in vgg.vgg11(image_size=(32, 32), head="linear").parameters_and_names()]
+    assert vgg.head_of_weights(set(mlp)) == "mlp"
+    assert vgg.head_of_weights(set(linear)) == "linear"
+    assert vgg.head_of_weights({n for n in mlp if n.startswith("features.")}) is None
+
+
+def _arrays(net):
+    return {name: p.asnumpy() for name, p in net.parameters_and_names()}
+
+
+def _entries(arrays):
+    """Checkpoint entries (as ms.load_checkpoint returns them) holding these arrays."""
+    return {name: ms.Parameter(ms.Tensor(value), name=name) for name, value in arrays.items()}
+
+
+def test_weights_of_another_head_need_reinit_classifier_and_keep_the_features():
+    from src import checkpoint as ckpt
+    from src.errors import UserError
+
+    ms.set_seed(1)
+    mlp = _arrays(vgg.vgg11(num_classes=10, image_size=(32, 32)))
+    ms.set_seed(2)
+    linear = vgg.vgg11(num_classes=3, image_size=(32, 32), head="linear")
+    fresh = _arrays(linear)
+    with pytest.raises(UserError) as refused:
+        ckpt.load_weights(linear, _entries(mlp), "w.ckpt")
+    assert str(refused.value) == (
+        "checkpoint w.ckpt has the mlp head (classifier.0/classifier.3/classifier.6) but the "
+        "network has head=linear; set --head=mlp, or --reinit_classifier=True to train a new "
+        "linear head on its features")
+    skipped = ckpt.load_weights(linear, _entries(mlp), "w.ckpt", reinit_classifier=True)
+    assert skipped == ["classifier.0.weight", "classifier.0.bias"]
+    loaded = _arrays(linear)
+    for name, value in loaded.items():
+        expected = fresh[name] if name.startswith("classifier.") else mlp[name]
+        np.testing.assert_array_equal(value, expected, err_msg=name)
+    # and back: an mlp network from linear weights re-creates its three layers
+    back = vgg.vgg11(num_classes=10, image_size=(32, 32))
+    skipped = ckpt.load_weights(back, _entries(loaded), "l.ckpt", reinit_classifier=True)
+    assert sorted(skipped) == sorted(f"classifier.{i}.{kind}" for i in (0, 3, 6)
+                                     for kind in ("weight", "bias"))
+    np.testing.assert_array_equal(back.features[0].weight.asnumpy(), mlp["features.0.weight"])

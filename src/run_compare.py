@@ -13,8 +13,8 @@ class Run:
     """One run's metrics: training rows (loss, lr) and evaluation rows (top-1, EMA top-1), with
     numbers parsed."""
 
-    def __init__(self, label, path, rows):
-        self.label, self.path = label, path
+    def __init__(self, label, rows):
+        self.label = label
         rows = [_numbers(r) for r in rows]
         self.train = [r for r in rows if r["loss"] is not None]
         self.evals = [r for r in rows if r["eval_top1"] is not None]
@@ -91,7 +91,7 @@ def load_run(label, path):
                 raise UserError(f"{path}: not a metrics.csv of this repository (no column "
                                 f"'{missing[0]}'; expected {', '.join(METRIC_FIELDS)})")
             rows = list(reader)
-        return Run(label, path, rows)
+        return Run(label, rows)
     except (UnicodeDecodeError, ValueError, csv.Error) as err:
         raise UserError(f"{path}: unreadable metrics.csv ({err})") from err
 

@@ -256,7 +256,8 @@ KEYS = (
     Key("pre_trained", str,
         "Checkpoint to start from (train) or to evaluate (eval: file or folder)"),
     Key("reinit_classifier", bool,
-        "Fine-tuning: re-create the last classifier layer when its shape differs"),
+        "Fine-tuning: re-create the last classifier layer when its shape differs, and the "
+        "whole classifier when the checkpoint has the other head"),
     Key("freeze_features", bool, "Fine-tuning: keep the convolutional feature extractor fixed"),
     Key("features_lr_scale", float, "Fine-tuning: learning-rate factor of the feature extractor"),
     Key("ckpt_path", str, "Folder that receives the run folders (checkpoints, logs, metrics)"),

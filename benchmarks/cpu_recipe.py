@@ -66,7 +66,8 @@ def parse_args(argv=None):
                         help="continue an interrupted run of the same --work/--epochs "
                              "(adds --resume=auto to the training command)")
     parser.add_argument("--set", action="append", default=[], metavar="--KEY=VALUE",
-                        help="one more training option, e.g. --set=--crop_padding=4 (repeatable)")
+                        help="one more option for train.py and eval.py, e.g. "
+                             "--set=--crop_padding=4 (repeatable)")
     parser.add_argument("--tag", default="", help="suffix for the run folder and result files; "
                         "required with --set")
     args = parser.parse_args(argv)
@@ -101,7 +102,9 @@ def main(argv=None):
     args.train_command = shown(train_cmd)
     train = run(train_cmd, os.path.join(work, f"train_ep{args.epochs}{suffix}.log"))
     last = max(glob.glob(os.path.join(run_dir, "vgg16_bn-*_*.ckpt")), key=os.path.getmtime)
-    eval_cmd = [sys.executable, "eval.py", *recipe_options(data), f"--pre_trained={last}"]
+    # the overrides go to eval.py too: some shape the network (head, arch, image_size)
+    eval_cmd = [sys.executable, "eval.py", *recipe_options(data), f"--pre_trained={last}",
+                *args.set]
     args.eval_command = shown(eval_cmd)
     evaluation = run(eval_cmd, os.path.join(work, f"eval_ep{args.epochs}{suffix}.log")) + (last,)
     summary = summarise(args, data, n_train, run_dir, train, evaluation)

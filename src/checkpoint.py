@@ -99,11 +99,7 @@ def load_weights(net, entries, path, reinit_classifier=False):
     """
     import mindspore as ms
 
-    from src.vgg import HEAD_LAYERS, head_of_weights
-
-    net_head = getattr(net, "head", None) if getattr(net, "include_top", True) else None
-    fresh = _fresh_head_prefix(net_head, head_of_weights(entries), path, reinit_classifier,
-                               HEAD_LAYERS)
+    fresh = _fresh_head_prefix(net, entries, path, reinit_classifier)
     missing, mismatched, skipped = [], [], []
     to_load = {}
     for param in net.get_parameters():
@@ -137,16 +133,20 @@ def load_weights(net, entries, path, reinit_classifier=False):
     return skipped
 
 
-def _fresh_head_prefix(net_head, stored_head, path, reinit_classifier, head_layers):
+def _fresh_head_prefix(net, entries, path, reinit_classifier):
     """Name prefix of the parameters reinit_classifier leaves freshly initialised: the last
     layer of the network's head, or its whole classifier when the checkpoint holds another
-    head (refused without reinit_classifier). net_head None: a network other than a VGG with
-    its head, whose last layer is taken to be the mlp head's."""
+    head (refused without reinit_classifier). A network other than a VGG with its head (no
+    `head`, or include_top False) is taken to end as the mlp head does."""
+    from src.vgg import HEAD_LAYERS, head_of_weights
+
+    net_head = getattr(net, "head", None) if getattr(net, "include_top", True) else None
+    stored_head = head_of_weights(entries)
     if net_head is None or stored_head is None or stored_head == net_head:
-        return head_layers[net_head or "mlp"][-1] + "."
+        return HEAD_LAYERS[net_head or "mlp"][-1] + "."
     if not reinit_classifier:
         raise UserError(f"checkpoint {path} has the {stored_head} head "
-                        f"({'/'.join(head_layers[stored_head])}) but the network has "
+                        f"({'/'.join(HEAD_LAYERS[stored_head])}) but the network has "
                         f"head={net_head}; set --head={stored_head}, or "
                         f"--reinit_classifier=True to train a new {net_head} head on its "
                         "features")

@@ -22,6 +22,7 @@ import argparse
 import glob
 import json
 import os
+import re
 import shutil
 import statistics
 import sys
@@ -29,6 +30,7 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import machine  # noqa: E402  (path set just above)
+import real_cifar10  # noqa: E402
 from real_cifar10 import log_figures, run, shown, split_holdout  # noqa: E402
 
 CONFIG = "cifar10_cpu_config.yaml"
@@ -50,8 +52,34 @@ def summarise(args, data, n_train, run_dir, train, evaluation):
         "checkpoint": os.path.basename(last), "machine": machine.cpu_summary(),
         "load_average_at_end": machine.load_average(2),
         "overrides": args.set, "commands": [args.train_command, args.eval_command],
-        "data": data, "run_dir": run_dir,
+        "data": data, "run_dir": run_dir, **resume_record(train_log),
     }
+
+
+def resumed_training(run_dir, last_seconds):
+    """The training log and wall time of a run that --resume continued: train.py appends every
+    start to the run folder's train_rank0.log, so the figures come from all of its attempts;
+    each earlier attempt is timed from its first to its last log line (an interrupted one to
+    its last line before the interruption), the last one whole."""
+    path = os.path.join(run_dir, "train_rank0.log")
+    if not os.path.isfile(path):
+        sys.exit(f"error: {path} is missing: --resume needs the run folder of the interrupted "
+                 "run")
+    with open(path, encoding="utf-8") as handle:
+        attempts = real_cifar10.run_attempts(handle.read())
+    return "\n".join(attempts), sum(map(real_cifar10.logged_seconds, attempts[:-1])) + last_seconds
+
+
+def resume_record(train_log):
+    """What a JSON must say when the run took several attempts: how many, and where each resumed
+    one started (an epoch resumed part-way has only its resumed part in epoch_seconds)."""
+    resumed = re.findall(r"resumed from .+ at (epoch \d+, step \d+)", train_log)
+    if not resumed:
+        return {}
+    return {"attempts": len(resumed) + 1, "resumed_at": resumed,
+            "timing_note": "train_wall_seconds sums the attempts, each earlier one from its "
+                           "first to its last log line; an epoch resumed part-way is timed in "
+                           "epoch_seconds from where it resumed"}
 
 
 def parse_args(argv=None):
@@ -64,7 +92,8 @@ def parse_args(argv=None):
     parser.add_argument("--out_dir", default=os.path.join(HERE, "results"))
     parser.add_argument("--resume", action="store_true",
                         help="continue an interrupted run of the same --work/--epochs "
-                             "(adds --resume=auto to the training command)")
+                             "(adds --resume=auto to the training command; the JSON then "
+                             "counts every attempt from the run folder's train_rank0.log)")
     parser.add_argument("--set", action="append", default=[], metavar="--KEY=VALUE",
                         help="one more option for train.py and eval.py, e.g. "
                              "--set=--crop_padding=4 (repeatable)")
@@ -101,6 +130,8 @@ def main(argv=None):
     train_cmd = train_command(args, data, run_dir)
     args.train_command = shown(train_cmd)
     train = run(train_cmd, os.path.join(work, f"train_ep{args.epochs}{suffix}.log"))
+    if args.resume:
+        train = resumed_training(run_dir, train[1])
     last = max(glob.glob(os.path.join(run_dir, "vgg16_bn-*_*.ckpt")), key=os.path.getmtime)
     # the overrides go to eval.py too: some shape the network (head, arch, image_size)
     eval_cmd = [sys.executable, "eval.py", *recipe_options(data), f"--pre_trained={last}",

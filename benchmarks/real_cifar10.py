@@ -19,6 +19,7 @@ import shutil
 import subprocess
 import sys
 import time
+from datetime import datetime
 
 import numpy as np
 
@@ -74,14 +75,40 @@ def epoch_seconds(train_log):
 def log_figures(train_log, eval_log):
     """The figures train.py's and eval.py's logs print: held-out top-1 of eval.py, and from
     training the images/s of every progress line, every epoch time and the in-training top-1
-    after each epoch."""
+    after each epoch (the last one logged for an epoch, should a resumed run repeat it)."""
+    top1 = {int(epoch): float(value) for epoch, value in re.findall(
+        r"eval after epoch (\d+): top1 ([0-9.]+)", train_log)}
     return {
         "holdout_top1": float(re.search(r"result: \{'acc': ([0-9.]+)\}", eval_log).group(1)),
         "speeds": [float(x) for x in re.findall(r"\| ([0-9.]+) img/s", train_log)],
         "epoch_seconds": epoch_seconds(train_log),
-        "top1_after_each_epoch": [float(x) for x in re.findall(
-            r"eval after epoch \d+: top1 ([0-9.]+)", train_log)],
+        "top1_after_each_epoch": [top1[epoch] for epoch in sorted(top1)],
     }
+
+
+# the first line every start of train.py writes to <run folder>/train_rank0.log (appended to)
+ATTEMPT_START = re.compile(r"device \S+, rank \d+ of \d+, run folder ", re.IGNORECASE)
+STAMP = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ")
+
+
+def run_attempts(rank_log):
+    """The starts of train.py that make up the latest run in a run folder's train_rank0.log:
+    the last start that did not resume and every resumed start after it, each as its text."""
+    attempts = []
+    for line in rank_log.splitlines():
+        if ATTEMPT_START.search(line) or not attempts:
+            attempts.append([])
+        attempts[-1].append(line)
+    fresh = [i for i, lines in enumerate(attempts)
+             if not any("resumed from " in line for line in lines)]
+    return ["\n".join(lines) for lines in attempts[fresh[-1] if fresh else 0:]]
+
+
+def logged_seconds(text):
+    """Seconds from the first to the last timestamped line of a log."""
+    stamps = [datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S,%f")
+              for match in map(STAMP.match, text.splitlines()) if match]
+    return (stamps[-1] - stamps[0]).total_seconds() if stamps else 0.0
 
 
 def main():

@@ -59,3 +59,50 @@ def test_holdout_split_keeps_the_last_records_and_the_class_names(tmp_path):
     np.testing.assert_array_equal(held.reshape(2, 3073)[:, 1:], images[5:])
     meta = os.path.join(data, "cifar-10-batches-bin", "batches.meta.txt")
     assert open(meta, encoding="utf-8").read() == (source / "batches.meta.txt").read_text()
+
+
+def rank_log_line(second, message):
+    return f"2026-12-03 18:{second // 60:02d}:{second % 60:02d},000 {message}"
+
+
+def test_a_resumed_run_is_summarised_from_all_its_attempts(tmp_path):
+    """train.py appends every start to train_rank0.log: the JSON of a --resume run counts the
+    attempts since the last fresh start (an older run in the same folder is not one), sums their
+    times and keeps each epoch's last evaluation."""
+    def start(second, resumed_at=None):
+        lines = [rank_log_line(second, "device CPU, rank 0 of 1, run folder /r u n")]
+        if resumed_at:
+            lines.append(rank_log_line(second + 1, f"resumed from /r u n/vgg16_bn-1_9.ckpt at "
+                                                   f"{resumed_at} (global step 9, lr 0.1)"))
+        return lines
+
+    log = [*start(0), rank_log_line(50, "epoch time: 50.0 s, per step time: 5.0 ms"),
+           rank_log_line(51, "eval after epoch 1: top1 0.1000 top5 0.5000"),  # an older run
+           *start(100), rank_log_line(110, "epoch 1/2 step 5/9 loss 2.0 lr 0.1 | 40.0 img/s"),
+           rank_log_line(150, "epoch time: 50.0 s, per step time: 5.0 ms"),
+           rank_log_line(151, "eval after epoch 1: top1 0.3000 top5 0.7000"),
+           rank_log_line(170, "epoch 2/2 step 5/9 loss 1.5 lr 0.05 | 20.0 img/s"),  # killed
+           *start(200, "epoch 2, step 5"),
+           rank_log_line(230, "epoch time: 29.0 s, per step time: 7.2 ms"),
+           rank_log_line(231, "eval after epoch 2: top1 0.6000 top5 0.9000")]
+    (tmp_path / "train_rank0.log").write_text("\n".join(log) + "\n")
+    text, seconds = cpu_recipe.resumed_training(str(tmp_path), last_seconds=33.0)
+    assert seconds == 70.0 + 33.0  # the fresh attempt's log spans 100-170 s, then the last
+    figures = real_cifar10_figures(text)
+    assert figures["top1_after_each_epoch"] == [0.3, 0.6]
+    assert figures["epoch_seconds"] == [50.0, 29.0]
+    assert figures["speeds"] == [40.0, 20.0]
+    record = cpu_recipe.resume_record(text)
+    assert (record["attempts"], record["resumed_at"]) == (2, ["epoch 2, step 5"])
+    assert cpu_recipe.resume_record("\n".join(log[:5])) == {}
+
+
+def real_cifar10_figures(train_log):
+    import real_cifar10
+    return real_cifar10.log_figures(train_log, "result: {'acc': 0.5}")
+
+
+def test_resume_without_the_run_folder_log_is_one_line_error(tmp_path):
+    with pytest.raises(SystemExit) as stop:
+        cpu_recipe.resumed_training(str(tmp_path), 1.0)
+    assert "train_rank0.log is missing" in str(stop.value)

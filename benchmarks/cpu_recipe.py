@@ -22,7 +22,6 @@ import argparse
 import glob
 import json
 import os
-import re
 import shutil
 import statistics
 import sys
@@ -73,7 +72,7 @@ def resumed_training(run_dir, last_seconds):
 def resume_record(train_log):
     """What a JSON must say when the run took several attempts: how many, and where each resumed
     one started (an epoch resumed part-way has only its resumed part in epoch_seconds)."""
-    resumed = re.findall(r"resumed from .+ at (epoch \d+, step \d+)", train_log)
+    resumed = real_cifar10.RESUMED.findall(train_log)
     if not resumed:
         return {}
     return {"attempts": len(resumed) + 1, "resumed_at": resumed,

@@ -89,6 +89,8 @@ def log_figures(train_log, eval_log):
 # the first line every start of train.py writes to <run folder>/train_rank0.log (appended to)
 ATTEMPT_START = re.compile(r"device \S+, rank \d+ of \d+, run folder ", re.IGNORECASE)
 STAMP = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ")
+# the line a start of train.py that continues a run logs, with where it continued
+RESUMED = re.compile(r"resumed from .+ at (epoch \d+, step \d+)")
 
 
 def run_attempts(rank_log):
@@ -100,7 +102,7 @@ def run_attempts(rank_log):
             attempts.append([])
         attempts[-1].append(line)
     fresh = [i for i, lines in enumerate(attempts)
-             if not any("resumed from " in line for line in lines)]
+             if not any(RESUMED.search(line) for line in lines)]
     return ["\n".join(lines) for lines in attempts[fresh[-1] if fresh else 0:]]
 
 

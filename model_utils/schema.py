@@ -101,6 +101,11 @@ KEYS = (
     Key("has_bias", bool, "Convolutions carry a bias"),
     Key("initialize_mode", str, "Weight initialiser of convolutions and dense layers",
         choices=("XavierUniform", "KaimingNormal")),
+    Key("identity_init", bool,
+        "Partial identity (Dirac) start for the convolutions: after initialize_mode's draw, "
+        "the first min(in, out) filters of each pass their own input channel through "
+        "unchanged, so a layer with as many outputs as inputs starts as the identity "
+        "(stem_whitening and pre_trained weights replace it where they apply)"),
     Key("head", str,
         "Classifier head: mlp (upstream and torchvision: dense 4096, dense 4096, dense to the "
         "classes); linear (one dense layer from the flattened features to the classes, the "

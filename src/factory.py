@@ -16,6 +16,7 @@ def network_kwargs(config, num_classes=None):
         "padding": config.padding if config.pad_mode == "pad" else 0,
         "has_bias": config.has_bias,
         "initialize_mode": config.initialize_mode,
+        "identity_init": config.get("identity_init", False),
         "dropout": config.has_dropout,
         "head": config.get("head", "mlp"),
         "image_size": tuple(config.image_size),

@@ -5,8 +5,9 @@ parameters line up one-to-one with its `vgg*` state dicts.
 """
 import math
 
+import numpy as np
 from mindspore import nn
-from mindspore.common.initializer import HeNormal, Normal, XavierUniform, Zero
+from mindspore.common.initializer import HeNormal, Initializer, Normal, XavierUniform, Zero
 
 from src.ghost_bn import batch_norm_cell
 
@@ -51,12 +52,33 @@ def _initializers(initialize_mode):
                      f"got {initialize_mode!r}")
 
 
+class PartialIdentity(Initializer):
+    """`base`'s draw for a (out, in, kh, kw) convolution weight, after which its first
+    min(out, in) filters each pass their own input channel through unchanged: a one at the
+    kernel centre, zeros elsewhere. A square layer (in == out) starts as the identity."""
+
+    def __init__(self, base):
+        super().__init__()
+        self.base = base
+
+    def _initialize(self, arr):
+        self.base(arr)
+        if arr.ndim != 4:
+            raise ValueError(f"PartialIdentity initialises 4-d convolution weights, "
+                             f"got shape {arr.shape}")
+        n = min(arr.shape[0], arr.shape[1])
+        arr[:n] = 0
+        arr[np.arange(n), np.arange(n), arr.shape[2] // 2, arr.shape[3] // 2] = 1
+        return arr
+
+
 def make_layers(layer_cfg, batch_norm=False, pad_mode="same", padding=0, has_bias=False,
                 initialize_mode="XavierUniform", conv_cell=nn.Conv2d,
-                features_cell=nn.SequentialCell, ghost_batch=0):
+                features_cell=nn.SequentialCell, ghost_batch=0, identity_init=False):
     """The convolutional feature extractor for one row of LAYER_TABLE: `conv_cell` for each
     convolution, the layers held (and run) by a `features_cell` sequence; ghost_batch > 0:
-    ghost batch normalisation in training (src/ghost_bn.py)."""
+    ghost batch normalisation in training (src/ghost_bn.py); identity_init: every
+    convolution drawn by PartialIdentity over initialize_mode's initialiser."""
     conv_init, _ = _initializers(initialize_mode)
     layers = []
     in_channels = 3
@@ -64,9 +86,10 @@ def make_layers(layer_cfg, batch_norm=False, pad_mode="same", padding=0, has_bia
         if item == "M":
             layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
             continue
+        weight_init = PartialIdentity(conv_init) if identity_init else conv_init
         layers.append(conv_cell(in_channels, item, kernel_size=3, pad_mode=pad_mode,
                                 padding=padding if pad_mode == "pad" else 0,
-                                has_bias=has_bias, weight_init=conv_init, bias_init=Zero()))
+                                has_bias=has_bias, weight_init=weight_init, bias_init=Zero()))
         if batch_norm:
             layers.append(batch_norm_cell(item, ghost_batch))
         layers.append(nn.ReLU())
@@ -131,7 +154,7 @@ def _check_image_size(image_size):
 def build_vgg(arch, num_classes=1000, batch_norm=False, pad_mode="same", has_bias=False,
               initialize_mode="XavierUniform", dropout=True, image_size=(224, 224),
               include_top=True, padding=None, conv_cell=nn.Conv2d,
-              features_cell=nn.SequentialCell, ghost_batch=0, head="mlp"):
+              features_cell=nn.SequentialCell, ghost_batch=0, head="mlp", identity_init=False):
     """One VGG variant; `arch` is vgg11, vgg13, vgg16 or vgg19; `head` one of HEADS."""
     if arch not in LAYER_TABLE:
         raise ValueError(f"arch must be one of {', '.join(ARCHS)}, got {arch!r}")
@@ -140,7 +163,7 @@ def build_vgg(arch, num_classes=1000, batch_norm=False, pad_mode="same", has_bia
     if padding is None:
         padding = 1 if pad_mode == "pad" else 0
     features = make_layers(LAYER_TABLE[arch], batch_norm, pad_mode, padding, has_bias,
-                           initialize_mode, conv_cell, features_cell, ghost_batch)
+                           initialize_mode, conv_cell, features_cell, ghost_batch, identity_init)
     return VGG(features, num_classes, image_size, dropout, initialize_mode, include_top, head)
 
 
@@ -148,10 +171,10 @@ def _builder(arch, batch_norm):
     def build(num_classes=1000, pad_mode="same", has_bias=False,
               initialize_mode="XavierUniform", dropout=True, image_size=(224, 224),
               include_top=True, padding=None, conv_cell=nn.Conv2d,
-              features_cell=nn.SequentialCell, ghost_batch=0, head="mlp"):
+              features_cell=nn.SequentialCell, ghost_batch=0, head="mlp", identity_init=False):
         return build_vgg(arch, num_classes, batch_norm, pad_mode, has_bias, initialize_mode,
                          dropout, image_size, include_top, padding, conv_cell, features_cell,
-                         ghost_batch, head)
+                         ghost_batch, head, identity_init)
     build.__name__ = arch + ("_bn" if batch_norm else "")
     build.__doc__ = f"{arch.upper()}{' with BatchNorm' if batch_norm else ''}."
     return build

@@ -170,3 +170,53 @@ def test_weights_of_another_head_need_reinit_classifier_and_keep_the_features():
     assert sorted(skipped) == sorted(f"classifier.{i}.{kind}" for i in (0, 3, 6)
                                      for kind in ("weight", "bias"))
     np.testing.assert_array_equal(back.features[0].weight.asnumpy(), mlp["features.0.weight"])
+
+
+def _dirac_rows(weight):
+    """How many leading filters of a (out, in, 3, 3) weight are a one at the centre of their
+    own input channel and zeros elsewhere."""
+    expected = np.zeros(weight.shape[1:], np.float32)
+    rows = 0
+    for i in range(min(weight.shape[:2])):
+        expected[:] = 0
+        expected[i, 1, 1] = 1
+        rows += bool(np.array_equal(weight[i], expected))
+    return rows
+
+
+def test_identity_init_starts_each_convolution_as_a_partial_identity():
+    """The first min(in, out) filters pass their own channel through: a square convolution
+    gives back its input, a widening one its input in the first channels and initialize_mode's
+    draw in the rest; the other filters keep that draw's bounds and spread."""
+    ms.set_seed(0)
+    net = vgg.vgg11_bn(num_classes=10, image_size=(32, 32), identity_init=True)
+    convs = [c for c in net.features.cell_list if isinstance(c, nn.Conv2d)]
+    for conv in convs:
+        weight = conv.weight.asnumpy()
+        assert _dirac_rows(weight) == min(weight.shape[:2]), conv.weight.name
+    square = next(c for c in convs if c.in_channels == c.out_channels == 256)
+    x = np.random.default_rng(0).standard_normal((2, 256, 8, 8)).astype(np.float32)
+    np.testing.assert_allclose(square(ms.Tensor(x)).asnumpy(), x, atol=1e-6)
+    widening = convs[1]  # 64 -> 128
+    x = np.random.default_rng(1).standard_normal((2, 64, 8, 8)).astype(np.float32)
+    y = widening(ms.Tensor(x)).asnumpy()
+    np.testing.assert_allclose(y[:, :64], x, atol=1e-6)
+    assert np.abs(y[:, 64:]).mean() > 0.1
+    rest = widening.weight.asnumpy()[64:]
+    bound = np.sqrt(6.0 / (64 * 9 + 128 * 9))
+    assert rest.max() <= bound and rest.min() >= -bound
+    assert abs(rest.std() / (bound / np.sqrt(3)) - 1) < 0.05
+    plain = vgg.vgg11_bn(num_classes=10, image_size=(32, 32))
+    assert all(_dirac_rows(c.weight.asnumpy()) == 0 for c in plain.features.cell_list
+               if isinstance(c, nn.Conv2d))
+
+
+def test_identity_init_comes_from_the_config_key():
+    from src.factory import build_network
+    from tests.helpers import quick_config
+
+    for value, rows in (("True", 64), ("False", 0)):
+        config = quick_config("--arch=vgg11", f"--identity_init={value}", "--native_kernels=off")
+        net = build_network(config, "CPU", training=True)
+        convs = [c for c in net.features.cell_list if isinstance(c, nn.Conv2d)]
+        assert _dirac_rows(convs[1].weight.asnumpy()) == rows

@@ -5,9 +5,8 @@ parameters line up one-to-one with its `vgg*` state dicts.
 """
 import math
 
-import numpy as np
 from mindspore import nn
-from mindspore.common.initializer import HeNormal, Initializer, Normal, XavierUniform, Zero
+from mindspore.common.initializer import Dirac, HeNormal, Initializer, Normal, XavierUniform, Zero
 
 from src.ghost_bn import batch_norm_cell
 
@@ -62,13 +61,11 @@ class PartialIdentity(Initializer):
         self.base = base
 
     def _initialize(self, arr):
-        self.base(arr)
         if arr.ndim != 4:
             raise ValueError(f"PartialIdentity initialises 4-d convolution weights, "
                              f"got shape {arr.shape}")
-        n = min(arr.shape[0], arr.shape[1])
-        arr[:n] = 0
-        arr[np.arange(n), np.arange(n), arr.shape[2] // 2, arr.shape[3] // 2] = 1
+        self.base(arr)
+        Dirac()(arr[:min(arr.shape[0], arr.shape[1])])  # writes through the view
         return arr
 
 
@@ -80,16 +77,17 @@ def make_layers(layer_cfg, batch_norm=False, pad_mode="same", padding=0, has_bia
     ghost batch normalisation in training (src/ghost_bn.py); identity_init: every
     convolution drawn by PartialIdentity over initialize_mode's initialiser."""
     conv_init, _ = _initializers(initialize_mode)
+    if identity_init:
+        conv_init = PartialIdentity(conv_init)
     layers = []
     in_channels = 3
     for item in layer_cfg:
         if item == "M":
             layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
             continue
-        weight_init = PartialIdentity(conv_init) if identity_init else conv_init
         layers.append(conv_cell(in_channels, item, kernel_size=3, pad_mode=pad_mode,
                                 padding=padding if pad_mode == "pad" else 0,
-                                has_bias=has_bias, weight_init=weight_init, bias_init=Zero()))
+                                has_bias=has_bias, weight_init=conv_init, bias_init=Zero()))
         if batch_norm:
             layers.append(batch_norm_cell(item, ghost_batch))
         layers.append(nn.ReLU())

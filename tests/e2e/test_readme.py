@@ -207,3 +207,15 @@ def test_readme_links_resolve(readme):
     assert targets, f"{readme} links no repository page"
     broken = [t for t in targets if not os.path.exists(os.path.join(REPO, t))]
     assert not broken, f"{readme} links missing files: {broken}"
+
+
+@pytest.mark.parametrize("page", sorted(name for name in os.listdir(os.path.join(REPO, "docs"))
+                                        if name.endswith(".md")))
+def test_docs_links_resolve(page):
+    """The docs pages' relative links (to each other and to ../benchmarks, ../src, ...)."""
+    with open(os.path.join(REPO, "docs", page), encoding="utf-8") as handle:
+        text = handle.read()
+    targets = re.findall(r"\]\(((?:\.\./)?[\w./-]+)(?:#[^)]*)?\)", text)
+    local = [t for t in targets if not t.startswith(("http", "mailto"))]
+    broken = [t for t in local if not os.path.exists(os.path.join(REPO, "docs", t))]
+    assert not broken, f"docs/{page} links missing files: {broken}"

@@ -147,6 +147,10 @@ def check_train_keys(config):
     if config.pre_trained and config.stem_whitening:
         raise UserError("config keys 'pre_trained' and 'stem_whitening' both set the first "
                         "convolution; set --stem_whitening=0 to start from pre_trained")
+    ghost, batch = config.ghost_batch_size, config.batch_size
+    if ghost and batch % ghost:
+        raise UserError(f"config key 'ghost_batch_size' is {ghost}; it must divide batch_size "
+                        f"({batch})")
 
 
 def train(config):

@@ -185,14 +185,12 @@ def _check_consistency(v):
 
 
 def _check_ghost_batch(v):
-    """ghost_batch_size: a divisor of batch_size, on a network with BatchNorm, not synchronised."""
+    """ghost_batch_size: on a network with BatchNorm, not synchronised. That it divides
+    batch_size is checked by train.py alone: evaluation normalises with the running statistics,
+    so eval.py takes any batch size with a config that trains in ghost batches."""
     ghost = v.get("ghost_batch_size", 0)
     if not ghost:
         return
-    batch = v.get("batch_size")
-    if batch and batch % ghost:
-        raise UserError(f"config key 'ghost_batch_size' is {ghost}; it must divide batch_size "
-                        f"({batch})")
     if v.get("batch_norm") is False:
         raise UserError(f"config key 'ghost_batch_size' is {ghost}, but the network has no "
                         "BatchNorm (batch_norm=False); set --ghost_batch_size=0")

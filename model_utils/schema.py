@@ -93,8 +93,8 @@ KEYS = (
     Key("ghost_batch_size", int,
         "Ghost batch normalisation in training: each run of this many consecutive images of a "
         "device's batch is normalised with its own mean and variance (a regulariser; the "
-        "moving statistics, inference and checkpoints are unchanged); it must divide "
-        "batch_size; 0: the whole batch", check=not_negative),
+        "moving statistics, inference and checkpoints are unchanged); in training it must "
+        "divide batch_size; 0: the whole batch", check=not_negative),
     Key("pad_mode", str, "Convolution padding mode", choices=("same", "pad")),
     Key("padding", int, "Convolution padding when pad_mode is 'pad' (1 keeps the size)",
         check=not_negative),

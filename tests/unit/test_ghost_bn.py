@@ -123,9 +123,17 @@ def test_train_py_network_has_ghost_cells_with_the_checkpoint_names_of_the_plain
         [p.name for p in evaluated.get_parameters()]
 
 
+def test_training_refuses_a_batch_the_ghost_batch_does_not_divide_but_evaluation_takes_it():
+    from train import check_train_keys
+
+    config = quick_config("--batch_size=16", "--ghost_batch_size=6")  # eval.py's view: fine
+    with pytest.raises(UserError) as err:
+        check_train_keys(config)
+    assert str(err.value) == "config key 'ghost_batch_size' is 6; it must divide batch_size (16)"
+    check_train_keys(quick_config("--batch_size=16", "--ghost_batch_size=8"))
+
+
 @pytest.mark.parametrize("args,message", [
-    (["--batch_size=16", "--ghost_batch_size=6"],
-     "config key 'ghost_batch_size' is 6; it must divide batch_size (16)"),
     (["--ghost_batch_size=4", "--batch_norm=False"],
      "config key 'ghost_batch_size' is 4, but the network has no BatchNorm (batch_norm=False); "
      "set --ghost_batch_size=0"),

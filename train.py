@@ -150,7 +150,7 @@ def check_train_keys(config):
     ghost, batch = config.ghost_batch_size, config.batch_size
     if ghost and batch % ghost:
         raise UserError(f"config key 'ghost_batch_size' is {ghost}; it must divide batch_size "
-                        f"({batch})")
+                        f"({batch}), or set --ghost_batch_size=0")
 
 
 def train(config):

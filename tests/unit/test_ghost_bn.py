@@ -129,7 +129,8 @@ def test_training_refuses_a_batch_the_ghost_batch_does_not_divide_but_evaluation
     config = quick_config("--batch_size=16", "--ghost_batch_size=6")  # eval.py's view: fine
     with pytest.raises(UserError) as err:
         check_train_keys(config)
-    assert str(err.value) == "config key 'ghost_batch_size' is 6; it must divide batch_size (16)"
+    assert str(err.value) == ("config key 'ghost_batch_size' is 6; it must divide batch_size "
+                              "(16), or set --ghost_batch_size=0")
     check_train_keys(quick_config("--batch_size=16", "--ghost_batch_size=8"))
 
 

@@ -22,12 +22,15 @@ log = logging.getLogger("vgg")
 def bfloat16_status(net):
     """(usable, reason): whether the VGG `net` can run in bfloat16 in this process; the
     reason (one line) when it cannot."""
-    from src.native.layers import NativeFeatures
+    from src.native.layers import NativeFeatures, native_conv_status
 
     features = getattr(net, "features", None)
     if not isinstance(features, NativeFeatures):
-        return False, ("the network runs MindSpore's own kernels (native_kernels off, the "
-                       "native library not usable, or not CPU graph mode)")
+        # the reason names the way out: most often a library not built yet, which also
+        # slows float32 training
+        usable, why = native_conv_status()
+        why = why if not usable else "native_kernels is off"
+        return False, f"the network runs MindSpore's own kernels ({why})"
     if not features.blocked_inference:
         return False, f"the native blocked chain is not used ({features.inference_reason})"
     isa = bf16_isa()

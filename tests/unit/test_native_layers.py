@@ -212,6 +212,27 @@ def test_fallback_reasons(graph_mode, monkeypatch, caplog):
         assert "PyNative" in text and "stride" in text and "dilation" in text and "group" in text
 
 
+def stock_features_net():
+    net = nn.Cell()
+    net.features = nn.SequentialCell([nn.Conv2d(3, 4, 3), nn.ReLU()])
+    return net
+
+
+def test_precision_line_names_why_the_stock_kernels_run(graph_mode, monkeypatch):
+    """A network on MindSpore's own kernels says why in its precision line, with the way out:
+    a library not built names the build command, a usable one names the config key."""
+    from src.native.precision import bfloat16_status
+
+    if native.library_status()[0]:
+        assert bfloat16_status(stock_features_net()) == (
+            False, "the network runs MindSpore's own kernels (native_kernels is off)")
+    monkeypatch.setattr(native, "LIB_PATH", "/nonexistent/libvgg_native.so")
+    monkeypatch.setattr(native, "_load_result", None)
+    usable, why = bfloat16_status(stock_features_net())
+    assert not usable and why == ("the network runs MindSpore's own kernels (/nonexistent/"
+                                  "libvgg_native.so is not built (run: python -m src.native.build))")
+
+
 def test_preferred_isa_when_usable(library, monkeypatch):
     for name in ("VGG_NATIVE_KERNELS", "FAST_CONV"):
         monkeypatch.delenv(name, raising=False)

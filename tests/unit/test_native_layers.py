@@ -229,8 +229,9 @@ def test_precision_line_names_why_the_stock_kernels_run(graph_mode, monkeypatch)
     monkeypatch.setattr(native, "LIB_PATH", "/nonexistent/libvgg_native.so")
     monkeypatch.setattr(native, "_load_result", None)
     usable, why = bfloat16_status(stock_features_net())
-    assert not usable and why == ("the network runs MindSpore's own kernels (/nonexistent/"
-                                  "libvgg_native.so is not built (run: python -m src.native.build))")
+    assert not usable and why == (
+        "the network runs MindSpore's own kernels (/nonexistent/libvgg_native.so is not built "
+        "(run: python -m src.native.build))")
 
 
 def test_preferred_isa_when_usable(library, monkeypatch):

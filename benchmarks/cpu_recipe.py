@@ -48,6 +48,7 @@ def summarise(args, data, n_train, run_dir, train, evaluation):
         "train_wall_seconds": round(train_s, 1), "eval_wall_seconds": round(eval_s, 1),
         "epoch_seconds": figures["epoch_seconds"],
         "train_images_per_second_median": round(statistics.median(speeds), 1) if speeds else None,
+        "precision": figures["precision"],
         "checkpoint": os.path.basename(last), "machine": machine.cpu_summary(),
         "load_average_at_end": machine.load_average(2),
         "overrides": args.set, "commands": [args.train_command, args.eval_command],

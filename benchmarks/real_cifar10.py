@@ -75,10 +75,14 @@ def epoch_seconds(train_log):
 def log_figures(train_log, eval_log):
     """The figures train.py's and eval.py's logs print: held-out top-1 of eval.py, and from
     training the images/s of every progress line, every epoch time and the in-training top-1
-    after each epoch (the last one logged for an epoch, should a resumed run repeat it)."""
+    after each epoch (the last one logged for an epoch, should a resumed run repeat it), and the
+    precision line of the last start: float32 or bfloat16, native or MindSpore's own kernels, and
+    why (a figure of the run describes the path that line names)."""
     top1 = {int(epoch): float(value) for epoch, value in re.findall(
         r"eval after epoch (\d+): top1 ([0-9.]+)", train_log)}
+    precision = re.findall(r"^(?:\S+ \S+ )?(precision: .+)$", train_log, re.MULTILINE)
     return {
+        "precision": precision[-1] if precision else None,
         "holdout_top1": float(re.search(r"result: \{'acc': ([0-9.]+)\}", eval_log).group(1)),
         "speeds": [float(x) for x in re.findall(r"\| ([0-9.]+) img/s", train_log)],
         "epoch_seconds": epoch_seconds(train_log),

@@ -69,8 +69,9 @@ def test_a_resumed_run_is_summarised_from_all_its_attempts(tmp_path):
     """train.py appends every start to train_rank0.log: the JSON of a --resume run counts the
     attempts since the last fresh start (an older run in the same folder is not one), sums their
     times and keeps each epoch's last evaluation."""
-    def start(second, resumed_at=None):
-        lines = [rank_log_line(second, "device CPU, rank 0 of 1, run folder /r u n")]
+    def start(second, resumed_at=None, kernels="native kernels"):
+        lines = [rank_log_line(second, "device CPU, rank 0 of 1, run folder /r u n"),
+                 rank_log_line(second, f"precision: float32 on CPU ({kernels})")]
         if resumed_at:
             lines.append(rank_log_line(second + 1, f"resumed from /r u n/vgg16_bn-1_9.ckpt at "
                                                    f"{resumed_at} (global step 9, lr 0.1)"))
@@ -82,7 +83,7 @@ def test_a_resumed_run_is_summarised_from_all_its_attempts(tmp_path):
            rank_log_line(150, "epoch time: 50.0 s, per step time: 5.0 ms"),
            rank_log_line(151, "eval after epoch 1: top1 0.3000 top5 0.7000"),
            rank_log_line(170, "epoch 2/2 step 5/9 loss 1.5 lr 0.05 | 20.0 img/s"),  # killed
-           *start(200, "epoch 2, step 5"),
+           *start(200, "epoch 2, step 5", kernels="MindSpore's own kernels"),
            rank_log_line(230, "epoch time: 29.0 s, per step time: 7.2 ms"),
            rank_log_line(231, "eval after epoch 2: top1 0.6000 top5 0.9000")]
     (tmp_path / "train_rank0.log").write_text("\n".join(log) + "\n")
@@ -92,9 +93,11 @@ def test_a_resumed_run_is_summarised_from_all_its_attempts(tmp_path):
     assert figures["top1_after_each_epoch"] == [0.3, 0.6]
     assert figures["epoch_seconds"] == [50.0, 29.0]
     assert figures["speeds"] == [40.0, 20.0]
+    # the figures describe the path of the last start, which its precision line names
+    assert figures["precision"] == "precision: float32 on CPU (MindSpore's own kernels)"
     record = cpu_recipe.resume_record(text)
     assert (record["attempts"], record["resumed_at"]) == (2, ["epoch 2, step 5"])
-    assert cpu_recipe.resume_record("\n".join(log[:5])) == {}
+    assert cpu_recipe.resume_record("\n".join(log[:6])) == {}
 
 
 def real_cifar10_figures(train_log):

@@ -125,6 +125,18 @@ def accuracy_table(runs):
     return "\n".join(lines)
 
 
+_MARKERS = ("o", "s", "D", "v")
+_DASHES = ("-", "--", "-.", ":")
+
+
+def run_style(index):
+    """(color, marker, line style) of the index-th run: matplotlib's ten colours, then the
+    same colours with another marker and dash pattern, so that no two of up to forty runs look
+    alike in a plot."""
+    group = index // 10 % len(_MARKERS)
+    return f"C{index % 10}", _MARKERS[group], _DASHES[group]
+
+
 def plot_runs(runs, png_path, title=""):
     """Three panels, runs overlaid: held-out top-1 per epoch, training loss and learning rate
     against the epoch (steps scaled by each run's steps per epoch, so batch sizes compare)."""
@@ -135,16 +147,19 @@ def plot_runs(runs, png_path, title=""):
 
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
     for i, run in enumerate(runs):
-        color = f"C{i % 10}"
+        color, marker, dashes = run_style(i)
         top = run.top1()
-        axes[0].plot(list(top), list(top.values()), "o-", color=color, label=run.label)
+        axes[0].plot(list(top), list(top.values()), marker=marker, linestyle=dashes, color=color,
+                     label=run.label)
         ema = run.top1(ema=True)
         if ema:
             axes[0].plot(list(ema), list(ema.values()), "^:", color=color,
                          label=f"{run.label} (EMA)")
         where = [run.epoch_position(r) for r in run.train]
-        axes[1].plot(where, [r["loss"] for r in run.train], color=color, label=run.label)
-        axes[2].plot(where, [r["lr"] for r in run.train], color=color, label=run.label)
+        axes[1].plot(where, [r["loss"] for r in run.train], linestyle=dashes, color=color,
+                     label=run.label)
+        axes[2].plot(where, [r["lr"] for r in run.train], linestyle=dashes, color=color,
+                     label=run.label)
     axes[0].set(title="held-out top-1", xlabel="epoch", ylabel="%")
     axes[1].set(title="training loss", xlabel="epoch", ylabel="loss")
     axes[2].set(title="learning rate", xlabel="epoch", ylabel="lr")

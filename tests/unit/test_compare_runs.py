@@ -114,3 +114,22 @@ def test_command_line_error_is_one_line_and_exit_1(tmp_path):
     assert result.stderr.strip().splitlines() == [
         f"error: {missing}: no such metrics file (give a run folder or its metrics.csv)"]
     assert not (tmp_path / "x.png").exists()
+
+
+def test_more_than_ten_runs_stay_distinguishable_in_the_plot(tmp_path, monkeypatch):
+    """matplotlib has ten colours: the eleventh run on must differ by marker and dashes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from src.run_compare import load_runs, plot_runs
+
+    folders = [str(write_run(tmp_path / f"r{i}", 4, [0.5, 0.6 + i / 100])) for i in range(12)]
+    closed = []
+    monkeypatch.setattr(plt, "close", closed.append)
+    plot_runs(load_runs(folders), str(tmp_path / "cmp.png"))
+    top1, loss, _ = closed[0].axes
+    styles = {(line.get_color(), line.get_marker(), line.get_linestyle()) for line in top1.lines}
+    assert len(top1.lines) == len(styles) == 12
+    assert len({(line.get_color(), line.get_linestyle()) for line in loss.lines}) == 12

@@ -579,6 +579,15 @@ def cpu_flags():
     return flags()
 
 
+def test_blocked_chain_cases_hold_whole_blocks_on_every_isa():
+    """Runs on any CPU: a blocked-input case must have whole activation blocks of channels for
+    every worker's ISA (8 with AVX2, 16 with AVX-512), or a worker skipped on this machine
+    (AVX512_CORE on an AVX2-only CPU) would refuse it elsewhere."""
+    largest = max(block for *_, block, _ in WORKERS.values())
+    odd = [case for case in CHAIN_CONV_CASES if case[0] and case[1] % largest]
+    assert not odd, f"blocked inputs need channels in multiples of {largest}: {odd}"
+
+
 @pytest.fixture(scope="module", params=sorted(WORKERS))
 def measured(request, library, tmp_path_factory):
     """The report of one worker of WORKERS (one process each, shared by the tests below)."""

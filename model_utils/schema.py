@@ -112,6 +112,11 @@ KEYS = (
         "usual head on 32x32 CIFAR-10 images, where the features are 512 values; has_dropout "
         "does not apply, and torchvision weights give only its features)",
         choices=("mlp", "linear")),
+    Key("logit_scale", float,
+        "Constant factor on the network's logits (1: none), e.g. 0.125 as in the fast "
+        "CIFAR-10 recipes: the loss sees softer logits, so the head must grow its weights to "
+        "reach the same confidence; part of the network, so evaluation and exported models "
+        "apply it too; the top-1 of given weights is unchanged", check=positive),
     Key("has_dropout", bool, "Dropout (p=0.5) in the classifier during training"),
     Key("image_size", list,
         "Network input height,width (multiples of 32); images are resized to it",

@@ -19,6 +19,7 @@ def network_kwargs(config, num_classes=None):
         "identity_init": config.get("identity_init", False),
         "dropout": config.has_dropout,
         "head": config.get("head", "mlp"),
+        "logit_scale": config.get("logit_scale", 1.0),
         "image_size": tuple(config.image_size),
     }
 

@@ -67,7 +67,7 @@ def create_loss_cell(net, label_smoothing, masked_dropout):
             x = x * ops.cast(mask1, x.dtype)
             x = self.relu(head[3](x))
             x = x * ops.cast(mask2, x.dtype)
-            logits = ops.cast(head[6](x), ms.float32)
+            logits = ops.cast(self.network.scale_logits(head[6](x)), ms.float32)
             return self.loss(logits, label)
 
     return NetWithMaskedDropoutLoss() if masked_dropout else NetWithLoss()

@@ -5,7 +5,9 @@ parameters line up one-to-one with its `vgg*` state dicts.
 """
 import math
 
-from mindspore import nn
+import mindspore as ms
+import numpy as np
+from mindspore import nn, ops
 from mindspore.common.initializer import Dirac, HeNormal, Initializer, Normal, XavierUniform, Zero
 
 from src.ghost_bn import batch_norm_cell
@@ -99,11 +101,19 @@ class VGG(nn.Cell):
     """VGG over a prebuilt feature extractor: features → flatten → the head (HEADS)."""
 
     def __init__(self, features, num_classes=1000, image_size=(224, 224), dropout=True,
-                 initialize_mode="XavierUniform", include_top=True, head="mlp"):
+                 initialize_mode="XavierUniform", include_top=True, head="mlp",
+                 logit_scale=1.0):
         super().__init__()
         height, width = _check_image_size(image_size)
         if head not in HEADS:
             raise ValueError(f"head must be one of {', '.join(HEADS)}, got {head!r}")
+        if not logit_scale > 0:
+            raise ValueError(f"logit_scale must be > 0, got {logit_scale!r}")
+        # a constant factor on the logits (1: none), part of the network so that training,
+        # evaluation (whose TTA averages softmax scores) and exported models all see it
+        self.logit_scale = float(logit_scale)
+        # a tensor for ops.mul: Tensor * Python float fails in PyNative mode under NumPy 2
+        self._logit_factor = ms.Tensor(np.array(self.logit_scale, np.float32))
         self.features = features
         self.flatten = nn.Flatten()
         self.include_top = include_top
@@ -133,10 +143,15 @@ class VGG(nn.Cell):
     def forward_head(self, x):
         return self.classifier(x)
 
+    def scale_logits(self, logits):
+        if self.logit_scale == 1.0:
+            return logits
+        return ops.mul(logits, ops.cast(self._logit_factor, logits.dtype))
+
     def construct(self, x):
         x = self.forward_features(x)
         if self.include_top:
-            x = self.forward_head(x)
+            x = self.scale_logits(self.forward_head(x))
         return x
 
 
@@ -152,8 +167,10 @@ def _check_image_size(image_size):
 def build_vgg(arch, num_classes=1000, batch_norm=False, pad_mode="same", has_bias=False,
               initialize_mode="XavierUniform", dropout=True, image_size=(224, 224),
               include_top=True, padding=None, conv_cell=nn.Conv2d,
-              features_cell=nn.SequentialCell, ghost_batch=0, head="mlp", identity_init=False):
-    """One VGG variant; `arch` is vgg11, vgg13, vgg16 or vgg19; `head` one of HEADS."""
+              features_cell=nn.SequentialCell, ghost_batch=0, head="mlp", identity_init=False,
+              logit_scale=1.0):
+    """One VGG variant; `arch` is vgg11, vgg13, vgg16 or vgg19; `head` one of HEADS;
+    `logit_scale` a constant factor on the logits."""
     if arch not in LAYER_TABLE:
         raise ValueError(f"arch must be one of {', '.join(ARCHS)}, got {arch!r}")
     if pad_mode not in ("same", "pad"):
@@ -162,17 +179,19 @@ def build_vgg(arch, num_classes=1000, batch_norm=False, pad_mode="same", has_bia
         padding = 1 if pad_mode == "pad" else 0
     features = make_layers(LAYER_TABLE[arch], batch_norm, pad_mode, padding, has_bias,
                            initialize_mode, conv_cell, features_cell, ghost_batch, identity_init)
-    return VGG(features, num_classes, image_size, dropout, initialize_mode, include_top, head)
+    return VGG(features, num_classes, image_size, dropout, initialize_mode, include_top, head,
+               logit_scale)
 
 
 def _builder(arch, batch_norm):
     def build(num_classes=1000, pad_mode="same", has_bias=False,
               initialize_mode="XavierUniform", dropout=True, image_size=(224, 224),
               include_top=True, padding=None, conv_cell=nn.Conv2d,
-              features_cell=nn.SequentialCell, ghost_batch=0, head="mlp", identity_init=False):
+              features_cell=nn.SequentialCell, ghost_batch=0, head="mlp", identity_init=False,
+              logit_scale=1.0):
         return build_vgg(arch, num_classes, batch_norm, pad_mode, has_bias, initialize_mode,
                          dropout, image_size, include_top, padding, conv_cell, features_cell,
-                         ghost_batch, head, identity_init)
+                         ghost_batch, head, identity_init, logit_scale)
     build.__name__ = arch + ("_bn" if batch_norm else "")
     build.__doc__ = f"{arch.upper()}{' with BatchNorm' if batch_norm else ''}."
     return build

@@ -72,6 +72,7 @@ def test_list_forms_agree():
                                  "linear, not 'step'"),
     (["--lr_scheduler=multistep", "--warmup_steps=3"], "not 'multistep'"),
     (["--eval_tta_shift=-1"], "'eval_tta_shift' is -1"),
+    (["--logit_scale=0"], "'logit_scale' is 0.0; it must be > 0"),
     (["--dataset=imagenet2012", "--alternate_flip=True"],
      "'alternate_flip' applies to dataset cifar10, not 'imagenet2012'"),
     (["--image_size=32,32", "--eval_tta_shift=32"],

@@ -220,3 +220,40 @@ def test_identity_init_comes_from_the_config_key():
         net = build_network(config, "CPU", training=True)
         convs = [c for c in net.features.cell_list if isinstance(c, nn.Conv2d)]
         assert _dirac_rows(convs[1].weight.asnumpy()) == rows
+
+
+def test_logit_scale_multiplies_the_logits_in_inference_and_in_the_dropout_loss():
+    """The same weights give the logits times logit_scale (so the same top-1), from the config
+    key; the masked-dropout loss cell, which runs the head's layers itself, scales them too."""
+    from src.factory import build_network
+    from src.train_loss import create_loss_cell
+    from tests.helpers import quick_config
+
+    x = ms.Tensor(np.random.default_rng(0).standard_normal((4, 3, 32, 32)).astype(np.float32))
+    nets = {}
+    for scale in (1.0, 0.125):
+        ms.set_seed(3)
+        config = quick_config("--arch=vgg11", "--has_dropout=True", "--native_kernels=off",
+                              f"--logit_scale={scale}")
+        nets[scale] = build_network(config, "CPU")
+        nets[scale].set_train(False)
+    plain, scaled = (nets[s](x).asnumpy() for s in (1.0, 0.125))
+    assert np.abs(plain).max() > 1e-3
+    np.testing.assert_allclose(scaled, plain * 0.125, rtol=1e-6, atol=1e-7)
+    assert (scaled.argmax(1) == plain.argmax(1)).all()
+    label = ms.Tensor(np.array([0, 1, 2, 3], np.int32))
+    keep = ms.Tensor(np.ones((4, 4096), np.float32))
+    for net in nets.values():
+        logits = net(x).asnumpy().astype(np.float64)
+        ms.set_context(mode=ms.GRAPH_MODE)  # as train.py runs it
+        try:
+            loss = create_loss_cell(net, 0.0, masked_dropout=True)(x, label, keep, keep)
+        finally:
+            ms.set_context(mode=ms.PYNATIVE_MODE)
+        logp = logits - np.log(np.exp(logits).sum(1, keepdims=True))
+        assert abs(float(loss.asnumpy()) + logp[np.arange(4), [0, 1, 2, 3]].mean()) < 1e-5
+
+
+def test_logit_scale_must_be_positive():
+    with pytest.raises(ValueError, match="logit_scale must be > 0"):
+        vgg.vgg11(num_classes=10, image_size=(32, 32), logit_scale=0.0)

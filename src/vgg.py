@@ -112,7 +112,8 @@ class VGG(nn.Cell):
         # a constant factor on the logits (1: none), part of the network so that training,
         # evaluation (whose TTA averages softmax scores) and exported models all see it
         self.logit_scale = float(logit_scale)
-        # a tensor for ops.mul: Tensor * Python float fails in PyNative mode under NumPy 2
+        # a tensor for ops.mul: an eager Tensor * float can meet MindSpore's failing NumPy
+        # C-API import (src/runtime.py's settle_numpy_bridge)
         self._logit_factor = ms.Tensor(np.array(self.logit_scale, np.float32))
         self.features = features
         self.flatten = nn.Flatten()

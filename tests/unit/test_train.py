@@ -295,6 +295,19 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(reference_run, data, tm
 
 
 @pytest.mark.e2e
+def test_pynative_mode_trains_with_the_dropout_head(data, tmp_path):
+    """context_mode=pynative (eager, for debugging) trains too: under NumPy 2 the first eager
+    tensor product used to fail (see src/runtime.py's settle_numpy_bridge)."""
+    run_dir = str(tmp_path / "run")
+    result = run_train([f"--data_dir={data}", f"--ckpt_path={run_dir}", "--context_mode=pynative",
+                        "--has_dropout=True", "--max_epoch=1", "--T_max=1", "--warmup_epochs=0",
+                        "--eval_interval=0"])
+    loss = re.search(r"epoch: 1 step: 8, loss is ([0-9.]+)", result.stdout)
+    assert loss and np.isfinite(float(loss.group(1))), result.stdout[-500:]
+    assert os.path.isfile(os.path.join(run_dir, "vgg11_bn-1_8.ckpt"))
+
+
+@pytest.mark.e2e
 def test_pretrained_with_other_class_count(reference_run, data, tmp_path):
     run_dir, _ = reference_run
     weights = os.path.join(run_dir, "vgg11_bn-2_8.ckpt")

@@ -1,7 +1,9 @@
 """Sets up the device, the execution mode and, when asked, distributed communication; hands
 the C heap's free pages back to the system after graph compilation."""
+import contextlib
 import ctypes
 import ctypes.util
+import io
 import os
 from dataclasses import dataclass
 
@@ -65,7 +67,8 @@ def setup_runtime(device_target="CPU", device_id=0, mode="graph", distributed=Fa
         raise UserError(f"device_target {device_target} (device {device_id}) is not "
                         f"usable here: {str(err).splitlines()[0]}") from None
     ms.set_context(mode=ms.GRAPH_MODE if mode == "graph" else ms.PYNATIVE_MODE)
-    settle_numpy_bridge()
+    if mode == "pynative":
+        settle_numpy_bridge()
     if seed is not None:
         ms.set_seed(seed)
     rank, group_size = (0, 1)
@@ -80,16 +83,19 @@ def settle_numpy_bridge():
     MindSpore 2.10's C++ extension is built against NumPy 1.x. Under NumPy 2 its lazy import of
     the NumPy C API fails once, and the first eager tensor operation that triggers it (e.g.
     ``tensor * 0.5`` or ``tensor * mask`` in PyNative mode) raises SystemError; every later
-    operation runs. Running one such operation here, and absorbing that error, keeps it from
-    stopping the first training step in PyNative mode. True when the error was met."""
+    operation runs. Running one such operation here, and absorbing that error and the message
+    NumPy writes to stderr with it, keeps it from stopping the first training step in PyNative
+    mode (graph mode compiles its products and never meets it). True when the error was met;
+    MindSpore still logs one "Numpy init failed" warning."""
     import mindspore as ms
     import numpy as np
 
     probe = ms.Tensor(np.ones(1, np.float32))
-    try:
-        probe * 0.5
-    except SystemError:
-        return True
+    with contextlib.redirect_stderr(io.StringIO()):
+        try:
+            probe * 0.5
+        except SystemError:
+            return True
     return False
 
 

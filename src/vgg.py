@@ -112,8 +112,9 @@ class VGG(nn.Cell):
         # a constant factor on the logits (1: none), part of the network so that training,
         # evaluation (whose TTA averages softmax scores) and exported models all see it
         self.logit_scale = float(logit_scale)
-        # a tensor for ops.mul: an eager Tensor * float can meet MindSpore's failing NumPy
-        # C-API import (src/runtime.py's settle_numpy_bridge)
+        # a tensor for ops.mul: in eager mode, a Tensor * float can be the first call to meet
+        # MindSpore's failing NumPy C-API import (src/runtime.py's settle_numpy_bridge), a
+        # primitive on two tensors is not, so the network needs no set-up to run eagerly
         self._logit_factor = ms.Tensor(np.array(self.logit_scale, np.float32))
         self.features = features
         self.flatten = nn.Flatten()

@@ -17,6 +17,7 @@ from src.cli import run_entry
 from src.dataset import cifar10_folder, find_classes, imagenet_folder
 from src.errors import UserError
 from src.factory import build_dataset, build_network, model_name, whiten_stem
+from src.momentum import freeze_batchnorm_scales
 from src.profiling import StepProfiler
 from src.progress import format_duration, setup_logger
 from src.runtime import setup_runtime
@@ -188,6 +189,9 @@ def train(config):
         load_pretrained(net, config, log)
     elif config.stem_whitening:
         whiten_stem(net, config, log, resuming=bool(resume))
+    if config.freeze_bn_scale:
+        log.info("BatchNorm scales frozen: %d gamma parameters kept at their start value",
+                 freeze_batchnorm_scales(net))
     trainer = Trainer(config, runtime, net, make_dataset, steps_per_epoch, paths, log,
                       config_yaml, eval_fn)
     if resume:

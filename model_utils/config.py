@@ -177,11 +177,23 @@ def _check_consistency(v):
     if v.get("alternate_flip") and v.get("dataset", "cifar10") != "cifar10":
         raise UserError(f"config key 'alternate_flip' applies to dataset cifar10, not "
                         f"{v.get('dataset')!r}")
+    _check_batchnorm_keys(v)
     _check_ghost_batch(v)
     shift, size = v.get("eval_tta_shift", 0), v.get("image_size")
     if shift and size and shift >= min(size):
         raise UserError(f"config key 'eval_tta_shift' is {shift}; it must be smaller than the "
                         f"image size ({min(size)})")
+
+
+def _check_batchnorm_keys(v):
+    """Keys that act on BatchNorm layers stay at their off value on a network without them."""
+    if v.get("batch_norm") is not False:
+        return
+    for key, off in (("ghost_batch_size", 0), ("freeze_bn_scale", False),
+                     ("bn_bias_lr_scale", 1.0)):
+        if v.get(key, off) != off:
+            raise UserError(f"config key '{key}' is {v[key]}, but the network has no BatchNorm "
+                            f"(batch_norm=False); set --{key}={off}")
 
 
 def _check_ghost_batch(v):
@@ -191,9 +203,6 @@ def _check_ghost_batch(v):
     ghost = v.get("ghost_batch_size", 0)
     if not ghost:
         return
-    if v.get("batch_norm") is False:
-        raise UserError(f"config key 'ghost_batch_size' is {ghost}, but the network has no "
-                        "BatchNorm (batch_norm=False); set --ghost_batch_size=0")
     if v.get("sync_bn"):
         raise UserError(f"config keys 'ghost_batch_size' ({ghost}) and 'sync_bn' ask for "
                         "BatchNorm statistics over fewer and over more images; set one of "

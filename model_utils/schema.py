@@ -219,6 +219,13 @@ KEYS = (
         "both signs, the largest first, in as many filters as it has (54 of VGG's 64); the "
         "convolution is then frozen (0: off)",
         check=not_negative),
+    Key("freeze_bn_scale", bool,
+        "Training: keep every BatchNorm scale (gamma) at its start value (1, or pre_trained's) "
+        "instead of training it, as the fast CIFAR-10 recipes do; needs batch_norm"),
+    Key("bn_bias_lr_scale", float,
+        "Training: learning-rate factor of the BatchNorm shifts (beta), which carry no weight "
+        "decay; e.g. 16 or 64 together with freeze_bn_scale (1: the rate of the rest)",
+        check=positive),
     Key("mixup_alpha", float, "Mixup: Beta(alpha, alpha) mixing of batch pairs (0: off)",
         check=not_negative),
     Key("cutmix_alpha", float, "CutMix: Beta(alpha, alpha) box pasting between batch pairs "

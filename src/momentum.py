@@ -20,6 +20,23 @@ def split_parameter_groups(net, freeze_features=False):
     return groups
 
 
+def is_batchnorm_shift(param):
+    """Whether param is a BatchNorm shift (beta): every BatchNorm cell of the network, plain,
+    ghost, synchronised or run by the native kernels, names it ``<cell>.beta``."""
+    return param.name.endswith(".beta")
+
+
+def freeze_batchnorm_scales(net):
+    """Keep every BatchNorm scale (gamma) of net at its present value: no gradient, no
+    optimizer state. Returns how many were frozen."""
+    frozen = 0
+    for param in net.get_parameters():
+        if param.name.endswith(".gamma"):
+            param.requires_grad = False
+            frozen += 1
+    return frozen
+
+
 def decayed_momentum_class():
     """nn.Momentum whose weight decay is one fused ``g + wd * w`` per parameter.
 

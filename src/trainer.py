@@ -13,6 +13,7 @@ from src.mixing import mixer_from_config
 from src.momentum import (
     decayed_momentum_class,
     fused_momentum_class,
+    is_batchnorm_shift,
     nesterov_momentum_class,
     split_parameter_groups,
 )
@@ -36,14 +37,21 @@ def _fused_optimizer_usable(config, device_target):
 
 
 def build_optimizer(net, config, lr_per_step, loss_scale, device_target="CPU"):
-    """Momentum SGD with per-group weight decay and learning rate (features may be scaled)."""
+    """Momentum SGD with per-group weight decay and learning rate (the features and the
+    BatchNorm shifts may have their own factors)."""
     import mindspore as ms
 
     groups, decay_by_name = [], {}
     groups_by_kind = split_parameter_groups(net, config.freeze_features)
+    shift_scale = config.get("bn_bias_lr_scale", 1.0)
     for (is_feature, decayed), params in groups_by_kind.items():
         scale = config.features_lr_scale if is_feature else 1.0
-        groups.append({"params": params, "lr": ms.Tensor(lr_per_step * scale, ms.float32)})
+        apart = [shift_scale != 1.0 and is_batchnorm_shift(p) for p in params]
+        for subset, factor in (([p for p, a in zip(params, apart) if not a], 1.0),
+                               ([p for p, a in zip(params, apart) if a], shift_scale)):
+            if subset:
+                groups.append({"params": subset,
+                               "lr": ms.Tensor(lr_per_step * scale * factor, ms.float32)})
         decay_by_name.update((p.name, config.weight_decay if decayed else 0.0) for p in params)
     if not groups:
         raise UserError("nothing to train: every parameter is frozen")

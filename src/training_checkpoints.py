@@ -48,8 +48,8 @@ def resume_position(entries, path, steps_per_epoch, accumulate_steps=1):
 
 
 # Keys that decide which parameters train or what the training state holds: a run resumes only
-# with the values it was made with.
-SAME_ON_RESUME = {"stem_whitening": 0, "lookahead_steps": 0}  # key: value before the key
+# with the values it was made with. key: the value of runs made before the key existed.
+SAME_ON_RESUME = {"stem_whitening": 0, "lookahead_steps": 0, "freeze_bn_scale": False}
 
 
 def config_values(config_yaml):

@@ -1,6 +1,7 @@
 """The training toolbox in whole runs of train.py: gradient accumulation, clipping, Nesterov,
 EMA, Lookahead, mixup/CutMix, RandAugment, random erasing, flip TTA, the patch-whitening
-stem and ghost batch normalisation (on the native chain) together. A run interrupted in the
+stem, ghost batch normalisation (on the native chain), frozen BatchNorm scales and a raised
+rate of the BatchNorm shifts together. A run interrupted in the
 middle of an accumulation window and resumed ends bit for bit where the uninterrupted run ends
 (weights, momenta, EMA averages, Lookahead's slow weights, accumulated gradients); the EMA and
 averaged weights evaluate with eval.py."""
@@ -25,7 +26,8 @@ TOOLBOX = ["--batch_size=8", "--log_interval=1", "--eval_interval=1", "--accumul
            "--eval_tta_shift=2", "--stem_whitening=32", "--ghost_batch_size=4",
            # 2 optimizer steps an epoch: Lookahead syncs at the epoch's end only, so at the
            # interruption below the slow weights differ from the trained ones
-           "--lookahead_steps=3", "--lookahead_alpha=0.5"]
+           "--lookahead_steps=3", "--lookahead_alpha=0.5",
+           "--freeze_bn_scale=True", "--bn_bias_lr_scale=4"]
 FINAL = "vgg11_bn-2_6.ckpt"
 
 
@@ -100,6 +102,19 @@ def test_the_whitened_stem_is_set_from_the_first_images_and_stays_frozen(referen
     assert not np.array_equal(final["features.4.weight"], first["features.4.weight"])
 
 
+def test_batchnorm_scales_stay_at_one_and_the_shifts_train(reference):
+    run_dir, stdout = reference
+    assert "BatchNorm scales frozen: 8 gamma parameters kept at their start value" in stdout
+    final = checkpoint_arrays(os.path.join(run_dir, FINAL))
+    scales = [k for k in final if k.startswith("features.") and k.endswith(".gamma")]
+    assert len(scales) == 8
+    for name in scales:
+        np.testing.assert_array_equal(final[name], 1.0, err_msg=name)
+        assert "moments." + name not in final and "lookahead." + name not in final
+        shift = name[:-len("gamma")] + "beta"
+        assert final[shift].any() and "moments." + shift in final
+
+
 def test_interrupted_mid_window_resumes_exactly(reference, data, tmp_path):
     """Ctrl-C after the 4th batch of epoch 1 (one batch into the 2nd window): the saved
     accumulated gradients are not zero, and the resumed run ends with every entry of the
@@ -149,6 +164,12 @@ def test_resume_without_lookahead_is_refused(reference, data, tmp_path):
     saved, lines = refused_resume(reference, data, tmp_path / "plain", "--lookahead_steps=0")
     assert lines == [f"error: checkpoint {saved} was made with lookahead_steps=3, "
                      "this run has 0; resume with --lookahead_steps=3"]
+
+
+def test_resume_with_trained_batchnorm_scales_is_refused(reference, data, tmp_path):
+    saved, lines = refused_resume(reference, data, tmp_path / "scales", "--freeze_bn_scale=False")
+    assert lines == [f"error: checkpoint {saved} was made with freeze_bn_scale=True, "
+                     "this run has False; resume with --freeze_bn_scale=True"]
 
 
 def test_eval_py_takes_the_ema_and_the_averaged_weights(reference, data, tmp_path):

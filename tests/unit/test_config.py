@@ -73,6 +73,13 @@ def test_list_forms_agree():
     (["--lr_scheduler=multistep", "--warmup_steps=3"], "not 'multistep'"),
     (["--eval_tta_shift=-1"], "'eval_tta_shift' is -1"),
     (["--logit_scale=0"], "'logit_scale' is 0.0; it must be > 0"),
+    (["--bn_bias_lr_scale=-2"], "'bn_bias_lr_scale' is -2.0; it must be > 0"),
+    (["--batch_norm=False", "--freeze_bn_scale=True"],
+     "config key 'freeze_bn_scale' is True, but the network has no BatchNorm "
+     "(batch_norm=False); set --freeze_bn_scale=False"),
+    (["--batch_norm=False", "--bn_bias_lr_scale=16"],
+     "config key 'bn_bias_lr_scale' is 16.0, but the network has no BatchNorm "
+     "(batch_norm=False); set --bn_bias_lr_scale=1.0"),
     (["--dataset=imagenet2012", "--alternate_flip=True"],
      "'alternate_flip' applies to dataset cifar10, not 'imagenet2012'"),
     (["--image_size=32,32", "--eval_tta_shift=32"],

@@ -154,6 +154,54 @@ def test_optimizer_matches_mindspore_momentum(fused, monkeypatch):
     assert int(optimizer.global_step.asnumpy()[0]) == len(lrs)
 
 
+@pytest.mark.parametrize("fused", [True, False])
+def test_batchnorm_shifts_take_their_own_rate_and_frozen_scales_stay(fused, monkeypatch):
+    """bn_bias_lr_scale multiplies the step of the BatchNorm shifts and of nothing else;
+    freeze_bn_scale leaves the scales out of the optimizer, so they keep their value. With the
+    scales at their start value (1) the first step's gradients are the same, so the shifts
+    move exactly bn_bias_lr_scale times as far in both cases."""
+    import mindspore as ms
+    from mindspore import nn
+
+    from src import trainer
+    from src.momentum import freeze_batchnorm_scales
+
+    ms.set_context(mode=ms.GRAPH_MODE, device_target="CPU")
+    monkeypatch.setattr(trainer, "_fused_optimizer_usable", lambda config, target: fused)
+    rng = np.random.default_rng(5)
+    x = ms.Tensor(rng.standard_normal((6, 3, 6, 6)).astype(np.float32))
+    y = ms.Tensor(rng.integers(0, 3, 6).astype(np.int32))
+
+    def one_step(*overrides):
+        net = tiny_net(11, conv_bias=True)
+        config = quick_config("--weight_decay=0.01", "--momentum=0.8", "--nesterov=True",
+                              *overrides)
+        if config.freeze_bn_scale:
+            assert freeze_batchnorm_scales(net) == 1
+        start = {p.name: p.asnumpy().copy() for p in net.get_parameters()}
+        optimizer = trainer.build_optimizer(net, config, np.full(3, 0.1, np.float32), 1.0)
+        loss = nn.SoftmaxCrossEntropyWithLogits(sparse=True, reduction="mean")
+        step = nn.TrainOneStepCell(nn.WithLossCell(net, loss), optimizer)
+        step.set_train()
+        step(x, y)
+        moved = {p.name: p.asnumpy() - start[p.name] for p in net.get_parameters()}
+        return moved, {p.name for p in optimizer.parameters}
+
+    plain, plain_names = one_step()
+    scaled, _ = one_step("--bn_bias_lr_scale=4")
+    frozen, frozen_names = one_step("--bn_bias_lr_scale=4", "--freeze_bn_scale=True")
+    shift, scale = "features.1.beta", "features.1.gamma"
+    assert np.abs(plain[shift]).min() > 0 and np.abs(plain[scale]).max() > 0
+    for moved in (scaled, frozen):
+        np.testing.assert_allclose(moved[shift], 4 * plain[shift], rtol=1e-5, atol=1e-8)
+    for name in ("features.0.weight", "features.0.bias", "classifier.1.weight"):
+        np.testing.assert_allclose(scaled[name], plain[name], rtol=1e-6, atol=1e-9)
+        np.testing.assert_allclose(frozen[name], plain[name], rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(scaled[scale], plain[scale], rtol=1e-6, atol=1e-9)
+    assert not frozen[scale].any()
+    assert plain_names - frozen_names == {scale}
+
+
 def test_mixed_precision_step_takes_the_dropout_masks(monkeypatch):
     """On GPU/Ascend the step runs under amp O2; the masked-dropout loss must still get the
     VGG (not the AMP wrapper), so the step takes image, label and both masks as Trainer

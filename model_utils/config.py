@@ -174,9 +174,13 @@ def _check_consistency(v):
     if v.get("pad_mode") == "pad" and v.get("padding", 1) != 1:
         raise UserError(f"config key 'padding' is {v.get('padding')}; pad_mode 'pad' keeps the "
                         "feature size of a 3x3 convolution only with padding 1")
-    if v.get("alternate_flip") and v.get("dataset", "cifar10") != "cifar10":
-        raise UserError(f"config key 'alternate_flip' applies to dataset cifar10, not "
-                        f"{v.get('dataset')!r}")
+    for key, off in (("alternate_flip", False), ("crop_padding_mode", "zero")):
+        if v.get(key, off) != off and v.get("dataset", "cifar10") != "cifar10":
+            raise UserError(f"config key '{key}' applies to dataset cifar10, not "
+                            f"{v.get('dataset')!r}")
+    if v.get("crop_padding_mode") == "reflect" and v.get("crop_padding", 0) > 31:
+        raise UserError(f"config key 'crop_padding' is {v['crop_padding']}; a reflected border "
+                        "can be at most 31 pixels wide (CIFAR-10 images are 32x32)")
     _check_batchnorm_keys(v)
     _check_ghost_batch(v)
     shift, size = v.get("eval_tta_shift", 0), v.get("image_size")

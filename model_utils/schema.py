@@ -256,8 +256,12 @@ KEYS = (
         "Probability of erasing one random rectangle of a training image (0: off)",
         check=probability),
     Key("crop_padding", int,
-        "CIFAR-10 training: pixels of zero padding on each side before the random 32x32 crop "
+        "CIFAR-10 training: pixels of padding on each side before the random 32x32 crop "
         "(0: no crop, flip only)", check=not_negative),
+    Key("crop_padding_mode", str,
+        "CIFAR-10 training: what fills the crop_padding border: zero (black, upstream's) or "
+        "reflect (the image mirrored at its edge, as eval_tta_shift's shifted views are)",
+        choices=("zero", "reflect")),
     Key("alternate_flip", bool,
         "CIFAR-10 training: mirror a fixed random half of the images in even epochs and the "
         "other half in odd epochs, instead of each image at random (every image is seen both "

@@ -183,9 +183,11 @@ class Cifar10Batches:
 
     def __init__(self, images, labels, indices, *, batch_size, training, image_size=(32, 32),
                  seed=1, epoch=0, num_shards=1, shard_id=0, drop_remainder=None, start_step=0,
-                 auto_augment="none", random_erasing=0.0, crop_padding=4, alternate_flip=False):
+                 auto_augment="none", random_erasing=0.0, crop_padding=4, alternate_flip=False,
+                 crop_padding_mode="zero"):
         self.images, self.labels, self.indices = images, labels, np.asarray(indices)
         self.pad = int(crop_padding)
+        self.pad_mode = {"zero": "constant", "reflect": "reflect"}[crop_padding_mode]
         self.flipped_half = None
         if alternate_flip and training:
             # a fixed half of the whole set (same for every shard) is mirrored in even epochs,
@@ -240,11 +242,11 @@ class Cifar10Batches:
         return (self[i] for i in range(len(self)))
 
     def _crop_and_flip(self, batch, rng, picked):
-        """Random 32x32 crop of the image zero-padded by self.pad pixels on each side (the
-        image itself when 0), then a horizontal flip: at random, or with alternate_flip as
-        self.flipped_half says for the images `picked`."""
+        """Random 32x32 crop of the image padded by self.pad pixels on each side (zeros, or
+        the image reflected at its edges; the image itself when 0), then a horizontal flip:
+        at random, or with alternate_flip as self.flipped_half says for the images `picked`."""
         count, pad = len(batch), self.pad
-        padded = np.pad(batch, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+        padded = np.pad(batch, ((0, 0), (0, 0), (pad, pad), (pad, pad)), mode=self.pad_mode)
         top = rng.integers(0, 2 * pad + 1, count)
         left = rng.integers(0, 2 * pad + 1, count)
         if self.flipped_half is None:
@@ -260,7 +262,7 @@ class Cifar10Batches:
 
 def _cifar10_dataset(data_dir, *, batch_size, training, image_size, num_classes, num_shards,
                      shard_id, workers, seed, epoch, start_step, drop_remainder, auto_augment,
-                     random_erasing, crop_padding, alternate_flip):
+                     random_erasing, crop_padding, alternate_flip, crop_padding_mode):
     import mindspore.dataset as ds
     files = cifar10_files(data_dir, training)
     images, labels = _read_cifar10_chw(files, num_classes)
@@ -271,7 +273,8 @@ def _cifar10_dataset(data_dir, *, batch_size, training, image_size, num_classes,
                             image_size=image_size, seed=seed, epoch=epoch, num_shards=num_shards,
                             shard_id=shard_id, drop_remainder=drop_remainder, start_step=start_step,
                             auto_augment=auto_augment, random_erasing=random_erasing,
-                            crop_padding=crop_padding, alternate_flip=alternate_flip)
+                            crop_padding=crop_padding, alternate_flip=alternate_flip,
+                            crop_padding_mode=crop_padding_mode)
     # Threads, not processes: the NumPy work releases the GIL and nothing gets pickled.
     return ds.GeneratorDataset(source, column_names=["image", "label"], shuffle=False,
                                num_parallel_workers=workers, python_multiprocessing=False)
@@ -507,7 +510,7 @@ def create_dataset(name, data_dir, *, batch_size, training, image_size=(32, 32),
                    num_shards=1, shard_id=0, num_parallel_workers=None, seed=1, epoch=0,
                    start_step=0, list_file=None, skip_corrupt=False, drop_remainder=None,
                    auto_augment="none", random_erasing=0.0, crop_padding=4,
-                   alternate_flip=False):
+                   alternate_flip=False, crop_padding_mode="zero"):
     """One epoch of `name` ('cifar10' | 'imagenet2012') as a batched mindspore Dataset.
 
     Columns ('image', 'label'): image float32 NCHW normalised, label int32 of shape (B,).
@@ -518,7 +521,8 @@ def create_dataset(name, data_dir, *, batch_size, training, image_size=(32, 32),
     epoch; get_dataset_size() is the number of batches left. ImageNet datasets carry
     `skipped_files` (corrupt images replaced when skip_corrupt=True). auto_augment and
     random_erasing (src/augment.py) apply to training only; crop_padding is CIFAR-10's random
-    crop (the image zero-padded by that many pixels on each side; 0: flip only), and
+    crop (the image padded by that many pixels on each side, with zeros or, with
+    crop_padding_mode 'reflect', its mirror image; 0: flip only), and
     alternate_flip its flip of a fixed half of the images in even epochs and of the other half
     in odd ones (CIFAR-10 only).
     """
@@ -533,7 +537,10 @@ def create_dataset(name, data_dir, *, batch_size, training, image_size=(32, 32),
                    auto_augment=auto_augment, random_erasing=float(random_erasing))
     if name == "cifar10":
         return _cifar10_dataset(data_dir, crop_padding=int(crop_padding),
-                                alternate_flip=bool(alternate_flip), **options)
+                                alternate_flip=bool(alternate_flip),
+                                crop_padding_mode=crop_padding_mode, **options)
     if alternate_flip:
         raise UserError("alternate_flip applies to dataset cifar10 only")
+    if crop_padding_mode != "zero":
+        raise UserError("crop_padding_mode applies to dataset cifar10 only")
     return _imagenet_dataset(data_dir, list_file=list_file, skip_corrupt=skip_corrupt, **options)

@@ -107,4 +107,5 @@ def build_dataset(config, training, runtime=None, epoch=0, start_step=0, batch_s
         skip_corrupt=config.skip_corrupt, auto_augment=config.get("auto_augment", "none"),
         random_erasing=config.get("random_erasing", 0.0),
         crop_padding=config.get("crop_padding", 4),
-        alternate_flip=config.get("alternate_flip", False))
+        alternate_flip=config.get("alternate_flip", False),
+        crop_padding_mode=config.get("crop_padding_mode", "zero"))

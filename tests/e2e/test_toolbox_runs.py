@@ -27,7 +27,7 @@ TOOLBOX = ["--batch_size=8", "--log_interval=1", "--eval_interval=1", "--accumul
            # 2 optimizer steps an epoch: Lookahead syncs at the epoch's end only, so at the
            # interruption below the slow weights differ from the trained ones
            "--lookahead_steps=3", "--lookahead_alpha=0.5",
-           "--freeze_bn_scale=True", "--bn_bias_lr_scale=4"]
+           "--freeze_bn_scale=True", "--bn_bias_lr_scale=4", "--crop_padding_mode=reflect"]
 FINAL = "vgg11_bn-2_6.ckpt"
 
 

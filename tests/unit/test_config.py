@@ -82,6 +82,11 @@ def test_list_forms_agree():
      "(batch_norm=False); set --bn_bias_lr_scale=1.0"),
     (["--dataset=imagenet2012", "--alternate_flip=True"],
      "'alternate_flip' applies to dataset cifar10, not 'imagenet2012'"),
+    (["--dataset=imagenet2012", "--crop_padding_mode=reflect"],
+     "'crop_padding_mode' applies to dataset cifar10, not 'imagenet2012'"),
+    (["--crop_padding_mode=mirror"], "allowed values: zero, reflect"),
+    (["--crop_padding_mode=reflect", "--crop_padding=32"],
+     "'crop_padding' is 32; a reflected border can be at most 31 pixels wide"),
     (["--image_size=32,32", "--eval_tta_shift=32"],
      "'eval_tta_shift' is 32; it must be smaller than the image size"),
 ])

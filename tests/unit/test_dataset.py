@@ -296,6 +296,32 @@ def test_demo_data_is_a_stratified_repeatable_split(tmp_path):
     assert images.max() > 200 and (images[..., 0] == images[..., 2]).all()
 
 
+def test_reflect_padding_fills_the_crop_border_with_the_mirrored_image():
+    """Pixel (r, c) of every image holds 4 + 2r in its first plane and 4 + 2c in the second,
+    so a crop shows which image row each of its rows came from. Zero padding leaves black
+    rows in some crops; reflect padding draws the same offsets and shows image row |r| above
+    the top and 62 - r below the bottom instead, so no pixel is black."""
+    count, pad = 32, 3
+    rows, cols = np.meshgrid(np.arange(32), np.arange(32), indexing="ij")
+    image = np.stack([4 + 2 * rows, 4 + 2 * cols, np.zeros((32, 32), int)]).astype(np.uint8)
+    images = np.repeat(image[None], count, axis=0)
+
+    def crops(mode):
+        source = D.Cifar10Batches(images, np.zeros(count, np.int32), np.arange(count),
+                                  batch_size=count, training=True, crop_padding=pad,
+                                  crop_padding_mode=mode)
+        return np.rint(pixels(source[0][0])).astype(int)
+
+    zero, reflect = crops("zero"), crops("reflect")
+    assert (zero[:, 0, :, 16] == 0).any(axis=1).sum() > count // 2  # most reach a border
+    assert (reflect[:, :2] >= 4).all()
+    for n in range(count):
+        offset = (zero[n, 0, 16, 16] - 4) // 2 - 16  # the crop's top row in the image, -3..3
+        wanted = np.abs(np.arange(32) + offset)
+        wanted = np.where(wanted > 31, 62 - wanted, wanted)
+        np.testing.assert_array_equal((reflect[n, 0, :, 16] - 4) // 2, wanted)
+
+
 def test_alternate_flip_mirrors_each_image_in_every_other_epoch():
     """Image i holds i in its blue plane and values rising left to right in the others. With
     alternate_flip exactly half the images are mirrored in epoch 0, exactly the others in

@@ -165,11 +165,15 @@ def plot_runs(runs, png_path, title=""):
     axes[2].set(title="learning rate", xlabel="epoch", ylabel="lr")
     for axis in axes:
         axis.grid(alpha=0.3)
-        axis.legend(fontsize=8)
+    # one legend beside the panels (a run keeps its colour and line in all three): per-panel
+    # legends of a few runs are fine, but those of twenty cover the curves they name
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8,
+               ncol=-(-len(labels) // 24))
     if title:
         fig.suptitle(title)
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(png_path)), exist_ok=True)
-    fig.savefig(png_path, dpi=100)
+    fig.savefig(png_path, dpi=100, bbox_inches="tight")
     plt.close(fig)
     return png_path

@@ -133,3 +133,25 @@ def test_more_than_ten_runs_stay_distinguishable_in_the_plot(tmp_path, monkeypat
     styles = {(line.get_color(), line.get_marker(), line.get_linestyle()) for line in top1.lines}
     assert len(top1.lines) == len(styles) == 12
     assert len({(line.get_color(), line.get_linestyle()) for line in loss.lines}) == 12
+
+
+def test_one_legend_beside_the_panels_names_each_run_once(tmp_path, monkeypatch):
+    """Twenty runs' legends inside the panels hid the curves: one legend, outside the panels."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from src.run_compare import load_runs, plot_runs
+
+    folders = [str(write_run(tmp_path / f"r{i}", 4, [0.5, 0.6 + i / 100])) for i in range(20)]
+    closed = []
+    monkeypatch.setattr(plt, "close", closed.append)
+    plot_runs(load_runs(folders), str(tmp_path / "cmp.png"))
+    fig = closed[0]
+    assert all(axis.get_legend() is None for axis in fig.axes)
+    (legend,) = fig.legends
+    assert [text.get_text() for text in legend.get_texts()] == [f"r{i}" for i in range(20)]
+    fig.canvas.draw()
+    right_of_panels = max(axis.get_window_extent().x1 for axis in fig.axes)
+    assert legend.get_window_extent().x0 >= right_of_panels

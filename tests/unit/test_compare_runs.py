@@ -25,6 +25,22 @@ def write_run(folder, steps_per_epoch, top1, ema=None, log_every=2, first_epoch=
     return folder
 
 
+def plotted_figure(tmp_path, monkeypatch, n_runs):
+    """The matplotlib figure plot_runs draws for runs r0..r{n_runs-1}, caught as it closes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from src.run_compare import load_runs, plot_runs
+
+    folders = [str(write_run(tmp_path / f"r{i}", 4, [0.5, 0.6 + i / 100])) for i in range(n_runs)]
+    closed = []
+    monkeypatch.setattr(plt, "close", closed.append)
+    plot_runs(load_runs(folders), str(tmp_path / "cmp.png"))
+    return closed[0]
+
+
 def test_table_lines_up_epochs_of_runs_of_other_lengths(tmp_path):
     import compare_runs
 
@@ -118,18 +134,7 @@ def test_command_line_error_is_one_line_and_exit_1(tmp_path):
 
 def test_more_than_ten_runs_stay_distinguishable_in_the_plot(tmp_path, monkeypatch):
     """matplotlib has ten colours: the eleventh run on must differ by marker and dashes."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from src.run_compare import load_runs, plot_runs
-
-    folders = [str(write_run(tmp_path / f"r{i}", 4, [0.5, 0.6 + i / 100])) for i in range(12)]
-    closed = []
-    monkeypatch.setattr(plt, "close", closed.append)
-    plot_runs(load_runs(folders), str(tmp_path / "cmp.png"))
-    top1, loss, _ = closed[0].axes
+    top1, loss, _ = plotted_figure(tmp_path, monkeypatch, 12).axes
     styles = {(line.get_color(), line.get_marker(), line.get_linestyle()) for line in top1.lines}
     assert len(top1.lines) == len(styles) == 12
     assert len({(line.get_color(), line.get_linestyle()) for line in loss.lines}) == 12
@@ -137,18 +142,7 @@ def test_more_than_ten_runs_stay_distinguishable_in_the_plot(tmp_path, monkeypat
 
 def test_one_legend_beside_the_panels_names_each_run_once(tmp_path, monkeypatch):
     """Twenty runs' legends inside the panels hid the curves: one legend, outside the panels."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from src.run_compare import load_runs, plot_runs
-
-    folders = [str(write_run(tmp_path / f"r{i}", 4, [0.5, 0.6 + i / 100])) for i in range(20)]
-    closed = []
-    monkeypatch.setattr(plt, "close", closed.append)
-    plot_runs(load_runs(folders), str(tmp_path / "cmp.png"))
-    fig = closed[0]
+    fig = plotted_figure(tmp_path, monkeypatch, 20)
     assert all(axis.get_legend() is None for axis in fig.axes)
     (legend,) = fig.legends
     assert [text.get_text() for text in legend.get_texts()] == [f"r{i}" for i in range(20)]

@@ -58,14 +58,14 @@ def create_loss_cell(net, label_smoothing, masked_dropout):
             super().__init__(auto_prefix=False)
             self.network = net
             self.loss = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
-            self.relu = nn.ReLU()
 
         def construct(self, image, label, mask1, mask2):
             head = self.network.classifier
             x = self.network.forward_features(image)
-            x = self.relu(head[0](x))
+            # head[1] and head[4]: the network's activation cells (src/vgg.py)
+            x = head[1](head[0](x))
             x = x * ops.cast(mask1, x.dtype)
-            x = self.relu(head[3](x))
+            x = head[4](head[3](x))
             x = x * ops.cast(mask2, x.dtype)
             logits = ops.cast(self.network.scale_logits(head[6](x)), ms.float32)
             return self.loss(logits, label)

@@ -31,6 +31,18 @@ HIDDEN = 4096
 HEADS = ("mlp", "linear")
 HEAD_LAYERS = {"mlp": ("classifier.0", "classifier.3", "classifier.6"),
                "linear": ("classifier.0",)}
+# The activation after every convolution (+ BatchNorm) and hidden dense layer: "relu", or
+# "gelu", the exact (erf) GELU. Neither has parameters: checkpoints are the same either way.
+ACTIVATIONS = ("relu", "gelu")
+
+
+def activation_cell(activation):
+    """A new cell computing `activation` (one of ACTIVATIONS)."""
+    if activation == "relu":
+        return nn.ReLU()
+    if activation == "gelu":
+        return nn.GELU(approximate=False)
+    raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}, got {activation!r}")
 
 
 def head_of_weights(names):
@@ -73,11 +85,14 @@ class PartialIdentity(Initializer):
 
 def make_layers(layer_cfg, batch_norm=False, pad_mode="same", padding=0, has_bias=False,
                 initialize_mode="XavierUniform", conv_cell=nn.Conv2d,
-                features_cell=nn.SequentialCell, ghost_batch=0, identity_init=False):
+                features_cell=nn.SequentialCell, ghost_batch=0, identity_init=False,
+                activation="relu"):
     """The convolutional feature extractor for one row of LAYER_TABLE: `conv_cell` for each
     convolution, the layers held (and run) by a `features_cell` sequence; ghost_batch > 0:
     ghost batch normalisation in training (src/ghost_bn.py); identity_init: every
-    convolution drawn by PartialIdentity over initialize_mode's initialiser."""
+    convolution drawn by PartialIdentity over initialize_mode's initialiser; `activation`
+    (ACTIVATIONS) after each convolution (+ BatchNorm)."""
+    activation_cell(activation)  # a wrong name fails before any layer is built
     conv_init, _ = _initializers(initialize_mode)
     if identity_init:
         conv_init = PartialIdentity(conv_init)
@@ -92,21 +107,23 @@ def make_layers(layer_cfg, batch_norm=False, pad_mode="same", padding=0, has_bia
                                 has_bias=has_bias, weight_init=conv_init, bias_init=Zero()))
         if batch_norm:
             layers.append(batch_norm_cell(item, ghost_batch))
-        layers.append(nn.ReLU())
+        layers.append(activation_cell(activation))
         in_channels = item
     return features_cell(layers)
 
 
 class VGG(nn.Cell):
-    """VGG over a prebuilt feature extractor: features → flatten → the head (HEADS)."""
+    """VGG over a prebuilt feature extractor: features → flatten → the head (HEADS), whose
+    hidden layers (mlp) are followed by `activation` (ACTIVATIONS)."""
 
     def __init__(self, features, num_classes=1000, image_size=(224, 224), dropout=True,
                  initialize_mode="XavierUniform", include_top=True, head="mlp",
-                 logit_scale=1.0):
+                 logit_scale=1.0, activation="relu"):
         super().__init__()
         height, width = _check_image_size(image_size)
         if head not in HEADS:
             raise ValueError(f"head must be one of {', '.join(HEADS)}, got {head!r}")
+        activation_cell(activation)
         if not logit_scale > 0:
             raise ValueError(f"logit_scale must be > 0, got {logit_scale!r}")
         # a constant factor on the logits (1: none), part of the network so that training,
@@ -120,6 +137,7 @@ class VGG(nn.Cell):
         self.flatten = nn.Flatten()
         self.include_top = include_top
         self.head = head
+        self.activation = activation
         if include_top:
             _, dense_init = _initializers(initialize_mode)
             flat = 512 * (height // FEATURE_STRIDE) * (width // FEATURE_STRIDE)
@@ -134,8 +152,8 @@ class VGG(nn.Cell):
                 self.classifier = nn.SequentialCell([dense(flat, num_classes)])
             else:
                 self.classifier = nn.SequentialCell([
-                    dense(flat, HIDDEN), nn.ReLU(), drop(),
-                    dense(HIDDEN, HIDDEN), nn.ReLU(), drop(),
+                    dense(flat, HIDDEN), activation_cell(activation), drop(),
+                    dense(HIDDEN, HIDDEN), activation_cell(activation), drop(),
                     dense(HIDDEN, num_classes),
                 ])
 
@@ -170,9 +188,9 @@ def build_vgg(arch, num_classes=1000, batch_norm=False, pad_mode="same", has_bia
               initialize_mode="XavierUniform", dropout=True, image_size=(224, 224),
               include_top=True, padding=None, conv_cell=nn.Conv2d,
               features_cell=nn.SequentialCell, ghost_batch=0, head="mlp", identity_init=False,
-              logit_scale=1.0):
+              logit_scale=1.0, activation="relu"):
     """One VGG variant; `arch` is vgg11, vgg13, vgg16 or vgg19; `head` one of HEADS;
-    `logit_scale` a constant factor on the logits."""
+    `logit_scale` a constant factor on the logits; `activation` one of ACTIVATIONS."""
     if arch not in LAYER_TABLE:
         raise ValueError(f"arch must be one of {', '.join(ARCHS)}, got {arch!r}")
     if pad_mode not in ("same", "pad"):
@@ -180,9 +198,10 @@ def build_vgg(arch, num_classes=1000, batch_norm=False, pad_mode="same", has_bia
     if padding is None:
         padding = 1 if pad_mode == "pad" else 0
     features = make_layers(LAYER_TABLE[arch], batch_norm, pad_mode, padding, has_bias,
-                           initialize_mode, conv_cell, features_cell, ghost_batch, identity_init)
+                           initialize_mode, conv_cell, features_cell, ghost_batch, identity_init,
+                           activation)
     return VGG(features, num_classes, image_size, dropout, initialize_mode, include_top, head,
-               logit_scale)
+               logit_scale, activation)
 
 
 def _builder(arch, batch_norm):
@@ -190,10 +209,10 @@ def _builder(arch, batch_norm):
               initialize_mode="XavierUniform", dropout=True, image_size=(224, 224),
               include_top=True, padding=None, conv_cell=nn.Conv2d,
               features_cell=nn.SequentialCell, ghost_batch=0, head="mlp", identity_init=False,
-              logit_scale=1.0):
+              logit_scale=1.0, activation="relu"):
         return build_vgg(arch, num_classes, batch_norm, pad_mode, has_bias, initialize_mode,
                          dropout, image_size, include_top, padding, conv_cell, features_cell,
-                         ghost_batch, head, identity_init, logit_scale)
+                         ghost_batch, head, identity_init, logit_scale, activation)
     build.__name__ = arch + ("_bn" if batch_norm else "")
     build.__doc__ = f"{arch.upper()}{' with BatchNorm' if batch_norm else ''}."
     return build

@@ -40,7 +40,8 @@ SYMBOLS = ("FastConvFwd", "FastConvBwd", "FastConvOneDnnVersion", "FastConvInfer
            "FastConvInferBlocked", "FastMaxPool2Blocked", "FastUnblock", "FastBlockSize",
            "FastBnWorkspaceBytes", "FastMomentumUpdate", "FastReferenceKernels", "FastBf16Isa",
            "FastDenseFwdBf16", "FastDenseBwdBf16", "FastDenseFwdF32", "FastDenseBwdF32",
-           "FastBnStatsUpdate", "FastActivationLayout")
+           "FastBnStatsUpdate", "FastActivationLayout", "FastBnGeluTrain", "FastBnGeluBwd",
+           "FastConvInferPlainGelu", "FastConvInferBlockedGelu")
 
 _load_result = None  # (ctypes.CDLL or None, reason or "")
 
@@ -79,7 +80,7 @@ def load_library():
                 lib.FastConvOneDnnVersion.restype = ctypes.c_char_p
                 lib.FastBlockSize.restype = ctypes.c_int
                 lib.FastBnWorkspaceBytes.restype = ctypes.c_int64
-                lib.FastBnWorkspaceBytes.argtypes = [ctypes.c_int64] * 6
+                lib.FastBnWorkspaceBytes.argtypes = [ctypes.c_int64] * 7
                 lib.FastBf16Isa.restype = ctypes.c_char_p
                 lib.FastActivationLayout.restype = ctypes.c_char_p
                 lib.FastActivationLayout.argtypes = [ctypes.c_int]
@@ -142,16 +143,20 @@ def reference_kernels():
     return int(lib.FastReferenceKernels())
 
 
-def bn_workspace_bytes(shape, bf16=False, ghost=0):
-    """Bytes of the workspace the fused BatchNorm + ReLU kernel keeps for an (N, C, H, W)
-    input of float32 (or, with bf16, bfloat16) activations: the ReLU workspace (oneDNN decides
-    it: about one bit per element) and, with ghost batches of `ghost` images (0: none), one
-    per ghost batch followed by their means and variances."""
+def bn_workspace_bytes(shape, bf16=False, ghost=0, activation="relu"):
+    """Bytes of the workspace the BatchNorm + activation kernel keeps for an (N, C, H, W)
+    input of float32 (or, with bf16, bfloat16) activations: the activation's workspace (relu:
+    oneDNN's, about one bit per element; gelu: the BatchNorm output, the GELU's input) and,
+    with ghost batches of `ghost` images (0: none), one per ghost batch followed by their
+    means and variances."""
     lib, reason = load_library()
     if lib is None:
         raise RuntimeError(reason)
-    size = int(lib.FastBnWorkspaceBytes(*(int(d) for d in shape), int(bool(bf16)), int(ghost)))
+    if activation not in ("relu", "gelu"):
+        raise ValueError(f"activation must be relu or gelu, got {activation!r}")
+    size = int(lib.FastBnWorkspaceBytes(*(int(d) for d in shape), int(bool(bf16)), int(ghost),
+                                        int(activation == "gelu")))
     if size < 0:
-        raise RuntimeError(f"no fused BatchNorm + ReLU for shape {tuple(shape)}"
+        raise RuntimeError(f"no BatchNorm + {activation} for shape {tuple(shape)}"
                            + (f" in ghost batches of {ghost}" if ghost else ""))
     return size

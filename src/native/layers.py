@@ -25,9 +25,11 @@ exactly like ``nn.Conv2d`` and logs one line saying why:
 NativeConv2d cells and runs it on oneDNN's channel-blocked layout end to end, with one
 reorder back to NCHW at the end, so that no activation is reordered between layers.
 Inference (``set_train(False)``) folds each convolution's BatchNorm (moving statistics) and
-bias into one oneDNN convolution with a fused ReLU; training (when every convolution has a
-BatchNorm and no bias) chains convolution, BatchNorm fused with ReLU and max pooling, each
-with its gradient. Same cells, same parameter names: checkpoints are unchanged.
+bias into one oneDNN convolution with its activation fused; training (when every convolution
+has a BatchNorm and no bias) chains convolution, BatchNorm with its activation and max
+pooling, each with its gradient. The activation is a ReLU (fused into the BatchNorm) or the
+exact GELU (``nn.GELU(approximate=False)``, run after it), one kind for the whole chain.
+Same cells, same parameter names: checkpoints are unchanged.
 
 ``NativeFeatures.set_precision("bfloat16")`` runs both chains in bfloat16: the activations
 between layers (and their gradients) are bfloat16 tensors, computed by oneDNN's bfloat16
@@ -192,11 +194,27 @@ def _pool_shape(x):
     return [x[0], x[1], x[2] // 2, x[3] // 2]
 
 
-def _blocked_ops(act=ms.float32):
+# The activation after each convolution (+ BatchNorm) of the chains, "relu" or "gelu" (the
+# exact, erf GELU), and the suffix of its kernels' symbols (FastBn + suffix + Train / Bwd).
+ACTIVATION_SYMBOLS = {"relu": "Relu", "gelu": "Gelu"}
+
+
+def activation_kind(cell):
+    """"relu" for nn.ReLU, "gelu" for the exact nn.GELU(approximate=False), else None."""
+    if isinstance(cell, nn.ReLU):
+        return "relu"
+    if isinstance(cell, nn.GELU) and cell.approximate == "none":
+        return "gelu"
+    return None
+
+
+def _blocked_ops(act=ms.float32, activation="relu"):
     """Custom operators of the blocked inference chain (see NativeFeatures) with activations
-    of type act: (first convolution, later convolutions, max pool, unblock)."""
-    return (_custom("FastConvInferPlain", _conv_shape, lambda *dtypes: act),
-            _custom("FastConvInferBlocked", _conv_shape),
+    of type act, each convolution followed by `activation`: (first convolution, later
+    convolutions, max pool, unblock)."""
+    suffix = "" if activation == "relu" else ACTIVATION_SYMBOLS[activation]
+    return (_custom(f"FastConvInferPlain{suffix}", _conv_shape, lambda *dtypes: act),
+            _custom(f"FastConvInferBlocked{suffix}", _conv_shape),
             _custom("FastMaxPool2Blocked", _pool_shape),
             _unblock_op(act))
 
@@ -211,10 +229,12 @@ def _unblock_op(act=ms.float32):
     return _custom("FastUnblock", _same_shape, lambda x: ms.float32, bprop=bprop)
 
 
-def _blocked_train_ops(act=ms.float32, ghost=0):
+def _blocked_train_ops(act=ms.float32, ghost=0, activation="relu"):
     """Custom operators of the blocked training chain with activations of type act, each
-    with its gradient: (first convolution, later convolutions, BatchNorm + ReLU, max pool);
-    ghost > 0: the BatchNorm in ghost batches of that many images (src/ghost_bn.py)."""
+    with its gradient: (first convolution, later convolutions, BatchNorm + activation, max
+    pool); ghost > 0: the BatchNorm in ghost batches of that many images (src/ghost_bn.py);
+    activation "relu" (fused into the BatchNorm) or "gelu"."""
+    kind = ACTIVATION_SYMBOLS[activation]
 
     def conv(blocked):
         kind = "Blocked" if blocked else "Plain"
@@ -229,7 +249,7 @@ def _blocked_train_ops(act=ms.float32, ghost=0):
         return _custom(f"FastConvTrainFwd{kind}", _conv_shape,
                        _same_shape if blocked else lambda x, w: act, bprop=bprop)
 
-    bn_bwd = _custom("FastBnReluBwd", lambda dz, ws, y, g, m, v, e: (y, g, g),
+    bn_bwd = _custom(f"FastBn{kind}Bwd", lambda dz, ws, y, g, m, v, e: (y, g, g),
                      lambda dz, ws, y, g, m, v, e: (y, g, g))
 
     def bn_bprop(y, gamma, beta, eps, out, dout):
@@ -238,9 +258,9 @@ def _blocked_train_ops(act=ms.float32, ghost=0):
         return dy, dgamma, dbeta, ops.zeros_like(eps)
 
     bf16 = act == ms.bfloat16
-    bn_relu = _custom("FastBnReluTrain",
-                      lambda y, g, b, e: (y, g, g, [bn_workspace_bytes(y, bf16, ghost)]),
-                      lambda y, g, b, e: (y, g, g, ms.uint8), bprop=bn_bprop)
+    bn_act = _custom(f"FastBn{kind}Train",
+                     lambda y, g, b, e: (y, g, g, [bn_workspace_bytes(y, bf16, ghost, activation)]),
+                     lambda y, g, b, e: (y, g, g, ms.uint8), bprop=bn_bprop)
 
     pool_bwd = _custom("FastMaxPool2Bwd", lambda dy, ws: [dy[0], dy[1], 2 * dy[2], 2 * dy[3]],
                        lambda dy, ws: dy)
@@ -250,17 +270,18 @@ def _blocked_train_ops(act=ms.float32, ghost=0):
 
     pool = _custom("FastMaxPool2Train", lambda x: (_pool_shape(x), _pool_shape(x)),
                    lambda x: (x, ms.uint8), bprop=pool_bprop)
-    return conv(False), conv(True), bn_relu, pool
+    return conv(False), conv(True), bn_act, pool
 
 
 def _inference_plan(layers):
     """((conv index, BatchNorm index or -1, pool follows), ...) when `layers` is a chain of
-    [NativeConv2d on the native path, optional BatchNorm2d, ReLU, optional 2x2 MaxPool2d] groups
-    that the blocked inference chain covers; else (None, reason)."""
+    [NativeConv2d on the native path, optional BatchNorm2d, activation, optional 2x2 MaxPool2d]
+    groups that the blocked inference chain covers, the activation one kind (activation_kind)
+    throughout; else (None, reason)."""
     block = block_size()
     if not block:
         return None, "no channel-blocked layout on this CPU"
-    plan, i = [], 0
+    plan, kinds, i = [], set(), 0
     while i < len(layers):
         conv = layers[i]
         if not (isinstance(conv, NativeConv2d) and conv.uses_fast_path):
@@ -275,8 +296,13 @@ def _inference_plan(layers):
             if layers[j].use_batch_statistics:
                 return None, f"layer {j}: BatchNorm2d(use_batch_statistics=True)"
             bn, j = j, j + 1
-        if j >= len(layers) or not isinstance(layers[j], nn.ReLU):
-            return None, f"layer {j}: a ReLU must follow each convolution"
+        kind = activation_kind(layers[j]) if j < len(layers) else None
+        if kind is None:
+            return None, (f"layer {j}: a ReLU or an exact GELU (approximate=False) must follow "
+                          "each convolution")
+        kinds.add(kind)
+        if len(kinds) > 1:
+            return None, f"layer {j}: the activations differ ({' and '.join(sorted(kinds))})"
         j += 1
         pool = j < len(layers) and isinstance(layers[j], nn.MaxPool2d)
         if pool:
@@ -287,6 +313,12 @@ def _inference_plan(layers):
         plan.append((i, bn, pool))
         i = j
     return (tuple(plan), "") if plan else (None, "no layers")
+
+
+def _plan_activation(layers, plan):
+    """The activation kind of a plan of _inference_plan (one for the whole chain)."""
+    conv_i, bn_i, _ = plan[0]
+    return activation_kind(layers[max(conv_i, bn_i) + 1])
 
 
 def _ghost_batch(cell):
@@ -312,14 +344,14 @@ class NativeFeatures(nn.SequentialCell):
     layout end to end, in inference and, when every convolution is followed by a BatchNorm,
     in training too.
 
-    Training: per group, a convolution, a BatchNorm with batch statistics fused with its
-    ReLU, and 2x2 max pooling, each a custom operator with its gradient, all on the blocked
-    layout; the moving statistics are updated as ``nn.BatchNorm2d`` updates them (momentum,
-    unbiased variance). ``self.blocked_inference`` / ``self.blocked_training`` say whether
-    each chain is used (``self.inference_reason`` / ``self.training_reason`` why not);
-    otherwise the cells run one by one, as in a SequentialCell. ``VGG_NATIVE_KERNELS=layers``
-    (or the old ``FAST_CONV_CHAIN=0``) turns both chains off (the per-layer NativeConv2d path
-    remains).
+    Training: per group, a convolution, a BatchNorm with batch statistics and its activation
+    (``self.activation``: "relu", fused, or "gelu"), and 2x2 max pooling, each a custom
+    operator with its gradient, all on the blocked layout; the moving statistics are updated
+    as ``nn.BatchNorm2d`` updates them (momentum, unbiased variance).
+    ``self.blocked_inference`` / ``self.blocked_training`` say whether each chain is used
+    (``self.inference_reason`` / ``self.training_reason`` why not); otherwise the cells run
+    one by one, as in a SequentialCell. ``VGG_NATIVE_KERNELS=layers`` (or the old
+    ``FAST_CONV_CHAIN=0``) turns both chains off (the per-layer NativeConv2d path remains).
 
     Precision: float32 (``self.precision``) until ``set_precision("bfloat16")``, which runs
     the chains in bfloat16 (see the module doc); the cells run one by one stay float32."""
@@ -336,6 +368,8 @@ class NativeFeatures(nn.SequentialCell):
         self.blocked_training = False
         self.inference_reason, self.training_reason = reason, reason
         self.precision = "float32"
+        # "relu" or "gelu" after every convolution (+ BatchNorm) of the chains
+        self.activation = _plan_activation(layers, self.plan) if self.plan else None
         if not self.blocked_inference:
             logger.info("blocked inference chain not used: %s", reason)
             return
@@ -343,7 +377,7 @@ class NativeFeatures(nn.SequentialCell):
         if self.training_reason:
             logger.info("blocked training chain not used: %s", self.training_reason)
         self.blocked_training = not self.training_reason
-        # each BatchNorm's (eps, images per ghost batch or 0) for the fused BatchNorm + ReLU
+        # each BatchNorm's (eps, images per ghost batch or 0) for the BatchNorm + activation
         self.ghost = _ghost_batch(layers[self.plan[0][1]]) if self.blocked_training else 0
         self.bn_settings = tuple(ms.Tensor([layers[bn_i].eps, self.ghost], ms.float32)
                                  for _, bn_i, _ in self.plan if bn_i >= 0)
@@ -356,10 +390,11 @@ class NativeFeatures(nn.SequentialCell):
         self._make_ops(ms.float32)
 
     def _make_ops(self, act):
-        self.conv_first, self.conv_next, self.pool, self.unblock = _blocked_ops(act)
+        (self.conv_first, self.conv_next, self.pool,
+         self.unblock) = _blocked_ops(act, self.activation)
         if self.blocked_training:
-            (self.train_conv_first, self.train_conv_next, self.bn_relu,
-             self.train_pool) = _blocked_train_ops(act, self.ghost)
+            (self.train_conv_first, self.train_conv_next, self.bn_act,
+             self.train_pool) = _blocked_train_ops(act, self.ghost, self.activation)
 
     def set_precision(self, precision):
         """Run the blocked chains in "float32" or "bfloat16" from now on (call it before the
@@ -390,8 +425,8 @@ class NativeFeatures(nn.SequentialCell):
             else:
                 y = self.train_conv_next(x, weight)
             bn = self.cell_list[bn_i]
-            x, mean, var, workspace = self.bn_relu(y, bn.gamma, bn.beta, self.bn_settings[n])
-            # the ReLU workspace is read by the gradient only; a dependency keeps graph
+            x, mean, var, workspace = self.bn_act(y, bn.gamma, bn.beta, self.bn_settings[n])
+            # the activation's workspace is read by the gradient only; a dependency keeps graph
             # mode's side-effect analysis from reporting it as eliminated
             x = ops.depend(x, workspace)
             # the moving statistics, updated in place as nn.BatchNorm2d updates them

@@ -1,12 +1,14 @@
-// The rest of the blocked chain on oneDNN's channel-blocked layout: BatchNorm fused with
-// ReLU (training, with batch statistics), 2x2 max pooling (training and inference), and the
-// reorders between plain float32 NCHW and the blocked layout at the chain's ends. Activations
+// The rest of the blocked chain on oneDNN's channel-blocked layout: BatchNorm with its
+// activation (training, with batch statistics: fused with ReLU, or followed by GELU), 2x2
+// max pooling (training and inference), and the reorders between plain float32 NCHW and the
+// blocked layout at the chain's ends. Activations
 // are float32 or bfloat16 (`act`); BatchNorm's scale, shift, mean and variance are float32
 // whatever the activations (oneDNN computes the statistics in float32).
 #include <algorithm>
 #include <cstdio>
 #include <stdexcept>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "engine.h"
@@ -14,9 +16,9 @@
 namespace vgg_native {
 
 // ---------------------------------------------------------------------------------------
-// BatchNorm + ReLU (training): z = relu(bn(y)), the batch mean and biased variance, and
-// the ReLU workspace its gradient reads; optionally with ghost batches (statistics per run of
-// images, see engine.h).
+// BatchNorm + activation (training): z = act(bn(y)), the batch mean and biased variance,
+// and the workspace its gradient reads (ReLU's mask, or GELU's input); optionally with ghost
+// batches (statistics per run of images, see engine.h).
 
 namespace {
 
@@ -40,19 +42,20 @@ Runs RunsOf(const memory::dims &dims, int64_t ghost) {
   return {n / ghost, {ghost, dims[1], dims[2], dims[3]}};
 }
 
-// Byte offset of the runs' means in the workspace (then their variances): after one ReLU
-// workspace per run, rounded up to 64 bytes.
+// Byte offset of the runs' means in the workspace (then their variances): after one
+// activation workspace per run, rounded up to 64 bytes.
 size_t StatsOffset(size_t ws_bytes_per_run, int64_t runs) {
   return (ws_bytes_per_run * static_cast<size_t>(runs) + 63) / 64 * 64;
 }
 
 }  // namespace
 
-void Engine::BnReluFwd(const memory::dims &dims, dt act, float eps, int64_t ghost, const void *y,
-                       const float *gamma, const float *beta, void *z, float *mean, float *var,
-                       uint8_t *ws) {
+void Engine::BnActFwd(const memory::dims &dims, dt act, Activation kind, float eps, int64_t ghost,
+                      const void *y, const float *gamma, const float *beta, void *z, float *mean,
+                      float *var, uint8_t *ws) {
   const Runs runs = RunsOf(dims, ghost);
-  BnPlan &p = BnFor(runs.dims, eps, act);
+  BnPlan &p = BnFor(runs.dims, eps, act, kind);
+  const bool relu = kind == Activation::kRelu;
   const int64_t c = dims[1];
   const size_t step = p.data.get_size(), ws_step = p.ws.get_size();
   if (runs.count > 1 && step * static_cast<size_t>(runs.count) != BlockedDesc(dims, act).get_size())
@@ -61,14 +64,22 @@ void Engine::BnReluFwd(const memory::dims &dims, dt act, float eps, int64_t ghos
   float *run_var = runs.count > 1 ? run_mean + runs.count * c : var;
   memory scratch = Scratch(p.scratch_bytes);
   for (int64_t k = 0; k < runs.count; ++k) {
-    p.fwd.execute(stream_, {{DNNL_ARG_SRC, memory(p.data, eng_, Mutable(At(y, k * step)))},
-                            {DNNL_ARG_DST, memory(p.data, eng_, static_cast<char *>(z) + k * step)},
-                            {DNNL_ARG_SCALE, memory(p.chan, eng_, Mutable(gamma))},
-                            {DNNL_ARG_SHIFT, memory(p.chan, eng_, Mutable(beta))},
-                            {DNNL_ARG_MEAN, memory(p.chan, eng_, run_mean + k * c)},
-                            {DNNL_ARG_VARIANCE, memory(p.chan, eng_, run_var + k * c)},
-                            {DNNL_ARG_WORKSPACE, memory(p.ws, eng_, ws + k * ws_step)},
-                            {DNNL_ARG_SCRATCHPAD, scratch}});
+    memory out(p.data, eng_, static_cast<char *>(z) + k * step);
+    memory run_ws(p.ws, eng_, ws + k * ws_step);
+    // ReLU: fused, z written by the BatchNorm; GELU: the BatchNorm writes the workspace,
+    // from which the GELU writes z
+    std::unordered_map<int, memory> args = {
+        {DNNL_ARG_SRC, memory(p.data, eng_, Mutable(At(y, k * step)))},
+        {DNNL_ARG_DST, relu ? out : run_ws},
+        {DNNL_ARG_SCALE, memory(p.chan, eng_, Mutable(gamma))},
+        {DNNL_ARG_SHIFT, memory(p.chan, eng_, Mutable(beta))},
+        {DNNL_ARG_MEAN, memory(p.chan, eng_, run_mean + k * c)},
+        {DNNL_ARG_VARIANCE, memory(p.chan, eng_, run_var + k * c)},
+        {DNNL_ARG_SCRATCHPAD, scratch}};
+    if (relu) args.insert({DNNL_ARG_WORKSPACE, run_ws});
+    p.fwd.execute(stream_, args);
+    if (!relu)
+      p.act_fwd.execute(stream_, {{DNNL_ARG_SRC, run_ws}, {DNNL_ARG_DST, out}, {DNNL_ARG_SCRATCHPAD, scratch}});
     stream_.wait();
   }
   if (runs.count == 1) return;
@@ -87,11 +98,12 @@ void Engine::BnReluFwd(const memory::dims &dims, dt act, float eps, int64_t ghos
   }
 }
 
-void Engine::BnReluBwd(const memory::dims &dims, dt act, float eps, int64_t ghost, const void *dz,
-                       const uint8_t *ws, const void *y, const float *gamma, const float *mean,
-                       const float *var, void *dy, float *dgamma, float *dbeta) {
+void Engine::BnActBwd(const memory::dims &dims, dt act, Activation kind, float eps, int64_t ghost,
+                      const void *dz, const uint8_t *ws, const void *y, const float *gamma,
+                      const float *mean, const float *var, void *dy, float *dgamma, float *dbeta) {
   const Runs runs = RunsOf(dims, ghost);
-  BnPlan &p = BnFor(runs.dims, eps, act);
+  BnPlan &p = BnFor(runs.dims, eps, act, kind);
+  const bool relu = kind == Activation::kRelu;
   const int64_t c = dims[1];
   const size_t step = p.data.get_size(), ws_step = p.ws.get_size();
   const float *run_mean =
@@ -99,19 +111,28 @@ void Engine::BnReluBwd(const memory::dims &dims, dt act, float eps, int64_t ghos
   const float *run_var = runs.count > 1 ? run_mean + runs.count * c : var;
   std::vector<float> run_dgamma(runs.count > 1 ? c : 0), run_dbeta(runs.count > 1 ? c : 0);
   memory scratch = Scratch(p.scratch_bytes);
+  // GELU: the gradient at the BatchNorm output, one run at a time
+  memory dbn = relu ? memory() : memory(p.data, eng_, arena_.Get(kDiffDst, step));
   for (int64_t k = 0; k < runs.count; ++k) {
     // the first run writes the parameter gradients, the others add theirs
     float *dg = k == 0 ? dgamma : run_dgamma.data(), *db = k == 0 ? dbeta : run_dbeta.data();
-    p.bwd.execute(stream_, {{DNNL_ARG_SRC, memory(p.data, eng_, Mutable(At(y, k * step)))},
-                            {DNNL_ARG_MEAN, memory(p.chan, eng_, Mutable(run_mean + k * c))},
-                            {DNNL_ARG_VARIANCE, memory(p.chan, eng_, Mutable(run_var + k * c))},
-                            {DNNL_ARG_DIFF_DST, memory(p.data, eng_, Mutable(At(dz, k * step)))},
-                            {DNNL_ARG_WORKSPACE, memory(p.ws, eng_, Mutable(ws + k * ws_step))},
-                            {DNNL_ARG_SCALE, memory(p.chan, eng_, Mutable(gamma))},
-                            {DNNL_ARG_DIFF_SRC, memory(p.data, eng_, static_cast<char *>(dy) + k * step)},
-                            {DNNL_ARG_DIFF_SCALE, memory(p.chan, eng_, dg)},
-                            {DNNL_ARG_DIFF_SHIFT, memory(p.chan, eng_, db)},
-                            {DNNL_ARG_SCRATCHPAD, scratch}});
+    memory run_dz(p.data, eng_, Mutable(At(dz, k * step)));
+    memory run_ws(p.ws, eng_, Mutable(ws + k * ws_step));
+    if (!relu)
+      p.act_bwd.execute(stream_, {{DNNL_ARG_SRC, run_ws}, {DNNL_ARG_DIFF_DST, run_dz},
+                                  {DNNL_ARG_DIFF_SRC, dbn}, {DNNL_ARG_SCRATCHPAD, scratch}});
+    std::unordered_map<int, memory> args = {
+        {DNNL_ARG_SRC, memory(p.data, eng_, Mutable(At(y, k * step)))},
+        {DNNL_ARG_MEAN, memory(p.chan, eng_, Mutable(run_mean + k * c))},
+        {DNNL_ARG_VARIANCE, memory(p.chan, eng_, Mutable(run_var + k * c))},
+        {DNNL_ARG_DIFF_DST, relu ? run_dz : dbn},
+        {DNNL_ARG_SCALE, memory(p.chan, eng_, Mutable(gamma))},
+        {DNNL_ARG_DIFF_SRC, memory(p.data, eng_, static_cast<char *>(dy) + k * step)},
+        {DNNL_ARG_DIFF_SCALE, memory(p.chan, eng_, dg)},
+        {DNNL_ARG_DIFF_SHIFT, memory(p.chan, eng_, db)},
+        {DNNL_ARG_SCRATCHPAD, scratch}};
+    if (relu) args.insert({DNNL_ARG_WORKSPACE, run_ws});
+    p.bwd.execute(stream_, args);
     stream_.wait();
     if (k == 0) continue;
     for (int64_t i = 0; i < c; ++i) {
@@ -121,23 +142,25 @@ void Engine::BnReluBwd(const memory::dims &dims, dt act, float eps, int64_t ghos
   }
 }
 
-size_t Engine::BnWorkspaceBytes(const memory::dims &dims, dt act, int64_t ghost) {
+size_t Engine::BnWorkspaceBytes(const memory::dims &dims, dt act, int64_t ghost, Activation kind) {
   const Runs runs = RunsOf(dims, ghost);
-  const size_t ws_step = BnFor(runs.dims, 1e-5f, act).ws.get_size();
+  const size_t ws_step = BnFor(runs.dims, 1e-5f, act, kind).ws.get_size();
   if (runs.count == 1) return ws_step;
   return StatsOffset(ws_step, runs.count) + 2 * sizeof(float) * static_cast<size_t>(runs.count * dims[1]);
 }
 
-BnPlan &Engine::BnFor(const memory::dims &dims, float eps, dt act) {
-  auto key = std::make_tuple(dims, eps, act);
+BnPlan &Engine::BnFor(const memory::dims &dims, float eps, dt act, Activation kind) {
+  auto key = std::make_tuple(dims, eps, act, kind);
   auto it = bns_.find(key);
   if (it != bns_.end()) return *it->second;
   dnnl_threadpool_interop_set_max_concurrency(nthreads_);
   auto plan = std::make_unique<BnPlan>();
+  plan->kind = kind;
   plan->data = BlockedDesc(dims, act);
   plan->chan = memory::desc({dims[1]}, dt::f32, tag::a);
-  const auto flags = dnnl::normalization_flags::use_scale | dnnl::normalization_flags::use_shift |
-                     dnnl::normalization_flags::fuse_norm_relu;
+  const bool relu = kind == Activation::kRelu;
+  auto flags = dnnl::normalization_flags::use_scale | dnnl::normalization_flags::use_shift;
+  if (relu) flags = flags | dnnl::normalization_flags::fuse_norm_relu;
   dnnl::primitive_attr attr;
   attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
   dnnl::batch_normalization_forward::primitive_desc fpd(
@@ -146,10 +169,25 @@ BnPlan &Engine::BnFor(const memory::dims &dims, float eps, dt act) {
       eng_, dnnl::prop_kind::backward, plan->data, plan->data, plan->data, eps, flags, fpd, attr);
   plan->fwd = dnnl::batch_normalization_forward(fpd);
   plan->bwd = dnnl::batch_normalization_backward(bpd);
-  plan->ws = fpd.workspace_desc();
   plan->scratch_bytes = std::max(fpd.scratchpad_desc().get_size(), bpd.scratchpad_desc().get_size());
-  Describe("batch norm + relu forward", dims, act, fpd.impl_info_str());
-  Describe("batch norm + relu backward", dims, act, bpd.impl_info_str());
+  Describe(relu ? "batch norm + relu forward" : "batch norm forward", dims, act, fpd.impl_info_str());
+  Describe(relu ? "batch norm + relu backward" : "batch norm backward", dims, act, bpd.impl_info_str());
+  if (relu) {
+    plan->ws = fpd.workspace_desc();
+    return *bns_.emplace(key, std::move(plan)).first->second;
+  }
+  plan->ws = plan->data;
+  dnnl::eltwise_forward::primitive_desc efpd(eng_, dnnl::prop_kind::forward_training,
+                                             dnnl::algorithm::eltwise_gelu_erf, plan->data, plan->data,
+                                             0.f, 0.f, attr);
+  dnnl::eltwise_backward::primitive_desc ebpd(eng_, dnnl::algorithm::eltwise_gelu_erf, plan->data, plan->data,
+                                              plan->data, 0.f, 0.f, efpd, attr);
+  plan->act_fwd = dnnl::eltwise_forward(efpd);
+  plan->act_bwd = dnnl::eltwise_backward(ebpd);
+  plan->scratch_bytes = std::max({plan->scratch_bytes, efpd.scratchpad_desc().get_size(),
+                                  ebpd.scratchpad_desc().get_size()});
+  Describe("gelu forward", dims, act, efpd.impl_info_str());
+  Describe("gelu backward", dims, act, ebpd.impl_info_str());
   return *bns_.emplace(key, std::move(plan)).first->second;
 }
 

@@ -300,11 +300,12 @@ TrainConvPlan &Engine::TrainConvFor(const ConvShape &s, bool x_blocked) {
 }
 
 // ---------------------------------------------------------------------------------------
-// Blocked chain, inference: y (blocked) = relu(conv(x, w * scale[o]) + shift).
+// Blocked chain, inference: y (blocked) = act(conv(x, w * scale[o]) + shift), act the
+// chain's ReLU or GELU as the convolution's post-op.
 
-void Engine::Infer(const ConvShape &s, bool x_blocked, const void *x, const float *w, const float *scale,
-                   const float *shift, void *y) {
-  InferPlan &p = InferFor(s, x_blocked);
+void Engine::Infer(const ConvShape &s, bool x_blocked, Activation kind, const void *x, const float *w,
+                   const float *scale, const float *shift, void *y) {
+  InferPlan &p = InferFor(s, x_blocked, kind);
   memory src = Bind(p.src, x, kSrc, true);
   memory wei_plain(p.wei_plain, eng_, const_cast<float *>(w));
   memory wei(p.wei_inner, eng_, arena_.Get(kWei, p.wei_inner.get_size()));
@@ -320,9 +321,10 @@ void Engine::Infer(const ConvShape &s, bool x_blocked, const void *x, const floa
   stream_.wait();
 }
 
-InferPlan &Engine::InferFor(const ConvShape &s, bool x_blocked) {
+InferPlan &Engine::InferFor(const ConvShape &s, bool x_blocked, Activation kind) {
   auto &cache = x_blocked ? infer_blocked_ : infer_plain_;
-  auto it = cache.find(s);
+  const auto key = std::make_pair(s, kind);
+  auto it = cache.find(key);
   if (it != cache.end()) return *it->second;
   dnnl_threadpool_interop_set_max_concurrency(nthreads_);
   // Computed in s.act; the folded weights are scaled and cast by one reorder, the bias
@@ -331,7 +333,8 @@ InferPlan &Engine::InferFor(const ConvShape &s, bool x_blocked) {
   auto plan = std::make_unique<InferPlan>();
   plan->chan = memory::desc({s.o}, dt::f32, tag::a);
   dnnl::post_ops po;
-  po.append_eltwise(dnnl::algorithm::eltwise_relu, 0.f, 0.f);
+  po.append_eltwise(kind == Activation::kGelu ? dnnl::algorithm::eltwise_gelu_erf : dnnl::algorithm::eltwise_relu,
+                    0.f, 0.f);
   dnnl::primitive_attr attr;
   attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
   attr.set_post_ops(po);
@@ -352,7 +355,7 @@ InferPlan &Engine::InferFor(const ConvShape &s, bool x_blocked) {
       dnnl::reorder::primitive_desc(eng_, plan->wei_plain, eng_, plan->wei_inner, scaled));
   plan->scratch_bytes = pd.scratchpad_desc().get_size();
   Describe(x_blocked ? "inference (blocked in)" : "inference (plain in)", s, pd.impl_info_str());
-  return *cache.emplace(s, std::move(plan)).first->second;
+  return *cache.emplace(key, std::move(plan)).first->second;
 }
 
 }  // namespace vgg_native

@@ -7,6 +7,9 @@
 // (format_tag::any, or the channel-blocked nChw16c / nChw8c where that is faster); plain
 // NCHW/OIHW tensors are reordered in and out around them.
 //
+// Activation: every convolution (+ BatchNorm) of the blocked chains is followed by ReLU or
+// by the exact (erf) GELU, one kind per chain; the plans of each are cached apart.
+//
 // Precision: the blocked chains and the dense layers run in float32 or in bfloat16. In
 // bfloat16 the activations between layers (and their gradients) are bfloat16 tensors,
 // while weights come in and weight gradients go out in float32 (cast inside the reorder
@@ -72,6 +75,9 @@ constexpr int64_t kMatmulWeightsMaxPixelsAvx2 = 16;
 int64_t MatmulWeightsMaxPixels(dt act);
 
 const char *DtName(dt d);
+
+// The activation after each convolution (+ BatchNorm) of the blocked chains.
+enum class Activation { kRelu = 0, kGelu = 1 };  // kGelu: x * Phi(x), the exact (erf) GELU
 
 // ---------------------------------------------------------------------------------------
 // Grow-only 64-byte aligned buffers, one per role. Used only under the engine's mutex.
@@ -167,9 +173,15 @@ struct TrainConvPlan {
   size_t scratch_bytes = 0;
 };
 
+// BatchNorm and its activation (training). ReLU: fused into the BatchNorm primitives, `ws`
+// their ReLU workspace. GELU: BatchNorm, then an eltwise GELU; `ws` (= `data`) holds the
+// BatchNorm output, the GELU's input, which its gradient reads.
 struct BnPlan {
+  Activation kind = Activation::kRelu;
   dnnl::batch_normalization_forward fwd;
   dnnl::batch_normalization_backward bwd;
+  dnnl::eltwise_forward act_fwd;   // GELU only
+  dnnl::eltwise_backward act_bwd;  // GELU only
   memory::desc data, chan, ws;
   size_t scratch_bytes = 0;
 };
@@ -239,24 +251,27 @@ class Engine {
   void TrainConvFwd(const ConvShape &s, bool x_blocked, const void *x, const float *w, void *y);
   void TrainConvBwd(const ConvShape &s, bool x_blocked, const void *dy, const void *x,
                     const float *w, void *dx, float *dw);
-  // y = relu(conv(x, w * scale[o]) + shift)
-  void Infer(const ConvShape &s, bool x_blocked, const void *x, const float *w, const float *scale,
-             const float *shift, void *y);
+  // y = act(conv(x, w * scale[o]) + shift), act ReLU or GELU
+  void Infer(const ConvShape &s, bool x_blocked, Activation kind, const void *x, const float *w,
+             const float *scale, const float *shift, void *y);
 
-  // ---- BatchNorm + ReLU, pooling and layout changes of the blocked chain (chain.cc); the
+  // ---- BatchNorm + activation (ReLU or GELU), pooling and layout changes of the blocked chain (chain.cc); the
   // activations are of type `act`, the per-channel vectors float32
   // ghost > 0 and < N: ghost batch normalisation, each run of `ghost` consecutive images
   // normalised with its own statistics (N a multiple of ghost); mean and var are still the
   // whole batch's, the per-run statistics are kept in the workspace for the backward pass.
-  void BnReluFwd(const memory::dims &dims, dt act, float eps, int64_t ghost, const void *y,
-                 const float *gamma, const float *beta, void *z, float *mean, float *var,
-                 uint8_t *ws);
-  void BnReluBwd(const memory::dims &dims, dt act, float eps, int64_t ghost, const void *dz,
-                 const uint8_t *ws, const void *y, const float *gamma, const float *mean,
-                 const float *var, void *dy, float *dgamma, float *dbeta);
-  // Bytes of the workspace FastBnReluTrain returns for an (N, C, H, W) input: the ReLU
-  // workspace, and with ghost batches one per run followed by the runs' means and variances.
-  size_t BnWorkspaceBytes(const memory::dims &dims, dt act, int64_t ghost = 0);
+  void BnActFwd(const memory::dims &dims, dt act, Activation kind, float eps, int64_t ghost,
+                const void *y, const float *gamma, const float *beta, void *z, float *mean,
+                float *var, uint8_t *ws);
+  void BnActBwd(const memory::dims &dims, dt act, Activation kind, float eps, int64_t ghost,
+                const void *dz, const uint8_t *ws, const void *y, const float *gamma,
+                const float *mean, const float *var, void *dy, float *dgamma, float *dbeta);
+  // Bytes of the workspace FastBnReluTrain / FastBnGeluTrain return for an (N, C, H, W)
+  // input: the activation's workspace (ReLU: oneDNN's, about a bit per element; GELU: the
+  // BatchNorm output), with ghost batches one per run followed by the runs' means and
+  // variances.
+  size_t BnWorkspaceBytes(const memory::dims &dims, dt act, int64_t ghost = 0,
+                          Activation kind = Activation::kRelu);
   void MaxPool2Fwd(const memory::dims &src_dims, dt act, const void *x, void *y, uint8_t *ws);
   void MaxPool2Bwd(const memory::dims &src_dims, dt act, const void *dy, const uint8_t *ws, void *dx);
   // 2x2 stride-2 max pooling on blocked activations (inference).
@@ -314,8 +329,8 @@ class Engine {
   FwdPlan &FwdFor(const ConvShape &s);
   BwdPlan &BwdFor(const ConvShape &s);
   TrainConvPlan &TrainConvFor(const ConvShape &s, bool x_blocked);
-  InferPlan &InferFor(const ConvShape &s, bool x_blocked);
-  BnPlan &BnFor(const memory::dims &dims, float eps, dt act);
+  InferPlan &InferFor(const ConvShape &s, bool x_blocked, Activation kind);
+  BnPlan &BnFor(const memory::dims &dims, float eps, dt act, Activation kind);
   TrainPoolPlan &TrainPoolFor(const memory::dims &src_dims, dt act);
   PoolPlan &PoolFor(const memory::dims &src_dims, dt act);
   UnblockPlan &UnblockFor(const memory::dims &dims, dt act);
@@ -331,13 +346,13 @@ class Engine {
   Arena arena_;
   std::map<ConvShape, std::unique_ptr<FwdPlan>> fwd_;
   std::map<ConvShape, std::unique_ptr<BwdPlan>> bwd_;
-  std::map<ConvShape, std::unique_ptr<InferPlan>> infer_plain_, infer_blocked_;
+  std::map<std::pair<ConvShape, Activation>, std::unique_ptr<InferPlan>> infer_plain_, infer_blocked_;
   using DimsDt = std::pair<memory::dims, dt>;
   std::map<DimsDt, std::unique_ptr<PoolPlan>> pools_;
   std::map<DimsDt, std::unique_ptr<UnblockPlan>> unblock_;
   std::map<ConvShape, std::unique_ptr<TrainConvPlan>> train_plain_, train_blocked_;
   int reference_kernels_ = 0;
-  std::map<std::tuple<memory::dims, float, dt>, std::unique_ptr<BnPlan>> bns_;
+  std::map<std::tuple<memory::dims, float, dt, Activation>, std::unique_ptr<BnPlan>> bns_;
   std::map<DimsDt, std::unique_ptr<TrainPoolPlan>> train_pools_;
   std::map<DenseShape, std::unique_ptr<DensePlan>> dense_;
 };

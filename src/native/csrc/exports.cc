@@ -15,6 +15,7 @@
 //   FastConvInferBlocked : x blocked,         w, scale (O), shift (O) -> y blocked
 //                          y = relu(conv(x, w) * scale + shift): BatchNorm (moving
 //                          statistics) and bias folded into the weights and a bias
+//   FastConvInferPlainGelu / FastConvInferBlockedGelu : the same with the exact GELU
 //   FastMaxPool2Blocked  : x blocked (N,C,H,W) -> y blocked (N,C,H/2,W/2), 2x2 stride 2
 //   FastUnblock          : x blocked -> y plain NCHW
 // Training chain on the same blocked layout:
@@ -22,9 +23,11 @@
 //   FastConvTrainBwdPlain / FastConvTrainBwdBlocked : dy, x, w -> dx, dw
 //                          (plain x is the network input: its dx is returned as zeros)
 //   FastBnReluTrain      : y, gamma, beta, (eps, ghost) -> z = relu(bn(y)), batch mean, biased
-//                          var, workspace (uint8, FastBnWorkspaceBytes(N, C, H, W, bf16, ghost)
-//                          bytes); ghost > 0: ghost batch normalisation (engine.h), else 0
+//                          var, workspace (uint8, FastBnWorkspaceBytes(N, C, H, W, bf16, ghost,
+//                          0) bytes); ghost > 0: ghost batch normalisation (engine.h), else 0
 //   FastBnReluBwd        : dz, workspace, y, gamma, mean, var, (eps, ghost) -> dy, dgamma, dbeta
+//   FastBnGeluTrain / FastBnGeluBwd : the same with the exact GELU after the BatchNorm (not
+//                          fused: the workspace, FastBnWorkspaceBytes(..., 1) bytes, keeps bn(y))
 //   FastBnStatsUpdate    : moving mean, moving var, batch mean, biased var (C), y (N,C,H,W),
 //                          (1 - momentum, momentum) -> flag (1); the moving statistics updated
 //                          in place as nn.BatchNorm2d updates them (unbiased variance)
@@ -47,6 +50,7 @@
 #include "kernel_args.h"
 
 using vgg_native::ActOf;
+using vgg_native::Activation;
 using vgg_native::AllRank4F32;
 using vgg_native::ConvShape;
 using vgg_native::DenseShape;
@@ -114,8 +118,8 @@ VGG_NATIVE_EXPORT int FastConvBwd(int nparam, void **params, int *ndims, int64_t
 
 namespace {
 
-// x, w, scale, shift, y: y = relu(conv(x, w * scale) + shift), y blocked.
-int InferKernel(const char *name, bool x_blocked, int nparam, void **params, int *ndims,
+// x, w, scale, shift, y: y = act(conv(x, w * scale) + shift), y blocked.
+int InferKernel(const char *name, bool x_blocked, Activation kind, int nparam, void **params, int *ndims,
                 int64_t **shapes, const char **dtypes) {
   if (nparam != 5 || ndims[0] != 4 || ndims[1] != 4 || ndims[2] != 1 || ndims[3] != 1 || ndims[4] != 4) {
     Fail(name, "expects x, w (4-D), scale, shift (1-D), y (4-D)");
@@ -135,7 +139,7 @@ int InferKernel(const char *name, bool x_blocked, int nparam, void **params, int
   }
   s.act = act;
   return Guarded(name, [&](Engine &e) {
-    e.Infer(s, x_blocked, params[0], static_cast<const float *>(params[1]),
+    e.Infer(s, x_blocked, kind, params[0], static_cast<const float *>(params[1]),
             static_cast<const float *>(params[2]), static_cast<const float *>(params[3]), params[4]);
   });
 }
@@ -144,12 +148,22 @@ int InferKernel(const char *name, bool x_blocked, int nparam, void **params, int
 
 VGG_NATIVE_EXPORT int FastConvInferPlain(int nparam, void **params, int *ndims, int64_t **shapes,
                                           const char **dtypes, void *stream, void *extra) {
-  return InferKernel("FastConvInferPlain", false, nparam, params, ndims, shapes, dtypes);
+  return InferKernel("FastConvInferPlain", false, Activation::kRelu, nparam, params, ndims, shapes, dtypes);
+}
+
+VGG_NATIVE_EXPORT int FastConvInferPlainGelu(int nparam, void **params, int *ndims, int64_t **shapes,
+                                              const char **dtypes, void *stream, void *extra) {
+  return InferKernel("FastConvInferPlainGelu", false, Activation::kGelu, nparam, params, ndims, shapes, dtypes);
 }
 
 VGG_NATIVE_EXPORT int FastConvInferBlocked(int nparam, void **params, int *ndims, int64_t **shapes,
                                             const char **dtypes, void *stream, void *extra) {
-  return InferKernel("FastConvInferBlocked", true, nparam, params, ndims, shapes, dtypes);
+  return InferKernel("FastConvInferBlocked", true, Activation::kRelu, nparam, params, ndims, shapes, dtypes);
+}
+
+VGG_NATIVE_EXPORT int FastConvInferBlockedGelu(int nparam, void **params, int *ndims, int64_t **shapes,
+                                                const char **dtypes, void *stream, void *extra) {
+  return InferKernel("FastConvInferBlockedGelu", true, Activation::kGelu, nparam, params, ndims, shapes, dtypes);
 }
 
 // y = maxpool2x2(x), both blocked, of one type.
@@ -255,9 +269,10 @@ VGG_NATIVE_EXPORT int FastConvTrainBwdBlocked(int nparam, void **params, int *nd
 
 // y, gamma, beta, (eps, ghost) -> z, mean, var, workspace (y, z float32 or bfloat16; vectors
 // float32)
-VGG_NATIVE_EXPORT int FastBnReluTrain(int nparam, void **params, int *ndims, int64_t **shapes,
-                                       const char **dtypes, void *stream, void *extra) {
-  const char *name = "FastBnReluTrain";
+namespace {
+
+int BnTrainKernel(const char *name, Activation kind, int nparam, void **params, int *ndims, int64_t **shapes,
+                  const char **dtypes) {
   const dt act = nparam == 8 ? ActOf(dtypes[0]) : dt::undef;
   if (nparam != 8 || ndims[0] != 4 || ndims[4] != 4 || act == dt::undef || ActOf(dtypes[4]) != act ||
       !std::equal(shapes[0], shapes[0] + 4, shapes[4]) || !ChannelVectors(ndims, shapes, dtypes, 1, 2, shapes[0][1]) ||
@@ -270,18 +285,18 @@ VGG_NATIVE_EXPORT int FastBnReluTrain(int nparam, void **params, int *ndims, int
   const float eps = static_cast<const float *>(params[3])[0];
   const auto ghost = static_cast<int64_t>(static_cast<const float *>(params[3])[1]);
   return Guarded(name, [&](Engine &e) {
-    if (static_cast<size_t>(shapes[7][0]) != e.BnWorkspaceBytes(Dims4(shapes[0]), act, ghost))
+    if (static_cast<size_t>(shapes[7][0]) != e.BnWorkspaceBytes(Dims4(shapes[0]), act, ghost, kind))
       throw std::runtime_error("workspace size differs from FastBnWorkspaceBytes");
-    e.BnReluFwd(Dims4(shapes[0]), act, eps, ghost, params[0], static_cast<const float *>(params[1]),
-                static_cast<const float *>(params[2]), params[4], static_cast<float *>(params[5]),
-                static_cast<float *>(params[6]), static_cast<uint8_t *>(params[7]));
+    e.BnActFwd(Dims4(shapes[0]), act, kind, eps, ghost, params[0], static_cast<const float *>(params[1]),
+               static_cast<const float *>(params[2]), params[4], static_cast<float *>(params[5]),
+               static_cast<float *>(params[6]), static_cast<uint8_t *>(params[7]));
   });
 }
 
-// dz, workspace, y, gamma, mean, var, (eps, ghost) -> dy, dgamma, dbeta
-VGG_NATIVE_EXPORT int FastBnReluBwd(int nparam, void **params, int *ndims, int64_t **shapes,
-                                     const char **dtypes, void *stream, void *extra) {
-  const char *name = "FastBnReluBwd";
+// dz, workspace, y, gamma, mean, var, (eps, ghost) -> dy, dgamma, dbeta (act's gradient, then
+// BatchNorm's)
+int BnBwdKernel(const char *name, Activation kind, int nparam, void **params, int *ndims, int64_t **shapes,
+                const char **dtypes) {
   bool ok = nparam == 10 && ndims[1] == 1 && IsU8(dtypes[1]);
   const dt act = ok ? ActOf(dtypes[0]) : dt::undef;
   for (int i : {0, 2, 7})
@@ -296,14 +311,42 @@ VGG_NATIVE_EXPORT int FastBnReluBwd(int nparam, void **params, int *ndims, int64
   const float eps = static_cast<const float *>(params[6])[0];
   const auto ghost = static_cast<int64_t>(static_cast<const float *>(params[6])[1]);
   return Guarded(name, [&](Engine &e) {
-    if (static_cast<size_t>(shapes[1][0]) != e.BnWorkspaceBytes(Dims4(shapes[0]), act, ghost))
+    if (static_cast<size_t>(shapes[1][0]) != e.BnWorkspaceBytes(Dims4(shapes[0]), act, ghost, kind))
       throw std::runtime_error("workspace size differs from FastBnWorkspaceBytes");
-    e.BnReluBwd(Dims4(shapes[0]), act, eps, ghost, params[0], static_cast<const uint8_t *>(params[1]), params[2],
-                static_cast<const float *>(params[3]), static_cast<const float *>(params[4]),
-                static_cast<const float *>(params[5]), params[7], static_cast<float *>(params[8]),
-                static_cast<float *>(params[9]));
+    e.BnActBwd(Dims4(shapes[0]), act, kind, eps, ghost, params[0], static_cast<const uint8_t *>(params[1]), params[2],
+               static_cast<const float *>(params[3]), static_cast<const float *>(params[4]),
+               static_cast<const float *>(params[5]), params[7], static_cast<float *>(params[8]),
+               static_cast<float *>(params[9]));
   });
 }
+
+}  // namespace
+
+// y, gamma, beta, (eps, ghost) -> z = relu(bn(y)), mean, var, workspace
+VGG_NATIVE_EXPORT int FastBnReluTrain(int nparam, void **params, int *ndims, int64_t **shapes,
+                                       const char **dtypes, void *stream, void *extra) {
+  return BnTrainKernel("FastBnReluTrain", Activation::kRelu, nparam, params, ndims, shapes, dtypes);
+}
+
+// dz, workspace, y, gamma, mean, var, (eps, ghost) -> dy, dgamma, dbeta
+VGG_NATIVE_EXPORT int FastBnReluBwd(int nparam, void **params, int *ndims, int64_t **shapes,
+                                     const char **dtypes, void *stream, void *extra) {
+  return BnBwdKernel("FastBnReluBwd", Activation::kRelu, nparam, params, ndims, shapes, dtypes);
+}
+
+// y, gamma, beta, (eps, ghost) -> z = gelu(bn(y)), mean, var, workspace
+VGG_NATIVE_EXPORT int FastBnGeluTrain(int nparam, void **params, int *ndims, int64_t **shapes,
+                                       const char **dtypes, void *stream, void *extra) {
+  return BnTrainKernel("FastBnGeluTrain", Activation::kGelu, nparam, params, ndims, shapes, dtypes);
+}
+
+// dz, workspace, y, gamma, mean, var, (eps, ghost) -> dy, dgamma, dbeta
+VGG_NATIVE_EXPORT int FastBnGeluBwd(int nparam, void **params, int *ndims, int64_t **shapes,
+                                     const char **dtypes, void *stream, void *extra) {
+  return BnBwdKernel("FastBnGeluBwd", Activation::kGelu, nparam, params, ndims, shapes, dtypes);
+}
+
+
 
 // The moving statistics of a BatchNorm after FastBnReluTrain, in place (MindSpore passes the
 // parameters by their own buffers): moving = moving * (1 - momentum) + batch * momentum, the
@@ -344,14 +387,16 @@ VGG_NATIVE_EXPORT int FastReferenceKernels() {
   return count;
 }
 
-// Bytes of FastBnReluTrain's workspace for an (n, c, h, w) input of float32 (bf16 = 0) or
-// bfloat16 (bf16 = 1) activations, with ghost batches of `ghost` images (0: none); -1 on error
-// (also when n is not a multiple of a ghost batch smaller than n).
+// Bytes of FastBnReluTrain's (gelu = 0) or FastBnGeluTrain's (gelu = 1) workspace for an
+// (n, c, h, w) input of float32 (bf16 = 0) or bfloat16 (bf16 = 1) activations, with ghost
+// batches of `ghost` images (0: none); -1 on error (also when n is not a multiple of a ghost
+// batch smaller than n).
 VGG_NATIVE_EXPORT int64_t FastBnWorkspaceBytes(int64_t n, int64_t c, int64_t h, int64_t w, int64_t bf16,
-                                               int64_t ghost) {
+                                               int64_t ghost, int64_t gelu) {
   size_t bytes = 0;
   int status = Guarded("FastBnWorkspaceBytes", [&](Engine &e) {
-    bytes = e.BnWorkspaceBytes({n, c, h, w}, bf16 ? dt::bf16 : dt::f32, ghost);
+    bytes = e.BnWorkspaceBytes({n, c, h, w}, bf16 ? dt::bf16 : dt::f32, ghost,
+                               gelu ? Activation::kGelu : Activation::kRelu);
   });
   return status == 0 ? static_cast<int64_t>(bytes) : -1;
 }

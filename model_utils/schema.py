@@ -117,6 +117,11 @@ KEYS = (
         "CIFAR-10 recipes: the loss sees softer logits, so the head must grow its weights to "
         "reach the same confidence; part of the network, so evaluation and exported models "
         "apply it too; the top-1 of given weights is unchanged", check=positive),
+    Key("activation", str,
+        "Activation after every convolution (+ BatchNorm) and hidden dense layer: relu; gelu "
+        "(the exact, erf GELU); both run in the native CPU chains; no parameters, so weights "
+        "load either way (but were trained for one)",
+        choices=("relu", "gelu")),
     Key("has_dropout", bool, "Dropout (p=0.5) in the classifier during training"),
     Key("image_size", list,
         "Network input height,width (multiples of 32); images are resized to it",

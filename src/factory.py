@@ -20,6 +20,7 @@ def network_kwargs(config, num_classes=None):
         "dropout": config.has_dropout,
         "head": config.get("head", "mlp"),
         "logit_scale": config.get("logit_scale", 1.0),
+        "activation": config.get("activation", "relu"),
         "image_size": tuple(config.image_size),
     }
 

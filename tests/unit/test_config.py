@@ -73,6 +73,7 @@ def test_list_forms_agree():
     (["--lr_scheduler=multistep", "--warmup_steps=3"], "not 'multistep'"),
     (["--eval_tta_shift=-1"], "'eval_tta_shift' is -1"),
     (["--logit_scale=0"], "'logit_scale' is 0.0; it must be > 0"),
+    (["--activation=swish"], "allowed values: relu, gelu"),
     (["--bn_bias_lr_scale=-2"], "'bn_bias_lr_scale' is -2.0; it must be > 0"),
     (["--batch_norm=False", "--freeze_bn_scale=True"],
      "config key 'freeze_bn_scale' is True, but the network has no BatchNorm "

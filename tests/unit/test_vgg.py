@@ -254,6 +254,37 @@ def test_logit_scale_multiplies_the_logits_in_inference_and_in_the_dropout_loss(
         assert abs(float(loss.asnumpy()) + logp[np.arange(4), [0, 1, 2, 3]].mean()) < 1e-5
 
 
+def test_activation_gelu_from_the_config_reaches_every_activation_and_the_dropout_loss():
+    """activation=gelu puts the exact GELU after every convolution and hidden dense layer
+    (no parameter changes), and the masked-dropout loss cell, which runs the head's layers
+    itself, uses the network's own activation."""
+    from src.factory import build_network
+    from src.train_loss import create_loss_cell
+    from tests.helpers import quick_config
+
+    config = quick_config("--arch=vgg11", "--has_dropout=True", "--native_kernels=off",
+                          "--activation=gelu")
+    ms.set_seed(3)
+    net = build_network(config, "CPU")
+    acts = [c for c in net.cells_and_names() if isinstance(c[1], (nn.ReLU, nn.GELU))]
+    assert len(acts) == 8 + 2
+    assert all(type(c) is nn.GELU and c.approximate == "none" for _, c in acts)
+    relu = build_network(config.replace(activation="relu"), "CPU")
+    assert [p.name for p in net.get_parameters()] == [p.name for p in relu.get_parameters()]
+    net.set_train(False)
+    x = ms.Tensor(np.random.default_rng(1).standard_normal((4, 3, 32, 32)).astype(np.float32))
+    logits = net(x).asnumpy().astype(np.float64)
+    label = ms.Tensor(np.array([0, 1, 2, 3], np.int32))
+    keep = ms.Tensor(np.ones((4, 4096), np.float32))
+    ms.set_context(mode=ms.GRAPH_MODE)  # as train.py runs it
+    try:
+        loss = create_loss_cell(net, 0.0, masked_dropout=True)(x, label, keep, keep)
+    finally:
+        ms.set_context(mode=ms.PYNATIVE_MODE)
+    logp = logits - np.log(np.exp(logits).sum(1, keepdims=True))
+    assert abs(float(loss.asnumpy()) + logp[np.arange(4), [0, 1, 2, 3]].mean()) < 1e-5
+
+
 def test_logit_scale_must_be_positive():
     with pytest.raises(ValueError, match="logit_scale must be > 0"):
         vgg.vgg11(num_classes=10, image_size=(32, 32), logit_scale=0.0)

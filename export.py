@@ -6,7 +6,8 @@ The graph takes export_batch_size x 3 x image_size float32 images, normalised as
 and returns logits. ONNX files leave the batch axis free (input `image`, output `logits`).
 The network is always built from MindSpore's own operators (no native custom kernels) in
 inference mode, so the file runs wherever MindSpore or onnxruntime does. AIR is written by
-MindSpore only on Ascend.
+MindSpore only on Ascend. ONNX is refused for activation gelu, whose Erf MindSpore's ONNX
+converter lacks.
 """
 import os
 import shutil
@@ -38,6 +39,10 @@ def check_request(config):
     if config.file_format == "AIR" and config.device_target != "Ascend":
         raise UserError(f"file_format AIR needs device_target=Ascend (MindSpore writes AIR only "
                         f"there), got {config.device_target}; use --file_format=MINDIR or ONNX")
+    if config.file_format == "ONNX" and config.get("activation", "relu") == "gelu":
+        # MindSpore 2.10's ONNX converter has no Erf, which the exact GELU is computed with
+        raise UserError("file_format ONNX cannot hold activation gelu (MindSpore's ONNX export "
+                        "has no Erf operator); use --file_format=MINDIR")
 
 
 def inference_network(config, device_target):

@@ -1,9 +1,9 @@
 // The rest of the blocked chain on oneDNN's channel-blocked layout: BatchNorm with its
 // activation (training, with batch statistics: fused with ReLU, or followed by GELU), 2x2
 // max pooling (training and inference), and the reorders between plain float32 NCHW and the
-// blocked layout at the chain's ends. Activations
-// are float32 or bfloat16 (`act`); BatchNorm's scale, shift, mean and variance are float32
-// whatever the activations (oneDNN computes the statistics in float32).
+// blocked layout at the chain's ends. Activations are float32 or bfloat16 (`act`);
+// BatchNorm's scale, shift, mean and variance are float32 whatever the activations (oneDNN
+// computes the statistics in float32).
 #include <algorithm>
 #include <cstdio>
 #include <stdexcept>

@@ -2,12 +2,12 @@
 native kernels where oneDNN runs bfloat16 instructions (AVX512-BF16 or AMX-BF16), and the one
 log line that says which was chosen and why.
 
-bfloat16 covers the blocked chain of ``NativeFeatures`` (convolutions, BatchNorm + ReLU, max
-pooling; training and inference) and the classifier's dense layers (``NativeDense``). What
-stays float32: the parameters (master weights) and so the checkpoints, the optimizer and its
-state, the weight gradients, BatchNorm's statistics, scale and shift, the loss. bfloat16 has
-float32's exponent range, so it needs no loss scale (a fixed ``loss_scale`` from the config
-still applies, as in float32).
+bfloat16 covers the blocked chain of ``NativeFeatures`` (convolutions, BatchNorm + ReLU or
+GELU, max pooling; training and inference) and the classifier's dense layers
+(``NativeDense``). What stays float32: the parameters (master weights) and so the
+checkpoints, the optimizer and its state, the weight gradients, BatchNorm's statistics,
+scale and shift, the loss. bfloat16 has float32's exponent range, so it needs no loss scale
+(a fixed ``loss_scale`` from the config still applies, as in float32).
 """
 import logging
 import os
@@ -93,7 +93,8 @@ def apply_cpu_precision(net, requested):
 def _covered(features, dense):
     """What computes in bfloat16, as a phrase for the log line."""
     if features.blocked_training:
-        parts = ["convolutions", "BatchNorm+ReLU", "pooling"] + (["dense layers"] if dense else [])
+        bn_act = "BatchNorm+" + {"gelu": "GELU"}.get(features.activation, "ReLU")
+        parts = ["convolutions", bn_act, "pooling"] + (["dense layers"] if dense else [])
         return f"{', '.join(parts[:-1])} and {parts[-1]} in bfloat16"
     parts = ["inference convolutions", "pooling"] + (["dense layers"] if dense else [])
     return (f"{', '.join(parts[:-1])} and {parts[-1]} in bfloat16; training runs the "

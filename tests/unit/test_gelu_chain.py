@@ -299,6 +299,18 @@ def test_vgg_with_gelu_builds_both_native_chains(graph_mode):
     assert [p.name for p in net.get_parameters()] == [p.name for p in default.get_parameters()]
 
 
+def test_precision_line_names_the_chains_activation(graph_mode):
+    from mindspore import nn
+
+    from src.native.layers import NativeConv2d, NativeFeatures
+    from src.native.precision import _covered
+
+    gelu = _covered(NativeFeatures(gelu_layers(NativeConv2d)), 0)
+    relu = _covered(NativeFeatures(gelu_layers(NativeConv2d, activation=nn.ReLU)), 0)
+    assert "BatchNorm+GELU" in gelu and "ReLU" not in gelu
+    assert "BatchNorm+ReLU" in relu
+
+
 def test_vgg_refuses_an_unknown_activation_in_one_line():
     from src import vgg
 

@@ -222,11 +222,27 @@ def test_identity_init_comes_from_the_config_key():
         assert _dirac_rows(convs[1].weight.asnumpy()) == rows
 
 
+def _assert_dropout_loss_is_the_networks(net, x):
+    """The masked-dropout loss cell (masks all ones, no smoothing), which runs the head's
+    layers itself, gives the cross-entropy of the network's own logits for 4 images."""
+    from src.train_loss import create_loss_cell
+
+    logits = net(x).asnumpy().astype(np.float64)
+    label = ms.Tensor(np.array([0, 1, 2, 3], np.int32))
+    keep = ms.Tensor(np.ones((4, 4096), np.float32))
+    ms.set_context(mode=ms.GRAPH_MODE)  # as train.py runs it
+    try:
+        loss = create_loss_cell(net, 0.0, masked_dropout=True)(x, label, keep, keep)
+    finally:
+        ms.set_context(mode=ms.PYNATIVE_MODE)
+    logp = logits - np.log(np.exp(logits).sum(1, keepdims=True))
+    assert abs(float(loss.asnumpy()) + logp[np.arange(4), [0, 1, 2, 3]].mean()) < 1e-5
+
+
 def test_logit_scale_multiplies_the_logits_in_inference_and_in_the_dropout_loss():
     """The same weights give the logits times logit_scale (so the same top-1), from the config
     key; the masked-dropout loss cell, which runs the head's layers itself, scales them too."""
     from src.factory import build_network
-    from src.train_loss import create_loss_cell
     from tests.helpers import quick_config
 
     x = ms.Tensor(np.random.default_rng(0).standard_normal((4, 3, 32, 32)).astype(np.float32))
@@ -241,17 +257,8 @@ def test_logit_scale_multiplies_the_logits_in_inference_and_in_the_dropout_loss(
     assert np.abs(plain).max() > 1e-3
     np.testing.assert_allclose(scaled, plain * 0.125, rtol=1e-6, atol=1e-7)
     assert (scaled.argmax(1) == plain.argmax(1)).all()
-    label = ms.Tensor(np.array([0, 1, 2, 3], np.int32))
-    keep = ms.Tensor(np.ones((4, 4096), np.float32))
     for net in nets.values():
-        logits = net(x).asnumpy().astype(np.float64)
-        ms.set_context(mode=ms.GRAPH_MODE)  # as train.py runs it
-        try:
-            loss = create_loss_cell(net, 0.0, masked_dropout=True)(x, label, keep, keep)
-        finally:
-            ms.set_context(mode=ms.PYNATIVE_MODE)
-        logp = logits - np.log(np.exp(logits).sum(1, keepdims=True))
-        assert abs(float(loss.asnumpy()) + logp[np.arange(4), [0, 1, 2, 3]].mean()) < 1e-5
+        _assert_dropout_loss_is_the_networks(net, x)
 
 
 def test_activation_gelu_from_the_config_reaches_every_activation_and_the_dropout_loss():
@@ -259,7 +266,6 @@ def test_activation_gelu_from_the_config_reaches_every_activation_and_the_dropou
     (no parameter changes), and the masked-dropout loss cell, which runs the head's layers
     itself, uses the network's own activation."""
     from src.factory import build_network
-    from src.train_loss import create_loss_cell
     from tests.helpers import quick_config
 
     config = quick_config("--arch=vgg11", "--has_dropout=True", "--native_kernels=off",
@@ -273,16 +279,7 @@ def test_activation_gelu_from_the_config_reaches_every_activation_and_the_dropou
     assert [p.name for p in net.get_parameters()] == [p.name for p in relu.get_parameters()]
     net.set_train(False)
     x = ms.Tensor(np.random.default_rng(1).standard_normal((4, 3, 32, 32)).astype(np.float32))
-    logits = net(x).asnumpy().astype(np.float64)
-    label = ms.Tensor(np.array([0, 1, 2, 3], np.int32))
-    keep = ms.Tensor(np.ones((4, 4096), np.float32))
-    ms.set_context(mode=ms.GRAPH_MODE)  # as train.py runs it
-    try:
-        loss = create_loss_cell(net, 0.0, masked_dropout=True)(x, label, keep, keep)
-    finally:
-        ms.set_context(mode=ms.PYNATIVE_MODE)
-    logp = logits - np.log(np.exp(logits).sum(1, keepdims=True))
-    assert abs(float(loss.asnumpy()) + logp[np.arange(4), [0, 1, 2, 3]].mean()) < 1e-5
+    _assert_dropout_loss_is_the_networks(net, x)
 
 
 def test_logit_scale_must_be_positive():

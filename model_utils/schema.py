@@ -128,16 +128,16 @@ KEYS = (
         check=vgg_image_size, item=int),
     Key("native_kernels", str,
         "CPU graph mode through the project's native oneDNN kernels (convolution, "
-        "BatchNorm+ReLU, pooling, optimizer): auto (when built), on, off; the environment "
+        "BatchNorm+activation, pooling, optimizer): auto (when built), on, off; the environment "
         "variable VGG_NATIVE_KERNELS=0 turns them off (old key name: fast_conv)",
         choices=("auto", "on", "off"), old_names=("fast_conv",)),
     Key("cpu_precision", str,
-        "CPU compute precision: float32; bfloat16 (convolutions, BatchNorm+ReLU, pooling and "
-        "dense layers computed in bfloat16 by the native oneDNN kernels on AVX512-BF16/AMX; "
-        "weights, optimizer state, BatchNorm statistics and loss stay float32, checkpoints are "
-        "unchanged, no loss scale is needed); auto: bfloat16 where the CPU has AVX512-BF16 or "
-        "AMX-BF16 and the native kernels run, else float32. Where bfloat16 cannot run, float32 "
-        "is used and one log line says why (amp_level applies to GPU/Ascend only)",
+        "CPU compute precision: float32; bfloat16 (convolutions, BatchNorm+activation, "
+        "pooling and dense layers computed in bfloat16 by the native oneDNN kernels on "
+        "AVX512-BF16/AMX; weights, optimizer state, BatchNorm statistics and loss stay float32, "
+        "checkpoints are unchanged, no loss scale is needed); auto: bfloat16 where the CPU has "
+        "AVX512-BF16 or AMX-BF16 and the native kernels run, else float32. Where bfloat16 cannot "
+        "run, float32 is used and one log line says why (amp_level applies to GPU/Ascend only)",
         choices=("float32", "bfloat16", "auto")),
 
     # optimisation

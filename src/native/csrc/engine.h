@@ -255,8 +255,8 @@ class Engine {
   void Infer(const ConvShape &s, bool x_blocked, Activation kind, const void *x, const float *w,
              const float *scale, const float *shift, void *y);
 
-  // ---- BatchNorm + activation (ReLU or GELU), pooling and layout changes of the blocked chain (chain.cc); the
-  // activations are of type `act`, the per-channel vectors float32
+  // ---- BatchNorm + activation (ReLU or GELU), pooling and layout changes of the blocked
+  // chain (chain.cc); the activations are of type `act`, the per-channel vectors float32
   // ghost > 0 and < N: ghost batch normalisation, each run of `ghost` consecutive images
   // normalised with its own statistics (N a multiple of ghost); mean and var are still the
   // whole batch's, the per-run statistics are kept in the workspace for the backward pass.

@@ -346,8 +346,6 @@ VGG_NATIVE_EXPORT int FastBnGeluBwd(int nparam, void **params, int *ndims, int64
   return BnBwdKernel("FastBnGeluBwd", Activation::kGelu, nparam, params, ndims, shapes, dtypes);
 }
 
-
-
 // The moving statistics of a BatchNorm after FastBnReluTrain, in place (MindSpore passes the
 // parameters by their own buffers): moving = moving * (1 - momentum) + batch * momentum, the
 // batch variance made unbiased by count / (count - 1), count = N * H * W (y is passed for its

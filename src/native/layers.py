@@ -234,7 +234,7 @@ def _blocked_train_ops(act=ms.float32, ghost=0, activation="relu"):
     with its gradient: (first convolution, later convolutions, BatchNorm + activation, max
     pool); ghost > 0: the BatchNorm in ghost batches of that many images (src/ghost_bn.py);
     activation "relu" (fused into the BatchNorm) or "gelu"."""
-    kind = ACTIVATION_SYMBOLS[activation]
+    act_symbol = ACTIVATION_SYMBOLS[activation]
 
     def conv(blocked):
         kind = "Blocked" if blocked else "Plain"
@@ -249,7 +249,7 @@ def _blocked_train_ops(act=ms.float32, ghost=0, activation="relu"):
         return _custom(f"FastConvTrainFwd{kind}", _conv_shape,
                        _same_shape if blocked else lambda x, w: act, bprop=bprop)
 
-    bn_bwd = _custom(f"FastBn{kind}Bwd", lambda dz, ws, y, g, m, v, e: (y, g, g),
+    bn_bwd = _custom(f"FastBn{act_symbol}Bwd", lambda dz, ws, y, g, m, v, e: (y, g, g),
                      lambda dz, ws, y, g, m, v, e: (y, g, g))
 
     def bn_bprop(y, gamma, beta, eps, out, dout):
@@ -258,7 +258,7 @@ def _blocked_train_ops(act=ms.float32, ghost=0, activation="relu"):
         return dy, dgamma, dbeta, ops.zeros_like(eps)
 
     bf16 = act == ms.bfloat16
-    bn_act = _custom(f"FastBn{kind}Train",
+    bn_act = _custom(f"FastBn{act_symbol}Train",
                      lambda y, g, b, e: (y, g, g, [bn_workspace_bytes(y, bf16, ghost, activation)]),
                      lambda y, g, b, e: (y, g, g, ms.uint8), bprop=bn_bprop)
 

@@ -503,15 +503,20 @@ def run_worker(tmp_path, isa=None, verbose=False, layout=None, matmul_weights=No
         return json.load(handle), proc.stderr
 
 
-@pytest.fixture(scope="module", params=["default", "nhwc"])
+# variant: (VGG_NATIVE_BF16_LAYOUT, VGG_NATIVE_MATMUL_WEIGHTS_MAX_PIXELS), None: the default
+VARIANTS = {"default": (None, None), "nhwc": ("nhwc", None), "nhwc_conv_weights": ("nhwc", 0)}
+
+
+@pytest.fixture(scope="module", params=sorted(VARIANTS))
 def measured(request, library, tmp_path_factory):
-    """The worker's report with the kernels this CPU gets (nChw16c and im2col + matmul weight
-    gradients on small outputs without AMX; NHWC and convolution kernels only with AMX), and
-    with AMX's choice forced: its correctness is checked on any bfloat16 CPU."""
-    amx = request.param == "nhwc"
+    """The worker's report with the kernels this CPU gets (nChw16c without AMX, NHWC with it;
+    im2col + matmul weight gradients on outputs of at most 64 pixels with AVX-512), with AMX's
+    NHWC layout forced (its correctness is checked on any bfloat16 CPU), and with NHWC and the
+    convolution kernel for every weight gradient (VGG_NATIVE_MATMUL_WEIGHTS_MAX_PIXELS=0)."""
+    layout, matmul_weights = VARIANTS[request.param]
     return request.param, *run_worker(tmp_path_factory.mktemp(f"bf16_{request.param}"),
-                                      verbose=True, layout="nhwc" if amx else None,
-                                      matmul_weights=0 if amx else None)
+                                      verbose=True, layout=layout,
+                                      matmul_weights=matmul_weights)
 
 
 def test_bf16_is_used_exactly_where_the_cpu_has_it(measured):
@@ -553,9 +558,10 @@ def test_bf16_primitives_run_bf16_kernels_never_reference(measured):
             "max pool inference", "inference (plain in)", "inference (blocked in)",
             "dense forward", "dense backward data", "dense backward weights"} <= kinds
     # the weight gradients of outputs of at most 64 pixels (8x8, 4x4, 2x2 here) as one matrix
-    # product, where the CPU's default asks for it (AVX-512 without AMX), never when turned off
+    # product by default (AVX-512, with AMX too), never when turned off; larger outputs (11x13
+    # here) on the convolution kernel either way
     matmul = "training backward weights (im2col + matmul)" in kinds
-    assert matmul == (variant == "default" and "amx_bf16" not in cpu_flags()), kinds
+    assert matmul == (VARIANTS[variant][1] != 0), kinds
     wrong = [line for line in lines
              if line.split("-> ")[-1].startswith("ref")
              or not any(word in line.split("-> ")[-1] for word in BF16_ISA_WORDS)]

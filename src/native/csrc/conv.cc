@@ -243,7 +243,7 @@ TrainConvPlan &Engine::TrainConvFor(const ConvShape &s, bool x_blocked) {
   plan->wei_f = MakeOperand(eng_, s.Wei(), tag::oihw, fpd.weights_desc(), true, false);
   plan->dst_f = OperandFor(eng_, dst, fpd.dst_desc(), false, true);
   size_t scratch = fpd.scratchpad_desc().get_size();
-  plan->matmul_weights = x_blocked && s.oh * s.ow <= MatmulWeightsMaxPixels(s.act);
+  plan->matmul_weights = x_blocked && s.oh * s.ow <= MatmulWeightsMaxPixels();
   if (plan->matmul_weights) {
     const int64_t rows = s.n * s.oh * s.ow, cols = s.kh * s.kw * s.c;
     plan->x_chain = x;

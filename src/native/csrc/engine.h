@@ -66,13 +66,14 @@ const char *Bf16Isa();
 // Output size (height x width) at or below which a training convolution of the blocked chain
 // computes its weight gradient as one matrix product over the whole batch (im2col, then
 // oneDNN's matmul) instead of oneDNN's convolution kernel: kMatmulWeightsMaxPixels with
-// AVX-512 (float32, and bfloat16 without AMX), kMatmulWeightsMaxPixelsAvx2 with AVX2 and no
-// AVX-512, otherwise 0 (never); VGG_NATIVE_MATMUL_WEIGHTS_MAX_PIXELS=N overrides it (0: never).
+// AVX-512 (float32 and bfloat16, with or without AMX), kMatmulWeightsMaxPixelsAvx2 with AVX2
+// and no AVX-512, otherwise 0 (never); VGG_NATIVE_MATMUL_WEIGHTS_MAX_PIXELS=N overrides it
+// (0: never).
 // It depends only on the shape and the machine (as capped by ONEDNN_MAX_CPU_ISA), so every
 // process of a run, and a resumed one, makes the same choice.
 constexpr int64_t kMatmulWeightsMaxPixels = 64;
 constexpr int64_t kMatmulWeightsMaxPixelsAvx2 = 16;
-int64_t MatmulWeightsMaxPixels(dt act);
+int64_t MatmulWeightsMaxPixels();
 
 const char *DtName(dt d);
 

@@ -77,9 +77,10 @@ int64_t MatmulWeightsMaxPixels() {
   // one matrix product over the whole batch does not. On AVX2 without AVX-512 (float32,
   // batch 128) the matrix product is 9x faster at 2x2 pixels and 2.6x at 4x4, but no faster
   // at 8x8, hence a lower limit there. In bfloat16 with AMX (NHWC activations, BRGEMM
-  // kernels; batch 64) the same limit makes the training step 1.38x faster: oneDNN's AMX
-  // backward-weights kernels took 40 % of the step, most of it on the 4x4 and 2x2 outputs;
-  // limits of 16 and 256 pixels were no faster than 64.
+  // kernels; batch 64) the same limit makes the training step 1.32x faster: oneDNN's AMX
+  // backward-weights kernels took 42 % of the step, most of it on the 4x4 and 2x2 outputs.
+  // Limits of 16, 64 and 256 pixels came within 5 % of one another there (one run each);
+  // 64 keeps the im2col buffer of the 16x16 layers out of memory.
   static const int64_t from_env = [] {
     const char *env = std::getenv("VGG_NATIVE_MATMUL_WEIGHTS_MAX_PIXELS");
     return env != nullptr && env[0] != '\0' ? std::strtoll(env, nullptr, 10) : -1LL;

@@ -504,14 +504,15 @@ def run_worker(tmp_path, isa=None, verbose=False, layout=None, matmul_weights=No
 
 
 # variant: (VGG_NATIVE_BF16_LAYOUT, VGG_NATIVE_MATMUL_WEIGHTS_MAX_PIXELS), None: the default
-VARIANTS = {"default": (None, None), "nhwc": ("nhwc", None), "nhwc_conv_weights": ("nhwc", 0)}
+VARIANTS = {"default": (None, None), "blocked": ("blocked", None), "nhwc": ("nhwc", None),
+            "nhwc_conv_weights": ("nhwc", 0)}
 
 
 @pytest.fixture(scope="module", params=sorted(VARIANTS))
 def measured(request, library, tmp_path_factory):
     """The worker's report with the kernels this CPU gets (nChw16c without AMX, NHWC with it;
-    im2col + matmul weight gradients on outputs of at most 64 pixels with AVX-512), with AMX's
-    NHWC layout forced (its correctness is checked on any bfloat16 CPU), and with NHWC and the
+    im2col + matmul weight gradients on outputs of at most 64 pixels with AVX-512), with each
+    of the two layouts forced (both are checked on any bfloat16 CPU), and with NHWC and the
     convolution kernel for every weight gradient (VGG_NATIVE_MATMUL_WEIGHTS_MAX_PIXELS=0)."""
     layout, matmul_weights = VARIANTS[request.param]
     return request.param, *run_worker(tmp_path_factory.mktemp(f"bf16_{request.param}"),
@@ -560,8 +561,13 @@ def test_bf16_primitives_run_bf16_kernels_never_reference(measured):
     # the weight gradients of outputs of at most 64 pixels (8x8, 4x4, 2x2 here) as one matrix
     # product by default (AVX-512, with AMX too), never when turned off; larger outputs (11x13
     # here) on the convolution kernel either way
-    matmul = "training backward weights (im2col + matmul)" in kinds
-    assert matmul == (VARIANTS[variant][1] != 0), kinds
+    copied = "training backward weights (im2col + matmul)" in kinds
+    in_place = "training backward weights (im2col + matmul, NHWC in place)" in kinds
+    assert (copied or in_place) == (VARIANTS[variant][1] != 0), kinds
+    # the matrix product reads NHWC activations in place, and copies blocked ones to NHWC
+    layout = VARIANTS[variant][0] or ("nhwc" if "amx" in report["bf16_isa"] else "blocked")
+    if VARIANTS[variant][1] != 0:
+        assert (in_place, copied) == (layout == "nhwc", layout == "blocked"), kinds
     wrong = [line for line in lines
              if line.split("-> ")[-1].startswith("ref")
              or not any(word in line.split("-> ")[-1] for word in BF16_ISA_WORDS)]

@@ -617,16 +617,20 @@ def measured(request, library, tmp_path_factory):
 def test_small_weight_gradients_run_as_one_matmul_per_the_isa_rule(measured):
     """A blocked training convolution's weight gradient is one im2col + matmul exactly when
     its output has at most MATMUL_WEIGHTS_MAX_PIXELS[isa] pixels (the checks above cover its
-    values); the first convolution, whose input is plain, never is."""
+    values); the first convolution, whose input is plain, never is. The matrix product reads
+    NHWC activations in place and copies blocked ones to NHWC first."""
     limit = MATMUL_WEIGHTS_MAX_PIXELS[measured["isa"]]
-    pattern = re.compile(r"vgg_native: training backward weights( \(im2col \+ matmul\))? f32 "
-                         r"n\d+ c(\d+) h(\d+) w(\d+) ")
+    pattern = re.compile(r"vgg_native: training backward weights( \(im2col \+ matmul"
+                         r"(, NHWC in place)?\))? f32 n\d+ c(\d+) h(\d+) w(\d+) ")
+    in_place = WORKERS[measured["worker"]][4] == "nhwc"
     taken = {}  # (channels, height, width) -> {took the matmul?}
     for line in measured["native_lines"]:
         match = pattern.match(line)
         if match:
-            key = tuple(int(v) for v in match.groups()[1:])
+            key = tuple(int(v) for v in match.groups()[2:])
             taken.setdefault(key, set()).add(bool(match.group(1)))
+            if match.group(1):
+                assert bool(match.group(2)) == in_place, line
     wrong = [f"{key}: {sorted(kinds)}" for key, kinds in taken.items()
              if True in kinds and key[1] * key[2] > limit]
     assert not wrong, "matmul above the limit: " + ", ".join(wrong)

@@ -175,11 +175,19 @@ void Engine::TrainConvBwd(const ConvShape &s, bool x_blocked, const void *dy, co
 
 void Engine::MatmulWeights(const TrainConvPlan &p, const ConvShape &s, const void *dy, const void *x,
                            float *dw, const memory &scratch) {
-  memory x_nhwc(p.x_nhwc, eng_, arena_.Get(kSrcNhwc, p.x_nhwc.get_size()));
-  memory dy_nhwc(p.dy_nhwc, eng_, arena_.Get(kDstNhwc, p.dy_nhwc.get_size()));
-  memory x_in(p.x_chain, eng_, const_cast<void *>(x)), dy_in(p.dy_chain, eng_, const_cast<void *>(dy));
-  p.x_to_nhwc.execute(stream_, x_in, x_nhwc);
-  p.dy_to_nhwc.execute(stream_, dy_in, dy_nhwc);
+  // Where the chain is NHWC already (bfloat16 on AMX), x and dy are read in place; otherwise
+  // they are copied to NHWC first.
+  memory x_nhwc(p.x_nhwc, eng_, const_cast<void *>(x)), dy_nhwc(p.dy_nhwc, eng_, const_cast<void *>(dy));
+  if (p.x_reorder) {
+    x_nhwc = memory(p.x_nhwc, eng_, arena_.Get(kSrcNhwc, p.x_nhwc.get_size()));
+    memory x_in(p.x_chain, eng_, const_cast<void *>(x));
+    p.x_to_nhwc.execute(stream_, x_in, x_nhwc);
+  }
+  if (p.dy_reorder) {
+    dy_nhwc = memory(p.dy_nhwc, eng_, arena_.Get(kDstNhwc, p.dy_nhwc.get_size()));
+    memory dy_in(p.dy_chain, eng_, const_cast<void *>(dy));
+    p.dy_to_nhwc.execute(stream_, dy_in, dy_nhwc);
+  }
   stream_.wait();  // im2col reads x_nhwc on the engine's threads
   char *col = static_cast<char *>(arena_.Get(kCol, p.col.get_size()));
   Im2Col(s, static_cast<const char *>(x_nhwc.get_data_handle()), col);
@@ -250,8 +258,14 @@ TrainConvPlan &Engine::TrainConvFor(const ConvShape &s, bool x_blocked) {
     plan->dy_chain = dst;
     plan->x_nhwc = memory::desc(s.Src(), s.act, tag::nhwc);
     plan->dy_nhwc = memory::desc(s.Dst(), s.act, tag::nhwc);
-    plan->x_to_nhwc = dnnl::reorder(dnnl::reorder::primitive_desc(eng_, x, eng_, plan->x_nhwc));
-    plan->dy_to_nhwc = dnnl::reorder(dnnl::reorder::primitive_desc(eng_, dst, eng_, plan->dy_nhwc));
+    plan->x_reorder = x != plan->x_nhwc;
+    plan->dy_reorder = dst != plan->dy_nhwc;
+    if (plan->x_reorder) {
+      plan->x_to_nhwc = dnnl::reorder(dnnl::reorder::primitive_desc(eng_, x, eng_, plan->x_nhwc));
+    }
+    if (plan->dy_reorder) {
+      plan->dy_to_nhwc = dnnl::reorder(dnnl::reorder::primitive_desc(eng_, dst, eng_, plan->dy_nhwc));
+    }
     plan->dy_t = memory::desc({s.o, rows}, s.act, tag::ba);  // dy in NHWC, read transposed
     plan->col = memory::desc({rows, cols}, s.act, tag::ab);
     plan->dw_rows = memory::desc({s.o, cols}, dt::f32, tag::ab);
@@ -262,7 +276,9 @@ TrainConvPlan &Engine::TrainConvFor(const ConvShape &s, bool x_blocked) {
     plan->dw_to_oihw =
         dnnl::reorder(dnnl::reorder::primitive_desc(eng_, plan->dw_ohwi, eng_, plan->dw_oihw));
     scratch = std::max(scratch, mpd.scratchpad_desc().get_size());
-    Describe("training backward weights (im2col + matmul)", s, mpd.impl_info_str());
+    Describe(plan->x_reorder || plan->dy_reorder ? "training backward weights (im2col + matmul)"
+                                                 : "training backward weights (im2col + matmul, NHWC in place)",
+             s, mpd.impl_info_str());
   } else {
     // On NHWC float32 activations (AVX2 only) oneDNN's backward-weights kernel ran 15 % (32x32)
     // to 2.5x (224x224) slower than on 8-channel blocks, so it reads reordered blocked copies.

@@ -176,23 +176,22 @@ void Engine::TrainConvBwd(const ConvShape &s, bool x_blocked, const void *dy, co
 void Engine::MatmulWeights(const TrainConvPlan &p, const ConvShape &s, const void *dy, const void *x,
                            float *dw, const memory &scratch) {
   // Where the chain is NHWC already (bfloat16 on AMX), x and dy are read in place; otherwise
-  // they are copied to NHWC first.
-  memory x_nhwc(p.x_nhwc, eng_, const_cast<void *>(x)), dy_nhwc(p.dy_nhwc, eng_, const_cast<void *>(dy));
-  if (p.x_reorder) {
-    x_nhwc = memory(p.x_nhwc, eng_, arena_.Get(kSrcNhwc, p.x_nhwc.get_size()));
-    memory x_in(p.x_chain, eng_, const_cast<void *>(x));
-    p.x_to_nhwc.execute(stream_, x_in, x_nhwc);
-  }
-  if (p.dy_reorder) {
-    dy_nhwc = memory(p.dy_nhwc, eng_, arena_.Get(kDstNhwc, p.dy_nhwc.get_size()));
-    memory dy_in(p.dy_chain, eng_, const_cast<void *>(dy));
-    p.dy_to_nhwc.execute(stream_, dy_in, dy_nhwc);
-  }
+  // they are copied to NHWC first, into the arena.
+  const auto nhwc = [&](bool copy, const dnnl::reorder &to_nhwc, const memory::desc &chain,
+                        const memory::desc &target, int slot, const void *data) -> void * {
+    if (!copy) return const_cast<void *>(data);
+    void *out = arena_.Get(slot, target.get_size());
+    memory in(chain, eng_, const_cast<void *>(data)), nhwc_copy(target, eng_, out);
+    to_nhwc.execute(stream_, in, nhwc_copy);
+    return out;
+  };
+  const void *x_nhwc = nhwc(p.x_reorder, p.x_to_nhwc, p.x_chain, p.x_nhwc, kSrcNhwc, x);
+  void *dy_nhwc = nhwc(p.dy_reorder, p.dy_to_nhwc, p.dy_chain, p.dy_nhwc, kDstNhwc, dy);
   stream_.wait();  // im2col reads x_nhwc on the engine's threads
   char *col = static_cast<char *>(arena_.Get(kCol, p.col.get_size()));
-  Im2Col(s, static_cast<const char *>(x_nhwc.get_data_handle()), col);
+  Im2Col(s, static_cast<const char *>(x_nhwc), col);
   memory rows(p.dw_rows, eng_, arena_.Get(kDiffWei, p.dw_rows.get_size()));
-  p.weights_mm.execute(stream_, {{DNNL_ARG_SRC, memory(p.dy_t, eng_, dy_nhwc.get_data_handle())},
+  p.weights_mm.execute(stream_, {{DNNL_ARG_SRC, memory(p.dy_t, eng_, dy_nhwc)},
                                  {DNNL_ARG_WEIGHTS, memory(p.col, eng_, col)},
                                  {DNNL_ARG_DST, rows}, {DNNL_ARG_SCRATCHPAD, scratch}});
   memory ohwi(p.dw_ohwi, eng_, rows.get_data_handle()), oihw(p.dw_oihw, eng_, dw);

@@ -177,21 +177,13 @@ void Engine::MatmulWeights(const TrainConvPlan &p, const ConvShape &s, const voi
                            float *dw, const memory &scratch) {
   // Where the chain is NHWC already (bfloat16 on AMX), x and dy are read in place; otherwise
   // they are copied to NHWC first, into the arena.
-  const auto nhwc = [&](bool copy, const dnnl::reorder &to_nhwc, const memory::desc &chain,
-                        const memory::desc &target, int slot, const void *data) -> void * {
-    if (!copy) return const_cast<void *>(data);
-    void *out = arena_.Get(slot, target.get_size());
-    memory in(chain, eng_, const_cast<void *>(data)), nhwc_copy(target, eng_, out);
-    to_nhwc.execute(stream_, in, nhwc_copy);
-    return out;
-  };
-  const void *x_nhwc = nhwc(p.x_reorder, p.x_to_nhwc, p.x_chain, p.x_nhwc, kSrcNhwc, x);
-  void *dy_nhwc = nhwc(p.dy_reorder, p.dy_to_nhwc, p.dy_chain, p.dy_nhwc, kDstNhwc, dy);
+  const memory x_nhwc = Bind(p.x_nhwc, x, kSrcNhwc, true);
+  const memory dy_nhwc = Bind(p.dy_nhwc, dy, kDstNhwc, true);
   stream_.wait();  // im2col reads x_nhwc on the engine's threads
   char *col = static_cast<char *>(arena_.Get(kCol, p.col.get_size()));
-  Im2Col(s, static_cast<const char *>(x_nhwc), col);
+  Im2Col(s, static_cast<const char *>(x_nhwc.get_data_handle()), col);
   memory rows(p.dw_rows, eng_, arena_.Get(kDiffWei, p.dw_rows.get_size()));
-  p.weights_mm.execute(stream_, {{DNNL_ARG_SRC, memory(p.dy_t, eng_, dy_nhwc)},
+  p.weights_mm.execute(stream_, {{DNNL_ARG_SRC, memory(p.dy_t, eng_, dy_nhwc.get_data_handle())},
                                  {DNNL_ARG_WEIGHTS, memory(p.col, eng_, col)},
                                  {DNNL_ARG_DST, rows}, {DNNL_ARG_SCRATCHPAD, scratch}});
   memory ohwi(p.dw_ohwi, eng_, rows.get_data_handle()), oihw(p.dw_oihw, eng_, dw);
@@ -253,18 +245,8 @@ TrainConvPlan &Engine::TrainConvFor(const ConvShape &s, bool x_blocked) {
   plan->matmul_weights = x_blocked && s.oh * s.ow <= MatmulWeightsMaxPixels();
   if (plan->matmul_weights) {
     const int64_t rows = s.n * s.oh * s.ow, cols = s.kh * s.kw * s.c;
-    plan->x_chain = x;
-    plan->dy_chain = dst;
-    plan->x_nhwc = memory::desc(s.Src(), s.act, tag::nhwc);
-    plan->dy_nhwc = memory::desc(s.Dst(), s.act, tag::nhwc);
-    plan->x_reorder = x != plan->x_nhwc;
-    plan->dy_reorder = dst != plan->dy_nhwc;
-    if (plan->x_reorder) {
-      plan->x_to_nhwc = dnnl::reorder(dnnl::reorder::primitive_desc(eng_, x, eng_, plan->x_nhwc));
-    }
-    if (plan->dy_reorder) {
-      plan->dy_to_nhwc = dnnl::reorder(dnnl::reorder::primitive_desc(eng_, dst, eng_, plan->dy_nhwc));
-    }
+    plan->x_nhwc = OperandFor(eng_, x, memory::desc(s.Src(), s.act, tag::nhwc), true, false);
+    plan->dy_nhwc = OperandFor(eng_, dst, memory::desc(s.Dst(), s.act, tag::nhwc), true, false);
     plan->dy_t = memory::desc({s.o, rows}, s.act, tag::ba);  // dy in NHWC, read transposed
     plan->col = memory::desc({rows, cols}, s.act, tag::ab);
     plan->dw_rows = memory::desc({s.o, cols}, dt::f32, tag::ab);
@@ -275,7 +257,7 @@ TrainConvPlan &Engine::TrainConvFor(const ConvShape &s, bool x_blocked) {
     plan->dw_to_oihw =
         dnnl::reorder(dnnl::reorder::primitive_desc(eng_, plan->dw_ohwi, eng_, plan->dw_oihw));
     scratch = std::max(scratch, mpd.scratchpad_desc().get_size());
-    Describe(plan->x_reorder || plan->dy_reorder ? "training backward weights (im2col + matmul)"
+    Describe(plan->x_nhwc.needs_reorder || plan->dy_nhwc.needs_reorder ? "training backward weights (im2col + matmul)"
                                                  : "training backward weights (im2col + matmul, NHWC in place)",
              s, mpd.impl_info_str());
   } else {

@@ -168,9 +168,9 @@ struct TrainConvPlan {
   // Or the weight gradient as dw (O, KH*KW*C) = dy^T (O, N*OH*OW) x col (N*OH*OW, KH*KW*C),
   // col = im2col(x in NHWC): where matmul_weights (see MatmulWeightsMaxPixels).
   bool matmul_weights = false;
-  bool x_reorder = false, dy_reorder = false;  // false where the chain's layout is NHWC already
-  memory::desc x_chain, dy_chain, x_nhwc, dy_nhwc, dy_t, col, dw_rows, dw_ohwi, dw_oihw;
-  dnnl::reorder x_to_nhwc, dy_to_nhwc, dw_to_oihw;
+  Operand x_nhwc, dy_nhwc;  // the chain's x and dy as NHWC (no reorder where they are already)
+  memory::desc dy_t, col, dw_rows, dw_ohwi, dw_oihw;
+  dnnl::reorder dw_to_oihw;
   dnnl::matmul weights_mm;
   size_t scratch_bytes = 0;
 };

@@ -257,8 +257,9 @@ TrainConvPlan &Engine::TrainConvFor(const ConvShape &s, bool x_blocked) {
     plan->dw_to_oihw =
         dnnl::reorder(dnnl::reorder::primitive_desc(eng_, plan->dw_ohwi, eng_, plan->dw_oihw));
     scratch = std::max(scratch, mpd.scratchpad_desc().get_size());
-    Describe(plan->x_nhwc.needs_reorder || plan->dy_nhwc.needs_reorder ? "training backward weights (im2col + matmul)"
-                                                 : "training backward weights (im2col + matmul, NHWC in place)",
+    const bool copies = plan->x_nhwc.needs_reorder || plan->dy_nhwc.needs_reorder;
+    Describe(copies ? "training backward weights (im2col + matmul)"
+                    : "training backward weights (im2col + matmul, NHWC in place)",
              s, mpd.impl_info_str());
   } else {
     // On NHWC float32 activations (AVX2 only) oneDNN's backward-weights kernel ran 15 % (32x32)

@@ -182,12 +182,13 @@ void Engine::MatmulWeights(const TrainConvPlan &p, const ConvShape &s, const voi
   stream_.wait();  // im2col reads x_nhwc on the engine's threads
   char *col = static_cast<char *>(arena_.Get(kCol, p.col.get_size()));
   Im2Col(s, static_cast<const char *>(x_nhwc.get_data_handle()), col);
-  memory rows(p.dw_rows, eng_, arena_.Get(kDiffWei, p.dw_rows.get_size()));
+  // The matmul's (O, KH*KW*C) rows are dw in OHWI: written in the arena, reordered to OIHW.
+  const memory ohwi = BindOut(p.dw, dw, kDiffWei);
   p.weights_mm.execute(stream_, {{DNNL_ARG_SRC, memory(p.dy_t, eng_, dy_nhwc.get_data_handle())},
                                  {DNNL_ARG_WEIGHTS, memory(p.col, eng_, col)},
-                                 {DNNL_ARG_DST, rows}, {DNNL_ARG_SCRATCHPAD, scratch}});
-  memory ohwi(p.dw_ohwi, eng_, rows.get_data_handle()), oihw(p.dw_oihw, eng_, dw);
-  p.dw_to_oihw.execute(stream_, ohwi, oihw);
+                                 {DNNL_ARG_DST, memory(p.dw_rows, eng_, ohwi.get_data_handle())},
+                                 {DNNL_ARG_SCRATCHPAD, scratch}});
+  Finish(p.dw, ohwi, dw);
 }
 
 void Engine::Im2Col(const ConvShape &s, const char *x, char *col) {
@@ -252,10 +253,8 @@ TrainConvPlan &Engine::TrainConvFor(const ConvShape &s, bool x_blocked) {
     plan->dw_rows = memory::desc({s.o, cols}, dt::f32, tag::ab);
     dnnl::matmul::primitive_desc mpd(eng_, plan->dy_t, plan->col, plan->dw_rows, attr);
     plan->weights_mm = dnnl::matmul(mpd);
-    plan->dw_ohwi = memory::desc(s.Wei(), dt::f32, tag::ohwi);  // the same bytes as dw_rows
-    plan->dw_oihw = memory::desc(s.Wei(), dt::f32, tag::oihw);
-    plan->dw_to_oihw =
-        dnnl::reorder(dnnl::reorder::primitive_desc(eng_, plan->dw_ohwi, eng_, plan->dw_oihw));
+    // dw_rows in the weights' dims: OHWI, the same bytes.
+    plan->dw = MakeOperand(eng_, s.Wei(), tag::oihw, memory::desc(s.Wei(), dt::f32, tag::ohwi), false, true);
     scratch = std::max(scratch, mpd.scratchpad_desc().get_size());
     const bool copies = plan->x_nhwc.needs_reorder || plan->dy_nhwc.needs_reorder;
     Describe(copies ? "training backward weights (im2col + matmul)"
@@ -293,7 +292,8 @@ TrainConvPlan &Engine::TrainConvFor(const ConvShape &s, bool x_blocked) {
     Describe("training backward data", s, dpd.impl_info_str());
   }
   plan->scratch_bytes = scratch;
-  Describe(x_blocked ? "training forward (blocked in)" : "training forward (plain in)", s, fpd.impl_info_str());
+  Describe(x_blocked ? "training forward (blocked in)" : "training forward (plain in)", s,
+           fpd.impl_info_str());
   return *cache.emplace(s, std::move(plan)).first->second;
 }
 
@@ -331,8 +331,9 @@ InferPlan &Engine::InferFor(const ConvShape &s, bool x_blocked, Activation kind)
   auto plan = std::make_unique<InferPlan>();
   plan->chan = memory::desc({s.o}, dt::f32, tag::a);
   dnnl::post_ops po;
-  po.append_eltwise(kind == Activation::kGelu ? dnnl::algorithm::eltwise_gelu_erf : dnnl::algorithm::eltwise_relu,
-                    0.f, 0.f);
+  const auto eltwise =
+      kind == Activation::kGelu ? dnnl::algorithm::eltwise_gelu_erf : dnnl::algorithm::eltwise_relu;
+  po.append_eltwise(eltwise, 0.f, 0.f);
   dnnl::primitive_attr attr;
   attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
   attr.set_post_ops(po);

@@ -169,8 +169,8 @@ struct TrainConvPlan {
   // col = im2col(x in NHWC): where matmul_weights (see MatmulWeightsMaxPixels).
   bool matmul_weights = false;
   Operand x_nhwc, dy_nhwc;  // the chain's x and dy as NHWC (no reorder where they are already)
-  memory::desc dy_t, col, dw_rows, dw_ohwi, dw_oihw;
-  dnnl::reorder dw_to_oihw;
+  Operand dw;               // the matmul's rows are dw in OHWI, reordered out to OIHW
+  memory::desc dy_t, col, dw_rows;
   dnnl::matmul weights_mm;
   size_t scratch_bytes = 0;
 };

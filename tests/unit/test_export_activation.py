@@ -59,29 +59,6 @@ def test_replace_exact_gelu_swaps_every_exact_gelu_and_nothing_else():
     assert export.replace_exact_gelu(tanh) == 0
 
 
-def test_gelu_network_exports_to_onnx_with_the_same_logits(tmp_path, graph_cpu, capsys):
-    import onnxruntime as ort
-
-    ms.set_seed(7)
-    weights = str(tmp_path / "gelu.ckpt")
-    config = gelu_config("--file_format=ONNX", f"--ckpt_file={weights}",
-                         f"--file_name={tmp_path / 'out' / 'gelu'}")
-    net = build_network(config, "CPU")
-    net.set_train(False)
-    ckpt.save_checkpoint(net, weights, {"arch": "vgg11_bn"})
-    path = export.run_export(config)
-    assert "GELU is written with Exp" in capsys.readouterr().out
-    x = np.random.default_rng(8).standard_normal((3, 3, SIZE, SIZE)).astype(np.float32)
-    expected = net(ms.Tensor(x)).asnumpy()
-    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
-    got = session.run(None, {export.ONNX_INPUT: x})[0]
-    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
-    relu = build_network(config.replace(activation="relu"), "CPU")
-    ms.load_param_into_net(relu, ms.load_checkpoint(weights))
-    relu.set_train(False)
-    assert np.abs(relu(ms.Tensor(x)).asnumpy() - expected).max() > 1e-3
-
-
 def test_mindspore_onnx_export_still_lacks_the_exact_gelu(tmp_path, graph_cpu):
     """Why export.py writes the GELU without Erf; when a MindSpore release exports it, this
     fails: drop replace_exact_gelu then."""
@@ -91,22 +68,36 @@ def test_mindspore_onnx_export_still_lacks_the_exact_gelu(tmp_path, graph_cpu):
                        file_name=str(tmp_path / "gelu.onnx"))
 
 
-def test_gelu_network_exports_to_mindir_with_the_same_logits(tmp_path, graph_cpu):
+def exported_logits(path, file_format, x):
+    if file_format == "ONNX":
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+        return session.run(None, {export.ONNX_INPUT: x})[0]
+    return nn.GraphCell(ms.load(path))(ms.Tensor(x)).asnumpy()
+
+
+@pytest.mark.parametrize("file_format, batch, rtol, atol", [
+    ("MINDIR", 1, 1e-5, 1e-6),  # the exact GELU itself
+    ("ONNX", 3, 1e-4, 1e-5),    # the GELU without Erf, and a free batch axis
+])
+def test_gelu_network_exports_with_the_same_logits(tmp_path, graph_cpu, capsys, file_format,
+                                                   batch, rtol, atol):
     ms.set_seed(5)
     weights = str(tmp_path / "gelu.ckpt")
-    config = gelu_config("--file_format=MINDIR", f"--ckpt_file={weights}",
+    config = gelu_config(f"--file_format={file_format}", f"--ckpt_file={weights}",
                          f"--file_name={tmp_path / 'out' / 'gelu'}")
     net = build_network(config, "CPU")
     net.set_train(False)
     ckpt.save_checkpoint(net, weights, {"arch": "vgg11_bn"})
     path = export.run_export(config)
-    x = np.random.default_rng(6).standard_normal((1, 3, SIZE, SIZE)).astype(np.float32)
+    assert ("GELU is written with Exp" in capsys.readouterr().out) == (file_format == "ONNX")
+    x = np.random.default_rng(6).standard_normal((batch, 3, SIZE, SIZE)).astype(np.float32)
     expected = net(ms.Tensor(x)).asnumpy()
+    np.testing.assert_allclose(exported_logits(path, file_format, x), expected, rtol=rtol,
+                               atol=atol)
+    # the same weights with ReLU give other logits: the file holds the GELU
     relu = build_network(config.replace(activation="relu"), "CPU")
     ms.load_param_into_net(relu, ms.load_checkpoint(weights))
     relu.set_train(False)
-    graph = nn.GraphCell(ms.load(path))
-    got = graph(ms.Tensor(x)).asnumpy()
-    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
-    # the same weights with ReLU give other logits: the file holds the GELU
     assert np.abs(relu(ms.Tensor(x)).asnumpy() - expected).max() > 1e-3

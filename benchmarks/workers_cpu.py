@@ -85,15 +85,16 @@ def ms_step_runner(step, batches, masks):
     return run_step
 
 
-def repo_config(image, batch, kernels="auto", precision="float32"):
-    """cifar10_config.yaml on CPU at this size and batch, the native kernels auto, on or off,
-    in the cpu_precision `precision`."""
+def repo_config(image, batch, kernels="auto", precision="float32", overrides=(), path=CONFIG):
+    """cifar10_config.yaml (or the config at `path`) on CPU at this size and batch, the native
+    kernels auto, on or off, in the cpu_precision `precision`, then `overrides` (`--key=value`
+    options)."""
     from model_utils.config import get_config
 
-    return get_config([f"--config_path={CONFIG}", "--device_target=CPU",
+    return get_config([f"--config_path={path}", "--device_target=CPU",
                        f"--image_size={image},{image}", f"--batch_size={batch}",
                        native_kernels.config_option(kernels),
-                       native_kernels.precision_option(precision)])
+                       native_kernels.precision_option(precision), *overrides])
 
 
 def start_repo_runtime(config, native_only=False):
@@ -126,7 +127,8 @@ def worker_ms_train(spec):
     from src.factory import build_network
 
     config = repo_config(spec["image"], spec["batch"], spec["fast_conv"],
-                         spec.get("precision", "float32"))
+                         spec.get("precision", "float32"), spec.get("overrides", ()),
+                         spec.get("config_path", CONFIG))
     start_repo_runtime(config)
     import mindspore as ms
 

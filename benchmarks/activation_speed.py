@@ -73,13 +73,13 @@ def summarise(args, runs):
             "rounds": args.rounds, "warmup": args.warmup, "steps": args.steps, "sides": sides,
             "gelu_speed_vs_relu": round(gelu["images_per_second"] / relu["images_per_second"], 3),
             "gelu_memory_vs_relu": round(gelu["peak_memory_mb"] / relu["peak_memory_mb"], 3),
-            "machine": {"model": machine.cpu_model(), "cores": machine.usable_cpus(),
-                        "flags": machine.isa_flags()},
+            "machine": machine.cpu_summary(), "source": getattr(args, "source", None),
             "load_average": machine.load_average(2)}
 
 
 def main(argv=None):
     args = parse_args(argv)
+    args.source = machine.source_revision()
     runs = {activation: [] for activation in ACTIVATIONS}
     load_start = machine.load_average(2)
     with tempfile.TemporaryDirectory() as work:

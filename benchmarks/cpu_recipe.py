@@ -50,6 +50,7 @@ def summarise(args, data, n_train, run_dir, train, evaluation):
         "train_images_per_second_median": round(statistics.median(speeds), 1) if speeds else None,
         "precision": figures["precision"],
         "checkpoint": os.path.basename(last), "machine": machine.cpu_summary(),
+        "source": getattr(args, "source", None),
         "load_average_at_end": machine.load_average(2),
         "overrides": args.set, "commands": [args.train_command, args.eval_command],
         "data": data, "run_dir": run_dir, **resume_record(train_log),
@@ -123,6 +124,7 @@ def train_command(args, data, run_dir):
 
 def main(argv=None):
     args = parse_args(argv)
+    args.source = machine.source_revision()  # before this run writes its (tracked) results
     suffix = args.suffix
     work = os.path.abspath(args.work)
     data, n_train = split_holdout(args.cifar_dir, work, args.holdout)

@@ -11,6 +11,7 @@ import timeit
 ISA_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # either makes oneDNN (PyTorch's and ours) run bf16
 VERSIONED_PACKAGES = ("mindspore", "torch", "onnxruntime", "numpy", "onnx")
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _cpuinfo(key):
@@ -85,6 +86,22 @@ def load_average(digits=None):
     return [round(x, digits) for x in loads] if digits is not None else list(loads)
 
 
+def source_revision(root=REPO_ROOT):
+    """{"commit", "modified"}: the git commit of the checkout that measures, and whether its
+    tracked files differed from it; None outside a git checkout or without git. Call it
+    before the measurement writes its result files (they are tracked)."""
+    def git(*args):
+        return subprocess.run(["git", "-C", root, *args], capture_output=True, text=True,
+                              check=True, timeout=60).stdout.strip()
+
+    try:
+        commit = git("rev-parse", "HEAD")
+        modified = bool(git("status", "--porcelain", "--untracked-files=no"))
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return {"commit": commit, "modified": modified}
+
+
 def machine_description():
     """The machine part of a benchmark report, as far as this process can tell."""
     return {
@@ -94,6 +111,7 @@ def machine_description():
         "versions": {name: package_version(name) for name in VERSIONED_PACKAGES},
         "onednn_max_cpu_isa_user": os.environ.get("ONEDNN_MAX_CPU_ISA"),
         "load_average_start": load_average(),
+        "source": source_revision(),
     }
 
 

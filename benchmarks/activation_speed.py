@@ -52,8 +52,9 @@ def spec_for(args, activation):
             "steps": args.steps}
 
 
-def summarise(args, runs):
-    """The report from runs[activation] = the worker results of its rounds."""
+def summarise(args, runs, source=None, load_start=None):
+    """The report from runs[activation] = the worker results of its rounds; `source` is the
+    measured checkout (machine.source_revision()), `load_start` the load average before."""
     sides = {}
     for activation, results in runs.items():
         steps = [t for r in results for t in r["step_s"]]
@@ -73,13 +74,13 @@ def summarise(args, runs):
             "rounds": args.rounds, "warmup": args.warmup, "steps": args.steps, "sides": sides,
             "gelu_speed_vs_relu": round(gelu["images_per_second"] / relu["images_per_second"], 3),
             "gelu_memory_vs_relu": round(gelu["peak_memory_mb"] / relu["peak_memory_mb"], 3),
-            "machine": machine.cpu_summary(), "source": getattr(args, "source", None),
-            "load_average": machine.load_average(2)}
+            "machine": machine.cpu_summary(), "source": source,
+            "load_average": {"start": load_start, "end": machine.load_average(2)}}
 
 
 def main(argv=None):
     args = parse_args(argv)
-    args.source = machine.source_revision()
+    source = machine.source_revision()  # before this run writes its (tracked) result
     runs = {activation: [] for activation in ACTIVATIONS}
     load_start = machine.load_average(2)
     with tempfile.TemporaryDirectory() as work:
@@ -94,8 +95,7 @@ def main(argv=None):
                 runs[activation].append(result)
                 print(f"round {round_index + 1} {activation}: median step "
                       f"{statistics.median(result['step_s']):.3f} s", flush=True)
-    report = summarise(args, runs)
-    report["load_average"] = {"start": load_start, "end": report["load_average"]}
+    report = summarise(args, runs, source, load_start)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w", encoding="utf-8") as handle:
         json.dump(report, handle, indent=1)

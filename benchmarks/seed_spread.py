@@ -17,16 +17,25 @@ import os
 import statistics
 import sys
 
-DEFAULT_SEED = 1  # cifar10_cpu_config.yaml's seed
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG = os.path.join(REPO, "cifar10_cpu_config.yaml")  # cpu_recipe.py's config
 
 
 class SpreadError(Exception):
     pass
 
 
-def seed_and_recipe(result, same):
+def config_seed(path=CONFIG):
+    """The seed a run without --seed=N used: the config's own `seed`."""
+    sys.path.insert(0, REPO)
+    from model_utils.config import load_yaml
+
+    return int(load_yaml(path)[0]["seed"])
+
+
+def seed_and_recipe(result, same, default_seed):
     """(seed, the recipe's overrides without the seed and without those in `same`)."""
-    seed, rest = DEFAULT_SEED, []
+    seed, rest = default_seed, []
     for item in result.get("overrides", []):
         if item.startswith("--seed="):
             seed = int(item.split("=", 1)[1])
@@ -46,6 +55,7 @@ def spread(values, target):
 def summarise(paths, same=(), target=0.90):
     """The spread of the runs in `paths` (see the module docstring)."""
     runs, recipe, shape = [], None, None
+    default_seed = config_seed()
     for path in paths:
         try:
             with open(path, encoding="utf-8") as handle:
@@ -54,7 +64,7 @@ def summarise(paths, same=(), target=0.90):
             shifts, flip = result["holdout_top1"], result["holdout_top1_after_each_epoch"][-1]
         except (OSError, ValueError, KeyError, IndexError, TypeError) as err:
             raise SpreadError(f"{path}: not a cpu_recipe.py result ({err})") from None
-        seed, run_recipe = seed_and_recipe(result, same)
+        seed, run_recipe = seed_and_recipe(result, same, default_seed)
         if recipe is None:
             recipe, shape = run_recipe, run_shape
         elif run_recipe != recipe:

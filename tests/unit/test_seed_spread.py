@@ -61,3 +61,17 @@ def test_command_line_writes_the_file_or_fails_in_one_line(tmp_path):
     assert run.returncode == 0, run.stderr
     assert json.loads(out.read_text())["eval_py_with_shifts"]["mean"] == pytest.approx(0.89)
     assert "2 seeds, mean 89.00%" in run.stdout
+
+
+def test_a_run_without_a_seed_gets_the_config_own_seed(tmp_path, monkeypatch):
+    import yaml
+
+    with open(os.path.join(REPO, "cifar10_cpu_config.yaml"), encoding="utf-8") as handle:
+        assert seed_spread.config_seed() == next(yaml.safe_load_all(handle))["seed"]
+    monkeypatch.setattr(seed_spread, "config_seed", lambda: 7)
+    paths = [result(tmp_path, "plain", [], 0.9, [0.9]),
+             result(tmp_path, "two", ["--seed=2"], 0.9, [0.9])]
+    assert [r["seed"] for r in seed_spread.summarise(paths)["runs"]] == [2, 7]
+    clash = result(tmp_path, "seven", ["--seed=7"], 0.9, [0.9])
+    with pytest.raises(seed_spread.SpreadError, match="seed 7 is there twice"):
+        seed_spread.summarise(paths + [clash])

@@ -27,7 +27,8 @@ class SpreadError(Exception):
 
 def config_seed(path=CONFIG):
     """The seed a run without --seed=N used: the config's own `seed`."""
-    sys.path.insert(0, REPO)
+    if REPO not in sys.path:
+        sys.path.insert(0, REPO)
     from model_utils.config import load_yaml
 
     return int(load_yaml(path)[0]["seed"])

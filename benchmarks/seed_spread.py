@@ -17,8 +17,11 @@ import os
 import statistics
 import sys
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIG = os.path.join(REPO, "cifar10_cpu_config.yaml")  # cpu_recipe.py's config
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import cpu_recipe  # noqa: E402  (path set just above; puts the repository on sys.path too)
+import machine  # noqa: E402
+
+CONFIG = os.path.join(machine.REPO_ROOT, cpu_recipe.CONFIG)  # the config the runs trained with
 
 
 class SpreadError(Exception):
@@ -27,8 +30,6 @@ class SpreadError(Exception):
 
 def config_seed(path=CONFIG):
     """The seed a run without --seed=N used: the config's own `seed`."""
-    if REPO not in sys.path:
-        sys.path.insert(0, REPO)
     from model_utils.config import load_yaml
 
     return int(load_yaml(path)[0]["seed"])

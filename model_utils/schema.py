@@ -271,6 +271,10 @@ KEYS = (
         "CIFAR-10 training: mirror a fixed random half of the images in even epochs and the "
         "other half in odd epochs, instead of each image at random (every image is seen both "
         "ways over two epochs)"),
+    Key("no_aug_epochs", int,
+        "The last this many epochs train on the images as they are, flip only: no random crop "
+        "(CIFAR-10), auto_augment, random_erasing, mixup or CutMix (ImageNet keeps its random "
+        "resized crop); 0: augment to the end", check=not_negative),
 
     # distributed
     Key("is_distributed", bool, "Data-parallel training over all launched processes"),

@@ -91,22 +91,31 @@ def whiten_stem(net, config, log, resuming=False):
              "training images, the convolution frozen", filters, len(images))
 
 
+def plain_epoch(config, epoch):
+    """True for the last `no_aug_epochs` epochs of the run (epoch counted from 0): they train on
+    the images as they are, flip only, and unmixed."""
+    return epoch >= config.max_epoch - config.get("no_aug_epochs", 0)
+
+
 def build_dataset(config, training, runtime=None, epoch=0, start_step=0, batch_size=None,
                   data_dir=None):
-    """Training or evaluation batches for this process's shard."""
+    """Training or evaluation batches for this process's shard; a training epoch that
+    plain_epoch names gets no crop (CIFAR-10), auto_augment or random_erasing."""
     from src.dataset import create_dataset
 
     if data_dir is None:
         data_dir = config.data_dir if training else (config.eval_data_dir or config.data_dir)
     rank, group_size = (runtime.rank, runtime.group_size) if runtime else (0, 1)
+    plain = training and plain_epoch(config, epoch)
     return create_dataset(
         config.dataset, data_dir, batch_size=batch_size or config.batch_size,
         training=training, image_size=tuple(config.image_size),
         num_classes=config.num_classes, num_shards=group_size, shard_id=rank,
         num_parallel_workers=config.num_workers or None, seed=config.seed, epoch=epoch,
         start_step=start_step, list_file=config.data_list or None,
-        skip_corrupt=config.skip_corrupt, auto_augment=config.get("auto_augment", "none"),
-        random_erasing=config.get("random_erasing", 0.0),
-        crop_padding=config.get("crop_padding", 4),
+        skip_corrupt=config.skip_corrupt,
+        auto_augment="none" if plain else config.get("auto_augment", "none"),
+        random_erasing=0.0 if plain else config.get("random_erasing", 0.0),
+        crop_padding=0 if plain else config.get("crop_padding", 4),
         alternate_flip=config.get("alternate_flip", False),
         crop_padding_mode=config.get("crop_padding_mode", "zero"))

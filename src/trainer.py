@@ -8,8 +8,9 @@ import time
 import numpy as np
 
 from src.errors import UserError
+from src.factory import plain_epoch
 from src.lr_schedule import learning_rates
-from src.mixing import mixer_from_config
+from src.mixing import mixer_from_config, one_hot
 from src.momentum import (
     decayed_momentum_class,
     fused_momentum_class,
@@ -282,6 +283,11 @@ class Trainer:
         self.log.info("training %s: %d epochs x %d steps, batch %d x %d device(s)",
                       self.paths.prefix, config.max_epoch, self.steps_per_epoch,
                       config.batch_size, self.runtime.group_size)
+        plain = config.get("no_aug_epochs", 0)
+        if plain:
+            self.log.info("no_aug_epochs: the last %d epoch(s), from epoch %d, train on the "
+                          "images as they are (flip only: no crop, auto_augment, random_erasing "
+                          "or mixing)", plain, config.max_epoch - plain + 1)
         if self.accumulate > 1:
             self.log.info("gradient accumulation: %d batches per optimizer step, %d images per "
                           "optimizer step, %d optimizer steps per epoch", self.accumulate,
@@ -373,8 +379,11 @@ class Trainer:
         if self.mixer is not None:
             import mindspore as ms
 
-            mixed, targets = self.mixer(image.asnumpy(), label.asnumpy(), global_step)
-            image, label = ms.Tensor(mixed), ms.Tensor(targets)
+            if plain_epoch(self.config, global_step // self.steps_per_epoch):
+                label = ms.Tensor(one_hot(label.asnumpy(), self.config.num_classes))
+            else:
+                mixed, targets = self.mixer(image.asnumpy(), label.asnumpy(), global_step)
+                image, label = ms.Tensor(mixed), ms.Tensor(targets)
         if self.dropout_masks is None:
             return image, label
         return (image, label, *self.dropout_masks(global_step, image.shape[0]))

@@ -86,6 +86,8 @@ def test_list_forms_agree():
     (["--dataset=imagenet2012", "--crop_padding_mode=reflect"],
      "'crop_padding_mode' applies to dataset cifar10, not 'imagenet2012'"),
     (["--crop_padding_mode=mirror"], "allowed values: zero, reflect"),
+    (["--max_epoch=2", "--no_aug_epochs=3"], "'no_aug_epochs' (3) is larger than 'max_epoch' (2)"),
+    (["--no_aug_epochs=-1"], "'no_aug_epochs' is -1"),
     (["--crop_padding_mode=reflect", "--crop_padding=32"],
      "'crop_padding' is 32; a reflected border can be at most 31 pixels wide"),
     (["--image_size=32,32", "--eval_tta_shift=32"],

@@ -1,10 +1,10 @@
 """The training toolbox in whole runs of train.py: gradient accumulation, clipping, Nesterov,
 EMA, Lookahead, mixup/CutMix, RandAugment, random erasing, flip TTA, the patch-whitening
-stem, ghost batch normalisation (on the native chain), frozen BatchNorm scales and a raised
-rate of the BatchNorm shifts together. A run interrupted in the
-middle of an accumulation window and resumed ends bit for bit where the uninterrupted run ends
-(weights, momenta, EMA averages, Lookahead's slow weights, accumulated gradients); the EMA and
-averaged weights evaluate with eval.py."""
+stem, ghost batch normalisation (on the native chain), frozen BatchNorm scales, a raised
+rate of the BatchNorm shifts and a last epoch without augmentation (no_aug_epochs) together. A
+run interrupted in the middle of an accumulation window and resumed ends bit for bit where the
+uninterrupted run ends (weights, momenta, EMA averages, Lookahead's slow weights, accumulated
+gradients); the EMA and averaged weights evaluate with eval.py."""
 import os
 import re
 import shutil
@@ -27,7 +27,8 @@ TOOLBOX = ["--batch_size=8", "--log_interval=1", "--eval_interval=1", "--accumul
            # 2 optimizer steps an epoch: Lookahead syncs at the epoch's end only, so at the
            # interruption below the slow weights differ from the trained ones
            "--lookahead_steps=3", "--lookahead_alpha=0.5",
-           "--freeze_bn_scale=True", "--bn_bias_lr_scale=4", "--crop_padding_mode=reflect"]
+           "--freeze_bn_scale=True", "--bn_bias_lr_scale=4", "--crop_padding_mode=reflect",
+           "--no_aug_epochs=1"]  # epoch 2 plain: the resume below crosses into it
 FINAL = "vgg11_bn-2_6.ckpt"
 
 
@@ -64,6 +65,8 @@ def test_run_reports_and_saves_what_the_toolbox_adds(reference):
     assert re.search(r"epoch 1/2 step 3/6 loss [\d.]+ lr 0\.002500", stdout), stdout
     assert re.search(r"epoch 1/2 step 6/6 loss [\d.]+ lr 0\.005000", stdout), stdout
     assert re.search(r"^epoch: 2 step: 6, loss is \d+\.\d+$", stdout, re.M)
+    assert "no_aug_epochs: the last 1 epoch(s), from epoch 2, train on the images as they are" \
+        in stdout
     assert re.search(r"eval \(EMA\) after epoch 2: top1 [\d.]+ top5", stdout)
     assert "(EMA weights): " in stdout
     final = checkpoint_arrays(os.path.join(run_dir, FINAL))

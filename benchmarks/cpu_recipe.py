@@ -52,9 +52,19 @@ def summarise(args, data, n_train, run_dir, train, evaluation):
         "checkpoint": os.path.basename(last), "machine": machine.cpu_summary(),
         "source": getattr(args, "source", None),
         "load_average_at_end": machine.load_average(2),
-        "overrides": args.set, "commands": [args.train_command, args.eval_command],
+        "seed": run_seed(run_dir), "overrides": args.set,
+        "commands": [args.train_command, args.eval_command],
         "data": data, "run_dir": run_dir, **resume_record(train_log),
     }
+
+
+def run_seed(run_dir):
+    """The seed the run trained with (config's or --set), from the config.yaml train.py saved
+    in the run folder; None without one."""
+    from model_utils.config import load_yaml
+
+    path = os.path.join(run_dir, "config.yaml")
+    return int(load_yaml(path)[0]["seed"]) if os.path.isfile(path) else None
 
 
 def resumed_training(run_dir, last_seconds):

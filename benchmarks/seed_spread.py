@@ -36,14 +36,20 @@ def config_seed(path=CONFIG):
 
 
 def seed_and_recipe(result, same, default_seed):
-    """(seed, the recipe's overrides without the seed and without those in `same`)."""
+    """(seed, the recipe's overrides without the seed and without those in `same`). The seed is
+    the one the result recorded (cpu_recipe.py writes it from the run's config.yaml); results
+    written before it did take it from a --seed=N override, else from `default_seed`."""
     seed, rest = default_seed, []
     for item in result.get("overrides", []):
         if item.startswith("--seed="):
             seed = int(item.split("=", 1)[1])
         elif item not in same:
             rest.append(item)
-    return seed, tuple(sorted(rest))
+    recorded = result.get("seed")
+    if recorded is not None and recorded != seed and any(
+            item.startswith("--seed=") for item in result.get("overrides", [])):
+        raise SpreadError(f"recorded seed {recorded} is not the --seed={seed} of its overrides")
+    return (seed if recorded is None else int(recorded)), tuple(sorted(rest))
 
 
 def spread(values, target):
@@ -66,7 +72,10 @@ def summarise(paths, same=(), target=0.90):
             shifts, flip = result["holdout_top1"], result["holdout_top1_after_each_epoch"][-1]
         except (OSError, ValueError, KeyError, IndexError, TypeError) as err:
             raise SpreadError(f"{path}: not a cpu_recipe.py result ({err})") from None
-        seed, run_recipe = seed_and_recipe(result, same, default_seed)
+        try:
+            seed, run_recipe = seed_and_recipe(result, same, default_seed)
+        except SpreadError as err:
+            raise SpreadError(f"{path}: {err}") from None
         if recipe is None:
             recipe, shape = run_recipe, run_shape
         elif run_recipe != recipe:

@@ -109,3 +109,11 @@ def test_resume_without_the_run_folder_log_is_one_line_error(tmp_path):
     with pytest.raises(SystemExit) as stop:
         cpu_recipe.resumed_training(str(tmp_path), 1.0)
     assert "train_rank0.log is missing" in str(stop.value)
+
+
+def test_the_result_records_the_seed_the_run_trained_with(tmp_path):
+    from model_utils.config import get_config, save_config
+
+    save_config(get_config([f"--config_path={cpu_recipe.CONFIG}", "--seed=7"]), str(tmp_path))
+    assert cpu_recipe.run_seed(str(tmp_path)) == 7
+    assert cpu_recipe.run_seed(str(tmp_path / "no run here")) is None

@@ -75,3 +75,23 @@ def test_a_run_without_a_seed_gets_the_config_own_seed(tmp_path, monkeypatch):
     clash = result(tmp_path, "seven", ["--seed=7"], 0.9, [0.9])
     with pytest.raises(seed_spread.SpreadError, match="seed 7 is there twice"):
         seed_spread.summarise(paths + [clash])
+
+
+def with_seed(path, seed):
+    """The result at `path` as cpu_recipe.py writes it now: with the seed it trained with."""
+    with open(path, encoding="utf-8") as handle:
+        data = json.load(handle)
+    with open(path, "w", encoding="utf-8") as handle:
+        json.dump({**data, "seed": seed}, handle)
+    return path
+
+
+def test_a_recorded_seed_wins_over_the_config_seed_and_must_match_the_override(tmp_path,
+                                                                                monkeypatch):
+    monkeypatch.setattr(seed_spread, "config_seed", lambda: 1)
+    recorded = with_seed(result(tmp_path, "rec", [], 0.9, [0.9]), 5)
+    assert [r["seed"] for r in seed_spread.summarise([recorded])["runs"]] == [5]
+    clash = with_seed(result(tmp_path, "clash", ["--seed=3"], 0.9, [0.9]), 4)
+    with pytest.raises(seed_spread.SpreadError, match="clash.json: recorded seed 4 is not the "
+                                                       "--seed=3 of its overrides"):
+        seed_spread.summarise([clash])

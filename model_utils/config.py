@@ -164,12 +164,10 @@ def _check_ranges(values):
 def _check_consistency(v):
     """Range and cross-field checks that would otherwise fail late, after data has been read."""
     _check_ranges(v)
-    if "warmup_epochs" in v and "max_epoch" in v and v["warmup_epochs"] > v["max_epoch"]:
-        raise UserError(f"config key 'warmup_epochs' ({v['warmup_epochs']}) is larger than "
-                        f"'max_epoch' ({v['max_epoch']})")
-    if "no_aug_epochs" in v and "max_epoch" in v and v["no_aug_epochs"] > v["max_epoch"]:
-        raise UserError(f"config key 'no_aug_epochs' ({v['no_aug_epochs']}) is larger than "
-                        f"'max_epoch' ({v['max_epoch']})")
+    for key in ("warmup_epochs", "no_aug_epochs"):
+        if key in v and "max_epoch" in v and v[key] > v["max_epoch"]:
+            raise UserError(f"config key '{key}' ({v[key]}) is larger than 'max_epoch' "
+                            f"({v['max_epoch']})")
     _check_per_step_warmup(v)
     if v.get("pad_mode") == "same" and v.get("padding", 0) != 0:
         raise UserError(f"config key 'padding' is {v.get('padding')}; pad_mode 'same' needs "

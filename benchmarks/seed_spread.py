@@ -39,17 +39,18 @@ def seed_and_recipe(result, same, default_seed):
     """(seed, the recipe's overrides without the seed and without those in `same`). The seed is
     the one the result recorded (cpu_recipe.py writes it from the run's config.yaml); results
     written before it did take it from a --seed=N override, else from `default_seed`."""
-    seed, rest = default_seed, []
+    override, rest = None, []
     for item in result.get("overrides", []):
         if item.startswith("--seed="):
-            seed = int(item.split("=", 1)[1])
+            override = int(item.split("=", 1)[1])
         elif item not in same:
             rest.append(item)
     recorded = result.get("seed")
-    if recorded is not None and recorded != seed and any(
-            item.startswith("--seed=") for item in result.get("overrides", [])):
-        raise SpreadError(f"recorded seed {recorded} is not the --seed={seed} of its overrides")
-    return (seed if recorded is None else int(recorded)), tuple(sorted(rest))
+    if None not in (recorded, override) and recorded != override:
+        raise SpreadError(f"recorded seed {recorded} is not the --seed={override} of its "
+                          "overrides")
+    seed = next(s for s in (recorded, override, default_seed) if s is not None)
+    return int(seed), tuple(sorted(rest))
 
 
 def spread(values, target):

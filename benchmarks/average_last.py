@@ -43,10 +43,10 @@ def evaluate(args, checkpoint, log):
 
 
 def average(args, run_dir, n, label):
-    output = os.path.join(os.path.abspath(args.logs), f"{label}_avg{n}.ckpt")
+    output = os.path.join(args.logs, f"{label}_avg{n}.ckpt")
     command = [sys.executable, "avg_checkpoints.py", os.path.abspath(run_dir), f"--n={n}",
                f"--output={output}"]
-    run(command, os.path.join(os.path.abspath(args.logs), f"{label}_avg{n}.log"))
+    run(command, os.path.join(args.logs, f"{label}_avg{n}.log"))
     return output, shown(command)
 
 
@@ -82,6 +82,7 @@ def main(argv=None):
         if len(paths) < max(args.n):
             sys.exit(f"error: {run_dir}: {len(paths)} numbered checkpoint(s), --n asks for "
                      f"{max(args.n)}")
+    args.logs = os.path.abspath(args.logs)  # the commands run from the repository root
     os.makedirs(args.logs, exist_ok=True)
     source = machine.source_revision()
     rows = []
